@@ -1,0 +1,1 @@
+"""The Azure Batch AI CNTK quickstart, and the local cloud that lets it run today."""
