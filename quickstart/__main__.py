@@ -1,0 +1,160 @@
+"""Command line: `python -m quickstart run | teardown | status | localcloud`.
+
+Only argparse and the settings module are imported up front; the Azure SDKs, the tutorial and the
+local cloud are imported when a command needs them, so `--help` answers at once.
+
+Every failure ends in one line on stderr and a non-zero status, never a traceback (set
+QUICKSTART_DEBUG=1 to see one), and no secret from the settings ever reaches the output.
+"""
+import argparse
+import contextlib
+import os
+import sys
+
+from quickstart.config import DEFAULT_CONFIG, ConfigError, load_settings
+
+USAGE_ERROR = 2
+INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A failure the user can act on; its message is printed as one line."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="quickstart",
+        description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local cloud "
+                    "or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
+                    "environment variables; without a config file everything runs on the local cloud.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", metavar="FILE", default=None,
+                         help="settings file (default: ./{} when it exists)".format(DEFAULT_CONFIG))
+        return sub
+
+    run = command("run", "Walk every step of the quickstart: upload the sample, create the workspace, "
+                         "cluster and experiment, run the CNTK job, stream its output, download the models. "
+                         "Exits 0 when the job succeeds, else with the job's exit code.")
+    run.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (appends --max-epochs N "
+                                                              "to the job's command line)")
+    teardown = command("teardown", "Delete the jobs, experiment, cluster, workspace and resource group; "
+                                   "what is already gone is skipped.")
+    teardown.add_argument("--delete-share", action="store_true",
+                          help="also delete the file share with the sample data and the job outputs")
+    command("status", "Show the cluster's state, the latest job's state and its output files.")
+    local = command("localcloud", "Serve the local cloud in the foreground until Ctrl-C, for any client; "
+                                  "connection details go to <state_dir>/connection.json.")
+    local.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = {"epochs": getattr(args, "epochs", None)}
+    try:
+        settings = load_settings(args.config, overrides=overrides, warn=lambda line: print(line, file=sys.stderr))
+    except ConfigError as error:
+        for problem in error.problems:
+            print("config error: " + problem, file=sys.stderr)
+        return USAGE_ERROR
+    secrets = settings.secret_values()  # the commands add the local cloud's as they bind them
+    try:
+        return COMMANDS[args.command](args, settings, secrets)
+    except KeyboardInterrupt:
+        print("\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
+              file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:  # one line, never a traceback, never a secret
+        if os.environ.get("QUICKSTART_DEBUG"):
+            raise
+        print("error: " + describe(error, secrets), file=sys.stderr)
+        return 1
+
+
+def describe(error, secrets):
+    """One line for an exception: the SDKs' messages span lines and may quote a request."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if type(error).__name__ not in ("CommandError", "StepFailed"):
+        text = "{}: {}".format(type(error).__name__, text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def run_command(args, settings, secrets):
+    from quickstart import steps
+    with connected(settings, secrets) as settings:
+        return steps.run(settings)
+
+
+def teardown_command(args, settings, secrets):
+    from quickstart import steps
+    with connected(settings, secrets) as settings:
+        return steps.teardown(settings, delete_share=args.delete_share)
+
+
+def status_command(args, settings, secrets):
+    from quickstart import steps
+    with connected(settings, secrets) as settings:
+        return steps.status(settings)
+
+
+def localcloud_command(args, settings, secrets):
+    localcloud = import_local_cloud()
+    print("Serving the local cloud from {} (Ctrl-C to stop)".format(os.path.abspath(settings.state_dir)), flush=True)
+    localcloud.serve_forever(settings.state_dir, args.port)
+    return 0
+
+
+@contextlib.contextmanager
+def connected(settings, secrets):
+    """Settings bound to the cloud the command talks to for its duration.
+
+    For an Azure cloud, the settings as they are. For the local cloud: the one already serving from
+    the state directory (connection.json answers its health probe), else one started here and
+    stopped when the command ends (jobs keep running; the next command sees how they ended).
+    The bound settings' secrets are added to `secrets`, so error messages can hide them.
+    """
+    if not settings.is_local:
+        yield settings
+        return
+    localcloud = import_local_cloud()
+    from quickstart.localcloud.connection import is_serving, read_connection
+    connection = read_connection(settings.state_dir)
+    if connection and is_serving(connection):
+        print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
+        yield bound(settings, connection, secrets)
+        return
+    cloud = localcloud.LocalCloud(settings.state_dir).start()
+    try:
+        print("Started the local cloud at {} for this command (state in {})".format(
+            cloud.connection["resource_manager_url"], settings.state_dir))
+        yield bound(settings, cloud.connection, secrets)
+    finally:
+        cloud.stop()
+
+
+def bound(settings, connection, secrets):
+    settings = settings.bind_local_cloud(connection)
+    secrets.extend(settings.secret_values())
+    return settings
+
+
+def import_local_cloud():
+    try:
+        import quickstart.localcloud as localcloud
+        localcloud.LocalCloud  # noqa: B018  (the package may exist before its server does)
+    except (ImportError, AttributeError):
+        raise CommandError("cloud = local: the local cloud is not available yet in this checkout; "
+                           "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure")
+    return localcloud
+
+
+COMMANDS = {"run": run_command, "teardown": teardown_command, "status": status_command,
+            "localcloud": localcloud_command}
+
+if __name__ == "__main__":
+    sys.exit(main())

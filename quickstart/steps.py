@@ -1,0 +1,488 @@
+"""The Azure Batch AI quickstart "Run a CNTK training job using the Azure Python SDK" (2018).
+
+Read top to bottom, this module is the article: one small function per documented step, in the
+article's order, each taking what it needs and returning what the next step needs. `run` calls
+them in order; `teardown` cleans up, as the article's last section does; `status` shows what
+exists. The code does not know whether it talks to Azure or to the local cloud: the only
+difference is the `Cloud` object, the storage connection and the CA certificate to trust.
+"""
+import codecs
+import time
+from collections import namedtuple
+from datetime import datetime, timezone
+from pathlib import Path
+
+import azure.mgmt.batchai as batchai
+import azure.mgmt.batchai.models as models
+import requests
+from azure.common.credentials import ServicePrincipalCredentials
+from azure.mgmt.resource import ResourceManagementClient
+from azure.storage.file import FileService
+from msrestazure import azure_cloud
+from msrestazure.azure_exceptions import CloudError
+from tqdm import tqdm
+
+from quickstart.config import REPO_ROOT
+
+RELATIVE_MOUNT_POINT = "azurefileshare"
+SAMPLE_SCRIPT = "ConvNet_MNIST.py"
+STREAMED_FILE = "stderr.txt"  # ConvNet_MNIST.py sends all its output to stderr
+NAMED_CLOUDS = {"AzureCloud": "AZURE_PUBLIC_CLOUD", "AzureChinaCloud": "AZURE_CHINA_CLOUD",
+                "AzureUSGovernment": "AZURE_US_GOV_CLOUD", "AzureGermanCloud": "AZURE_GERMAN_CLOUD"}
+FINISHED = ("succeeded", "failed")
+
+Clients = namedtuple("Clients", "batchai resources http")
+
+
+class StepFailed(Exception):
+    """A step could not complete; the message says what happened and what to do."""
+
+
+# 1. Credentials and the clients -------------------------------------------------------------------
+
+def create_clients(settings):
+    """Sign in with the service principal and create the Batch AI and resource management clients."""
+    cloud = cloud_environment(settings)
+    verify = settings.ca_cert or True
+    credentials = ServicePrincipalCredentials(
+        client_id=settings.client_id, secret=settings.client_secret, tenant=settings.tenant_id,
+        cloud_environment=cloud, verify=verify)
+    base_url = cloud.endpoints.resource_manager
+    batchai_client = batchai.BatchAIManagementClient(credentials, settings.subscription_id, base_url=base_url)
+    resource_client = ResourceManagementClient(credentials, settings.subscription_id, base_url=base_url)
+    http = requests.Session()
+    for connection in (batchai_client.config.connection, resource_client.config.connection, http):
+        connection.verify = verify
+    print("Signed in as {} to {}".format(settings.client_id, cloud.name))
+    return Clients(batchai_client, resource_client, http)
+
+
+def cloud_environment(settings):
+    """The msrestazure Cloud: a named Azure cloud, or the local cloud's endpoints."""
+    if not settings.is_local:
+        return getattr(azure_cloud, NAMED_CLOUDS[settings.cloud])
+    return azure_cloud.Cloud("LocalCloud", endpoints=azure_cloud.CloudEndpoints(
+        resource_manager=settings.resource_manager_url,
+        active_directory=settings.active_directory_url,
+        active_directory_resource_id=settings.active_directory_resource_id))
+
+
+# 2. The resource group ----------------------------------------------------------------------------
+
+def create_resource_group(resource_client, settings):
+    """Create (or reuse) the resource group that holds the workspace and everything in it."""
+    resource_client.resource_groups.create_or_update(settings.resource_group, {"location": settings.location})
+    print("Resource group {} ready in {}".format(settings.resource_group, settings.location))
+
+
+# 3. The file share, its directory, the sample files and the upload --------------------------------
+
+def create_file_share(settings, http):
+    """Connect to the storage account and create (or reuse) the Azure file share."""
+    service = connect_file_service(settings, http)
+    service.create_share(settings.share, fail_on_exist=False)
+    print("File share {} ready".format(settings.share))
+    return service
+
+
+def connect_file_service(settings, http):
+    """A FileService for the storage account; the local cloud's comes from its connection string."""
+    if settings.storage_connection_string:
+        return FileService(connection_string=settings.storage_connection_string, request_session=http)
+    return FileService(settings.storage_account, settings.storage_key, request_session=http,
+                       endpoint_suffix=cloud_environment(settings).suffixes.storage_endpoint)
+
+
+def create_sample_directory(service, settings):
+    """Create (or reuse) the share's directory for the sample files."""
+    service.create_directory(settings.share, settings.directory, fail_on_exist=False)
+    print("Directory {}/{} ready".format(settings.share, settings.directory))
+
+
+def prepare_sample_files(settings):
+    """Build the MNIST training and test files in CNTK text format, next to the training script."""
+    from quickstart.sample import build_ctf_files
+    train, test = build_ctf_files(settings.data_dir)
+    script = REPO_ROOT / SAMPLE_SCRIPT
+    if not script.is_file():
+        raise StepFailed("{} is missing; it is the job's training script".format(script))
+    print("Sample files ready: {}, {}, {}".format(Path(train).name, Path(test).name, script.name))
+    return [Path(train), Path(test), script]
+
+
+def upload_sample_files(service, settings, paths):
+    """Upload the training data and script, with a progress bar for the large files."""
+    for path in paths:
+        size = path.stat().st_size
+        with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, leave=False,
+                  disable=None if size > 1 << 20 else True) as bar:
+            def progress(current, total, bar=bar):
+                bar.update(current - bar.n)
+            service.create_file_from_path(settings.share, settings.directory, path.name, str(path),
+                                          progress_callback=progress)
+        print("Uploaded {} ({:,} bytes)".format(path.name, size))
+
+
+# 4. The workspace ---------------------------------------------------------------------------------
+
+def create_workspace(batchai_client, settings):
+    """Create (or reuse) the Batch AI workspace, the top-level resource for clusters and experiments."""
+    batchai_client.workspaces.create(settings.resource_group, settings.workspace, settings.location).result()
+    print("Workspace {} ready".format(settings.workspace))
+
+
+# 5. The GPU cluster -------------------------------------------------------------------------------
+
+def create_cluster(batchai_client, settings, service):
+    """Create the cluster (or reuse the one that exists) with the file share mounted on its nodes."""
+    try:
+        cluster = batchai_client.clusters.get(settings.resource_group, settings.workspace, settings.cluster)
+        print("Cluster {} exists; reusing it".format(settings.cluster))
+        return cluster
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
+    parameters = cluster_parameters(settings, service)
+    batchai_client.clusters.create(settings.resource_group, settings.workspace, settings.cluster,
+                                   parameters).result()
+    print("Cluster {} created: {} x {}".format(settings.cluster, settings.node_count, settings.vm_size))
+    return batchai_client.clusters.get(settings.resource_group, settings.workspace, settings.cluster)
+
+
+def cluster_parameters(settings, service):
+    """The cluster exactly as the article builds it: VM size, node count, share mount, admin user."""
+    return models.ClusterCreateParameters(
+        vm_size=settings.vm_size,
+        scale_settings=models.ScaleSettings(
+            manual=models.ManualScaleSettings(target_node_count=settings.node_count)),
+        node_setup=models.NodeSetup(
+            mount_volumes=models.MountVolumes(azure_file_shares=[models.AzureFileShareReference(
+                account_name=settings.storage_account,
+                credentials=models.AzureStorageCredentialsInfo(account_key=settings.storage_key),
+                azure_file_url="https://{0}/{1}".format(service.primary_endpoint, settings.share),
+                relative_mount_path=RELATIVE_MOUNT_POINT)])),
+        user_account_settings=models.UserAccountSettings(
+            admin_user_name=settings.admin_user_name,
+            admin_user_password=settings.admin_user_password or None,
+            admin_user_ssh_public_key=settings.admin_ssh_public_key or None))
+
+
+def wait_for_idle_node(batchai_client, settings, sleep=time.sleep):
+    """Poll the cluster, printing its status line, until a node is idle; stop on allocation errors."""
+    while True:
+        cluster = batchai_client.clusters.get(settings.resource_group, settings.workspace, settings.cluster)
+        print(cluster_status_line(cluster))
+        if cluster.errors:
+            print_errors("Cluster error", cluster.errors)
+            raise StepFailed("cluster {} could not allocate its nodes; remove it with "
+                             "`python -m quickstart teardown` and try again".format(settings.cluster))
+        if cluster.node_state_counts and cluster.node_state_counts.idle_node_count:
+            return cluster
+        sleep(settings.poll_interval)
+
+
+def cluster_status_line(cluster):
+    """The article's status line for a cluster."""
+    manual = cluster.scale_settings.manual if cluster.scale_settings else None
+    counts = cluster.node_state_counts or models.NodeStateCounts()
+    return ("Cluster state: {0} Target: {1}; Allocated: {2}; Idle: {3}; Unusable: {4}; Running: {5}; "
+            "Preparing: {6}; Leaving: {7}".format(
+                plain(cluster.allocation_state), manual.target_node_count if manual else "n/a",
+                cluster.current_node_count, counts.idle_node_count, counts.unusable_node_count,
+                counts.running_node_count, counts.preparing_node_count, counts.leaving_node_count))
+
+
+# 6. The experiment --------------------------------------------------------------------------------
+
+def create_experiment(batchai_client, settings):
+    """Create (or reuse) the experiment, the container for related jobs."""
+    batchai_client.experiments.create(settings.resource_group, settings.workspace, settings.experiment).result()
+    print("Experiment {} ready".format(settings.experiment))
+
+
+# 7. The training job ------------------------------------------------------------------------------
+
+def choose_job_name(settings, now=None):
+    """The pinned job name, or a timestamped one as the Batch AI notebooks made."""
+    return settings.job or (now or datetime.now(timezone.utc)).strftime("cntk_%m_%d_%Y_%H%M%S")
+
+
+def create_job(batchai_client, settings, cluster, job_name):
+    """Submit the CNTK job to the cluster; a pinned name from an earlier run is deleted first."""
+    if settings.job:
+        try:
+            batchai_client.jobs.delete(settings.resource_group, settings.workspace, settings.experiment,
+                                       job_name).result()
+            print("Deleted job {} from an earlier run (its files stay on the share)".format(job_name))
+        except CloudError as error:
+            if error.status_code != 404:
+                raise
+    batchai_client.jobs.create(settings.resource_group, settings.workspace, settings.experiment, job_name,
+                               job_parameters(settings, cluster)).result()
+    print("Job {} submitted".format(job_name))
+    return job_name
+
+
+def job_parameters(settings, cluster):
+    """The job exactly as the article builds it, plus the extra arguments the settings ask for."""
+    args = "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"
+    if settings.extra_args:
+        args += " " + settings.extra_args
+    if settings.epochs:
+        args += " --max-epochs {}".format(settings.epochs)
+    return models.JobCreateParameters(
+        cluster=models.ResourceId(id=cluster.id),
+        node_count=1,
+        std_out_err_path_prefix="$AZ_BATCHAI_MOUNT_ROOT/{0}".format(RELATIVE_MOUNT_POINT),
+        input_directories=[models.InputDirectory(
+            id="SAMPLE", path="$AZ_BATCHAI_MOUNT_ROOT/{0}/{1}".format(RELATIVE_MOUNT_POINT, settings.directory))],
+        output_directories=[models.OutputDirectory(
+            id="MODEL", path_prefix="$AZ_BATCHAI_MOUNT_ROOT/{0}".format(RELATIVE_MOUNT_POINT),
+            path_suffix="Models")],
+        container_settings=models.ContainerSettings(
+            image_source_registry=models.ImageSourceRegistry(image=settings.container_image)),
+        cntk_settings=models.CNTKsettings(
+            python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/{}".format(SAMPLE_SCRIPT),
+            command_line_args=args))
+
+
+# 8. Monitoring the job ----------------------------------------------------------------------------
+
+def monitor_job(clients, settings, job_name, sleep=time.sleep):
+    """Follow the job to its end: state changes with times, and its stderr.txt streamed live."""
+    tail = OutputTail(clients, settings, job_name, STREAMED_FILE)
+    state = None
+    while True:
+        job = clients.batchai.jobs.get(settings.resource_group, settings.workspace, settings.experiment, job_name)
+        if plain(job.execution_state) != state:
+            state = plain(job.execution_state)
+            print("{:%H:%M:%S} Job state: {}".format(datetime.now(), state), flush=True)
+        if state != "queued":
+            tail.pump(until_end=state in FINISHED)
+        if state in FINISHED:
+            print_job_result(job)
+            return job
+        sleep(settings.poll_interval)
+
+
+class OutputTail:
+    """Streams one file of the job's stdouterr directory, as `az batchai job file stream` did:
+    list the directory once for the file's download URL, then read new bytes with `Range: bytes=N-`."""
+
+    def __init__(self, clients, settings, job_name, file_name):
+        self.clients, self.settings, self.job_name, self.file_name = clients, settings, job_name, file_name
+        self.url = None
+        self.offset = 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def pump(self, until_end=False):
+        """Print what the file gained since the last call; with until_end, read to its end."""
+        while True:
+            if self.url is None:
+                self.url = self.find_url()
+                if self.url is None:
+                    return
+            chunk = self.read_new()
+            if chunk:
+                print(self.decoder.decode(chunk), end="", flush=True)
+            if not chunk or not until_end:
+                if until_end:
+                    print(self.decoder.decode(b"", final=True), end="", flush=True)
+                return
+
+    def find_url(self):
+        files = list_files(self.clients.batchai, self.settings, self.job_name, "stdouterr")
+        return next((f.download_url for f in files if f.name == self.file_name and f.download_url), None)
+
+    def read_new(self):
+        response = self.clients.http.get(self.url, headers={"Range": "bytes={}-".format(self.offset)}, timeout=60)
+        if response.status_code == 416:
+            return b""
+        if response.status_code == 403:  # the download link expired: list again for a fresh one
+            self.url = None
+            return b""
+        response.raise_for_status()
+        content = response.content
+        if response.status_code == 200:  # the server ignored the range and sent the whole file
+            content = content[self.offset:]
+        self.offset += len(content)
+        return content
+
+
+def print_job_result(job):
+    """The job's exit code, run time and errors, as `az batchai job wait` reported them."""
+    info = job.execution_info
+    exit_code = info.exit_code if info else None
+    took = ""
+    if info and info.start_time and info.end_time:
+        took = "; execution took {}".format(info.end_time - info.start_time)
+    print("Job {} {} with exit code {}{}".format(job.name, plain(job.execution_state), exit_code, took))
+    if info and info.errors:
+        print_errors("Job error", info.errors)
+
+
+# 9. The job's output files ------------------------------------------------------------------------
+
+def list_output_files(batchai_client, settings, job_name):
+    """Print the job's stdout/stderr files and model files with their download URLs; return the models."""
+    model_files = []
+    for directory_id in ("stdouterr", "MODEL"):
+        for f in list_files(batchai_client, settings, job_name, directory_id):
+            if f.download_url:
+                print("file: {0}, download url: {1}".format(f.name, f.download_url))
+                if directory_id == "MODEL":
+                    model_files.append(f)
+    return model_files
+
+
+def list_files(batchai_client, settings, job_name, directory_id):
+    return list(batchai_client.jobs.list_output_files(
+        settings.resource_group, settings.workspace, settings.experiment, job_name,
+        models.JobsListOutputFilesOptions(outputdirectoryid=directory_id)))
+
+
+# 10. Downloading the trained models ---------------------------------------------------------------
+
+def download_model_files(http, settings, job_name, files):
+    """Download the model files into <download_dir>/<job name>/; a partial download never replaces a file."""
+    target = Path(settings.download_dir) / job_name
+    target.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        partial = target / (f.name + ".partial")
+        with http.get(f.download_url, stream=True, timeout=60) as response:
+            response.raise_for_status()
+            with open(partial, "wb") as out:
+                for block in response.iter_content(1 << 20):
+                    out.write(block)
+        partial.replace(target / f.name)
+    print("Downloaded {} model files to {}".format(len(files), target))
+    return target
+
+
+# The whole tutorial -------------------------------------------------------------------------------
+
+def run(settings, sleep=time.sleep):
+    """Every step in the article's order. Returns 0 when the job succeeds, else its exit code."""
+    clients = create_clients(settings)
+    create_resource_group(clients.resources, settings)
+    service = create_file_share(settings, clients.http)
+    create_sample_directory(service, settings)
+    sample_files = prepare_sample_files(settings)
+    upload_sample_files(service, settings, sample_files)
+    create_workspace(clients.batchai, settings)
+    create_cluster(clients.batchai, settings, service)
+    cluster = wait_for_idle_node(clients.batchai, settings, sleep)
+    create_experiment(clients.batchai, settings)
+    job_name = create_job(clients.batchai, settings, cluster, choose_job_name(settings))
+    try:
+        job = monitor_job(clients, settings, job_name, sleep)
+    except KeyboardInterrupt:
+        print("\nStopped watching. The job {} keeps running in the cloud: watch it with "
+              "`python -m quickstart status`, remove everything with `python -m quickstart teardown`."
+              .format(job_name))
+        return 130
+    model_files = list_output_files(clients.batchai, settings, job_name)
+    if plain(job.execution_state) != "succeeded":
+        return job_exit_status(job)
+    download_model_files(clients.http, settings, job_name, model_files)
+    return 0
+
+
+def job_exit_status(job):
+    """The process exit status for a finished job: 0, or its exit code (1 when that is not 1-255)."""
+    if plain(job.execution_state) == "succeeded":
+        return 0
+    code = job.execution_info.exit_code if job.execution_info else None
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+def teardown(settings, delete_share=False):
+    """Delete the jobs, the experiment, the cluster, the workspace and the resource group (and the
+    share when asked), saying what was removed and tolerating what is already gone."""
+    clients = create_clients(settings)
+    rg, ws = settings.resource_group, settings.workspace
+    ops = clients.batchai
+    for job_name in job_names(ops, settings):
+        remove("job " + job_name, ops.jobs.delete, rg, ws, settings.experiment, job_name)
+    remove("experiment " + settings.experiment, ops.experiments.delete, rg, ws, settings.experiment)
+    remove("cluster " + settings.cluster, ops.clusters.delete, rg, ws, settings.cluster)
+    remove("workspace " + ws, ops.workspaces.delete, rg, ws)
+    remove("resource group " + rg, clients.resources.resource_groups.delete, rg)
+    if delete_share or settings.delete_share:
+        service = connect_file_service(settings, clients.http)
+        removed = service.delete_share(settings.share, fail_not_exist=False)
+        print("Removed file share {}".format(settings.share) if removed
+              else "File share {}: already gone".format(settings.share))
+    return 0
+
+
+def job_names(batchai_client, settings):
+    """The pinned job, or every job of the experiment (timestamped names differ per run)."""
+    if settings.job:
+        return [settings.job]
+    try:
+        return [job.name for job in batchai_client.jobs.list_by_experiment(
+            settings.resource_group, settings.workspace, settings.experiment)]
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
+        return []
+
+
+def remove(what, delete, *args):
+    """Delete one resource and wait for it; a 404 means it is already gone."""
+    try:
+        delete(*args).result()
+        print("Removed " + what)
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
+        print(what[0].upper() + what[1:] + ": already gone")
+
+
+def status(settings):
+    """Show what exists: the cluster's status line, the latest job's state and its output files."""
+    clients = create_clients(settings)
+    rg, ws = settings.resource_group, settings.workspace
+    try:
+        print(cluster_status_line(clients.batchai.clusters.get(rg, ws, settings.cluster)))
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
+        print("Cluster {}: not found".format(settings.cluster))
+    job = latest_job(clients.batchai, settings)
+    if job is None:
+        print("Job: none in experiment {}".format(settings.experiment))
+        return 0
+    print("Job {}: Job state: {}".format(job.name, plain(job.execution_state)))
+    if plain(job.execution_state) in FINISHED:
+        print_job_result(job)
+    list_output_files(clients.batchai, settings, job.name)
+    return 0
+
+
+def latest_job(batchai_client, settings):
+    try:
+        if settings.job:
+            return batchai_client.jobs.get(settings.resource_group, settings.workspace, settings.experiment,
+                                           settings.job)
+        jobs = list(batchai_client.jobs.list_by_experiment(
+            settings.resource_group, settings.workspace, settings.experiment))
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
+        return None
+    return max(jobs, key=lambda job: (job.creation_time or datetime.min.replace(tzinfo=timezone.utc), job.name),
+               default=None)
+
+
+def print_errors(title, errors):
+    for error in errors:
+        print("{}: {}: {}".format(title, error.code, error.message))
+        for detail in error.details or []:
+            print("  {}: {}".format(detail.name, detail.value))
+
+
+def plain(value):
+    """An SDK enum or string as the plain word the service sent."""
+    return getattr(value, "value", value)
