@@ -21,6 +21,7 @@ setup(
         "requests==2.34.2",
         "werkzeug==3.1.9",
         "cryptography==50.0.2",
+        "PyJWT==2.15.1",
         "tqdm==4.70.1",
         "numpy==2.4.6",
         "torch==2.13.0",

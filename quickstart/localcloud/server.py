@@ -1,0 +1,592 @@
+"""The local cloud's HTTPS server: one werkzeug WSGI app on one 127.0.0.1 port.
+
+Paths served::
+
+    GET  /_localcloud/health                      200 {"status": "ok", ...} once serving (no auth)
+    POST /adfs/oauth2/token                       AAD client-credentials grant (aad.py)
+    *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm.py)
+    *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files.py)
+
+Extension API (how a REST surface such as ``quickstart/localcloud/batchai.py`` plugs in)
+======================================================================================
+
+A surface is a module under ``quickstart.localcloud`` listed in ``SURFACE_MODULES`` (a missing
+optional module is skipped). It defines ``install(cloud)``, called once per start with the
+running ``CloudContext`` before the server accepts requests. Through ``cloud`` it gets:
+
+``cloud.arm.add(method, template, handler, api_versions=("2018-05-01",))``
+    Route an ARM request. ``template`` names parameters in braces and is matched
+    case-insensitively, e.g. ``/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/
+    providers/Microsoft.BatchAI/workspaces/{workspaceName}``. The handler is called as
+    ``handler(request, **params)`` with a werkzeug ``Request`` and returns a werkzeug
+    ``Response``. Before it runs the router has already checked the bearer token (401 with ARM
+    error JSON), that ``{subscriptionId}`` is this cloud's (404 SubscriptionNotFound) and that
+    ``api-version`` is one of ``api_versions`` (400). It echoes ``x-ms-client-request-id`` and adds
+    ``x-ms-request-id``.
+``quickstart.localcloud.arm``: ``ArmError(status, code, message, headers=None)`` (raise it from a
+    handler to answer ARM error JSON), ``arm_json(status, body=None, headers=None)``,
+    ``arm_error(...)``, ``json_body(request)`` (400 InvalidRequestContent on bad JSON),
+    ``utc_now_iso()``.
+``cloud.store``
+    The ``store.Store``: generic resource records keyed by lower-cased ARM id
+    (``put_resource(arm_id, type, name, body, extra=None)``, ``get_resource``, ``list_resources(
+    type=, parent_id=, resource_group=)``, ``delete_resource``, ``delete_resource_tree``), long-running
+    operations (``create_operation(kind, resource_id)``, ``finish_operation(id, status, body)``,
+    ``get_operation``), settings, ``transaction()`` for atomic read-modify-write, and
+    ``write_file_atomically(path, chunks)``.
+``cloud.share_dir(share)`` -> Path or None; ``cloud.share_path(share, "dir/file")`` -> Path inside
+    the share (ValueError for any path that would leave it).
+``cloud.file_sas_url(share, "dir/file", permission="rl", expiry_minutes=60)``
+    A read SAS download URL for a file, in the form Batch AI returned (``sv&sr=f&sig&se&sp``).
+``cloud.base_url`` (``https://127.0.0.1:PORT``), ``cloud.credentials`` (subscription_id, tenant,
+    storage_account, storage_key, ...), ``cloud.state_dir``, ``cloud.connection``.
+``cloud.options``
+    The option bag given to ``LocalCloud(state_dir, port, **options)``; unknown keys are kept, so
+    a surface may read its own (``cluster_allocation_delay`` defaults to 1.0 seconds here).
+Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover jobs),
+    ``cloud.on_stop(fn)`` (fn() on stop; jobs must be left running),
+    ``cloud.on_resource_group_delete(fn)`` (fn(subscription_id, resource_group_name) runs before
+    the group's records go: stop its jobs, then the store drops every record under the group).
+
+Everything else (TLS, threads, logging without secrets) is this module's job.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import http.client
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote, urlsplit
+
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.wsgi import LimitedStream
+from werkzeug.wrappers import Request, Response
+
+from . import connection as connection_file
+from .arm import ArmRouter, ResourceGroups, arm_error
+from .aad import TokenEndpoint
+from .certs import ensure_certificates
+from .credentials import ensure_credentials
+from .store import Store
+
+log = logging.getLogger("quickstart.localcloud")
+
+connection_dropped_errors = (ConnectionError, socket.timeout, ssl.SSLError)
+
+SURFACE_MODULES = ("quickstart.localcloud.files", "quickstart.localcloud.batchai")
+OPTIONAL_SURFACES = {"quickstart.localcloud.batchai", "quickstart.localcloud.files"}
+HOST = "127.0.0.1"
+
+DEFAULT_OPTIONS = {
+    "cluster_allocation_delay": 1.0,  # seconds a Batch AI cluster stays "resizing"
+    "token_lifetime": 3600,           # seconds an AAD token is valid (adal wants > 300)
+    "access_log": False,              # one redacted line per request on stderr
+    "sas_version": "2018-03-28",      # sv= of the download URLs the cloud makes
+}
+
+_SECRET_QUERY = re.compile(r"(?i)\b(sig|se|st|skoid|sktid)=([^&\s\"]*)")
+
+
+class LocalCloudError(Exception):
+    """The local cloud cannot start or serve as asked (the message says why and what to do)."""
+
+
+def redact(text: str) -> str:
+    """Hide SAS signatures in anything that may be logged."""
+    return re.sub(r"(?i)\bsig=[^&\s\"]*", "sig=REDACTED", text)
+
+
+class CloudContext:
+    """What REST surfaces see of the running local cloud (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, store: Store, credentials, tls, options: dict, base_url: str):
+        self.state_dir = state_dir
+        self.store = store
+        self.credentials = credentials
+        self.tls = tls
+        self.options = options
+        self.base_url = base_url
+        self.resource_id = base_url + "/"
+        self.aad_url = base_url + "/adfs"
+        self.token_issuer = f"https://sts.localcloud/{credentials.tenant}/"
+        self.arm = ArmRouter(self)
+        self.start_hooks: list[Callable[[], None]] = []
+        self.stop_hooks: list[Callable[[], None]] = []
+        self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
+        self.storage_handler: Callable[[Request], Response] | None = None
+        self.connection = connection_file.build_connection(
+            base_url=base_url, tenant=credentials.tenant, client_id=credentials.client_id,
+            client_secret=credentials.client_secret, subscription_id=credentials.subscription_id,
+            storage_account=credentials.storage_account, storage_key=credentials.storage_key,
+            ca_cert=tls.ca_cert)
+
+    # hooks
+    def on_start(self, fn: Callable[[], None]) -> None:
+        self.start_hooks.append(fn)
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        self.stop_hooks.append(fn)
+
+    def on_resource_group_delete(self, fn: Callable[[str, str], None]) -> None:
+        self.resource_group_delete_hooks.append(fn)
+
+    # shares
+    def share_dir(self, share: str) -> Path | None:
+        return self.store.share_dir(share)
+
+    def share_path(self, share: str, path: str) -> Path:
+        """The on-disk path of ``path`` inside ``share``; ValueError if it would leave the share."""
+        from .paths import resolve_in_share  # local import: paths has no server dependency
+        root = self.store.share_dir(share)
+        if root is None:
+            raise ValueError(f"there is no share named {share!r}")
+        return resolve_in_share(root, path)
+
+    def file_sas_url(self, share: str, path: str, permission: str = "rl",
+                     expiry_minutes: float = 60, start: float | None = None) -> str:
+        """A SAS download URL for file ``path`` in ``share``, valid for ``expiry_minutes``."""
+        from .sas import make_file_sas
+        token = make_file_sas(self.credentials.storage_account, self.credentials.storage_key,
+                              share, path, permission=permission,
+                              expiry=time.time() + expiry_minutes * 60, start=start,
+                              version=self.options["sas_version"])
+        quoted = quote(f"{share}/{path.strip('/')}", safe="/()$=',~")
+        return f"{self.base_url}/{self.credentials.storage_account}/{quoted}?{token}"
+
+
+class LocalCloudApp:
+    """The WSGI application: dispatches by the first path segment."""
+
+    def __init__(self, cloud: CloudContext):
+        self.cloud = cloud
+        self.tokens = TokenEndpoint(cloud)
+        self.account = cloud.credentials.storage_account.lower()
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except Exception:
+            log.exception("request failed: %s %s", request.method, redact(request.full_path))
+            response = Response(json.dumps({"error": {"code": "InternalServerError",
+                                                      "message": "The local cloud hit an internal error."}}),
+                                status=500, content_type="application/json; charset=utf-8")
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        segments = request.path.split("/")
+        first = segments[1].lower() if len(segments) > 1 else ""
+        if first == "subscriptions":
+            return self.cloud.arm.dispatch(request)
+        if first == self.account and self.cloud.storage_handler is not None:
+            return self.cloud.storage_handler(request)
+        if request.path == connection_file.HEALTH_PATH:
+            return self.health(request)
+        if len(segments) == 4 and segments[2] == "oauth2" and segments[3] == "token" \
+                and self.tokens.tenant_matches(segments[1]):
+            return self.tokens.token(request)
+        return arm_error(404, "NotFound", f"The local cloud serves no '{request.path}'. Known: "
+                         f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., "
+                         f"/{self.cloud.credentials.storage_account}/<share>/...")
+
+    def health(self, request: Request) -> Response:
+        body = {"status": "ok", "service": "local cloud", "base_url": self.cloud.base_url,
+                "storage_account": self.cloud.credentials.storage_account, "pid": os.getpid()}
+        return Response(json.dumps(body), status=200, content_type="application/json")
+
+
+class _RequestHandler(WSGIRequestHandler):
+    """werkzeug's request handler with three changes the local cloud needs.
+
+    * The TLS handshake runs in the connection's own thread (not in the accept loop), so a
+      slow or plain-HTTP client cannot stall other clients.
+    * HTTP/1.1 keep-alive: werkzeug's development handler closes every connection, which costs
+      a TLS handshake per request (about 2 ms each); the SDKs reuse connections, so this
+      handler reads exactly the request body it was sent and keeps the connection open.
+    * The access log never shows SAS signatures and is silent unless ``access_log`` is on.
+    """
+
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        self.request.settimeout(30)
+        self.request.do_handshake()
+        self.request.settimeout(self.server.idle_timeout)
+        super().setup()
+
+    def run_wsgi(self) -> None:
+        if self.headers.get("Expect", "").lower().strip() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        environ = self.environ = self.make_environ()
+        body = None
+        if "wsgi.input_terminated" in environ:   # chunked request body: length unknown
+            self.close_connection = True
+        else:
+            try:
+                length = max(0, int(environ.get("CONTENT_LENGTH") or 0))
+            except ValueError:
+                length, self.close_connection = 0, True
+            body = LimitedStream(self.rfile, length)
+            environ["wsgi.input"] = body
+            environ["wsgi.input_terminated"] = True
+        state = {"status": None, "headers": None, "sent": False, "chunked": False}
+        is_head = environ["REQUEST_METHOD"] == "HEAD"
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info and state["sent"]:
+                raise exc_info[1].with_traceback(exc_info[2])
+            state["status"], state["headers"] = status, headers
+            return write
+
+        def send_headers():
+            code_str, _, reason = state["status"].partition(" ")
+            code = int(code_str)
+            self.send_response(code, reason)
+            names = set()
+            for key, value in state["headers"]:
+                self.send_header(key, value)
+                names.add(key.lower())
+            if "content-length" not in names and not is_head and code >= 200 and code not in (204, 304):
+                self.send_header("Transfer-Encoding", "chunked")
+                state["chunked"] = True
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            state["sent"] = True
+
+        def write(data: bytes) -> None:
+            if not state["sent"]:
+                send_headers()
+            if data and not is_head:
+                if state["chunked"]:
+                    self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+                else:
+                    self.wfile.write(data)
+
+        self.server.request_started()
+        app_iter = None
+        try:
+            app_iter = self.server.app(environ, start_response)
+            for data in app_iter:
+                write(data)
+            if not state["sent"]:
+                send_headers()
+            if state["chunked"]:
+                self.wfile.write(b"0\r\n\r\n")
+        except connection_dropped_errors:
+            self.close_connection = True
+        except Exception:
+            log.exception("local cloud failed to send a response")
+            self.close_connection = True
+        finally:
+            if hasattr(app_iter, "close"):
+                with contextlib.suppress(Exception):
+                    app_iter.close()
+            self.server.request_finished()
+        if body is not None and not self.close_connection and not _drain(body):
+            self.close_connection = True
+
+    def log_request(self, code="-", size="-"):
+        if self.server.access_log:
+            line = redact(getattr(self, "requestline", ""))
+            sys.stderr.write(f"{self.log_date_time_string()} {line} -> {code}\n")
+
+    def log_error(self, format, *args):
+        log.debug("local cloud connection: " + format, *args)
+
+    def log_message(self, format, *args):
+        log.debug("local cloud: " + format, *args)
+
+
+def _drain(body: LimitedStream, limit: int = 64 << 20) -> bool:
+    """Read what the app left of a request body so the connection can carry the next request.
+    False (close instead) when more than ``limit`` bytes are left."""
+    if body.limit - body.tell() > limit:
+        return False
+    try:
+        while body.read(1 << 20):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+class _Server(ThreadedWSGIServer):
+    """werkzeug's threaded server, TLS wrapped per connection (so a slow or plain-HTTP client
+    cannot stall the accept loop) and tracking open connections so stop() can close them."""
+
+    idle_timeout = 120  # seconds an idle keep-alive connection stays open
+
+    def __init__(self, sock: socket.socket, app, ssl_context: ssl.SSLContext, access_log: bool):
+        self.access_log = access_log
+        self._open = set()
+        self._open_lock = threading.Lock()
+        self._busy = 0
+        super().__init__(HOST, sock.getsockname()[1], app, handler=_RequestHandler, fd=sock.fileno())
+        self.ssl_context = ssl_context
+
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with self._open_lock:
+            self._open.add(tls)
+        return tls, addr
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        log.debug("local cloud connection from %s ended with an error", client_address, exc_info=True)
+
+    def close_open_connections(self) -> None:
+        with self._open_lock:
+            connections = list(self._open)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def request_started(self) -> None:
+        with self._open_lock:
+            self._busy += 1
+
+    def request_finished(self) -> None:
+        with self._open_lock:
+            self._busy -= 1
+
+    def busy(self) -> int:
+        """Requests being answered right now (idle keep-alive connections do not count)."""
+        with self._open_lock:
+            return self._busy
+
+
+class LocalCloud:
+    """An embedded local cloud: ``LocalCloud(state_dir, port=0, **options).start()``.
+
+    ``port=0`` reuses the port this state directory served on last time when it is free (so
+    connection.json stays the same across restarts), else takes any free port. ``stop()`` stops
+    serving; job processes started by surfaces are not killed (jobs outlive servers).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR,
+                 port: int = 0, **options):
+        self.state_dir = Path(state_dir).resolve()
+        self.port = int(port)
+        unknown_types = {k: v for k, v in options.items()
+                         if k in DEFAULT_OPTIONS and v is not None and not isinstance(
+                             v, type(DEFAULT_OPTIONS[k])) and not (
+                             isinstance(DEFAULT_OPTIONS[k], float) and isinstance(v, int))}
+        if unknown_types:
+            raise LocalCloudError(f"bad local cloud option(s): {unknown_types}")
+        self.options = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+        self.context: CloudContext | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock_file = None
+
+    # -- public API
+
+    @property
+    def connection(self) -> dict:
+        if self.context is None:
+            raise LocalCloudError("the local cloud is not started")
+        return self.context.connection
+
+    @property
+    def base_url(self) -> str:
+        return self.connection["resource_manager_url"].rstrip("/")
+
+    def start(self, timeout: float = 10.0) -> "LocalCloud":
+        if self._server is not None:
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
+        try:
+            self._start(timeout)
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.context is not None:
+            for hook in self.context.stop_hooks:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("a local cloud stop hook failed")
+        self._teardown()
+
+    def __enter__(self) -> "LocalCloud":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- internals
+
+    def _lock_state_dir(self) -> None:
+        lock = open(self.state_dir / "localcloud.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            serving = None
+            with contextlib.suppress(Exception):
+                serving = connection_file.read_connection(self.state_dir)
+            where = f" at {serving['resource_manager_url']}" if serving else ""
+            raise LocalCloudError(
+                f"a local cloud is already serving state directory {self.state_dir}{where}; "
+                "use that one, stop it first, or choose another state directory") from None
+        self._lock_file = lock
+
+    def _bind(self) -> socket.socket:
+        candidates = [self.port]
+        if self.port == 0:
+            previous = None
+            with contextlib.suppress(Exception):
+                previous = connection_file.read_connection(self.state_dir)
+            if previous:
+                old_port = urlsplit(previous["resource_manager_url"]).port
+                if old_port:
+                    candidates = [old_port, 0]
+        for port in candidates:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+                sock.listen(128)
+                return sock
+            except OSError as err:
+                sock.close()
+                if port == self.port and self.port != 0:
+                    reason = "is in use" if err.errno == errno.EADDRINUSE else f"cannot be used ({err.strerror})"
+                    raise LocalCloudError(
+                        f"port {port} on {HOST} {reason}; choose another with --port, or 0 for "
+                        "any free port") from None
+        raise LocalCloudError(f"no free port on {HOST}")
+
+    def _start(self, timeout: float) -> None:
+        tls = ensure_certificates(self.state_dir)
+        store = Store(self.state_dir)
+        credentials = ensure_credentials(store)
+        sock = self._bind()
+        port = sock.getsockname()[1]
+        context = CloudContext(self.state_dir, store, credentials, tls, self.options,
+                               f"https://{HOST}:{port}")
+        self.context = context
+        ResourceGroups(context).install(context.arm)
+        for module_name in SURFACE_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as err:
+                if module_name in OPTIONAL_SURFACES and err.name == module_name:
+                    continue
+                raise
+            module.install(context)
+        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))
+        try:
+            self._server = _Server(sock, LocalCloudApp(context), ssl_context,
+                                   bool(self.options["access_log"]))
+        finally:
+            sock.close()  # the server holds its own duplicate of the descriptor
+        for hook in context.start_hooks:
+            hook()
+        connection_file.write_connection(self.state_dir, context.connection)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"local-cloud-{port}", daemon=True)
+        self._thread.start()
+        self._wait_healthy(port, tls.ca_cert, timeout)
+
+    def _wait_healthy(self, port: int, ca_cert: Path, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = http.client.HTTPSConnection(HOST, port, timeout=2, context=context)
+            try:
+                conn.request("GET", connection_file.HEALTH_PATH)
+                if conn.getresponse().status == 200:
+                    return
+            except (OSError, http.client.HTTPException) as err:
+                last = err
+            finally:
+                conn.close()
+            if time.monotonic() > deadline:
+                raise LocalCloudError(f"the local cloud did not answer its health check on port {port}: {last}")
+            time.sleep(0.01)
+
+    def _teardown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            deadline = time.monotonic() + 2.0
+            while server.busy() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.close_open_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.context is not None:
+            self.context.store.close()
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def serve_forever(state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR, port: int = 0,
+                  *, out=None, **options) -> int:
+    """Serve a local cloud in the foreground until Ctrl-C or SIGTERM; returns the exit status.
+
+    For ``python -m quickstart localcloud [--port N] [--state-dir DIR]``. Errors that the user
+    can fix (port in use, state directory busy) are printed as one line, exit status 2.
+    """
+    out = out or sys.stdout
+    options.setdefault("access_log", True)
+    cloud = LocalCloud(state_dir, port, **options)
+    try:
+        cloud.start()
+    except LocalCloudError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        print(f"Local cloud serving at {cloud.base_url}", file=out)
+        print(f"  state directory: {cloud.state_dir}", file=out)
+        print(f"  connection:      {cloud.state_dir / connection_file.CONNECTION_FILE}", file=out)
+        print(f"  trust:           {cloud.connection['ca_cert']}", file=out)
+        print("Press Ctrl-C to stop.", file=out, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("Local cloud stopping.", file=out, flush=True)
+    finally:
+        cloud.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

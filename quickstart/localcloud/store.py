@@ -1,0 +1,379 @@
+"""The local cloud's only state: SQLite for records, plain files for share contents.
+
+Layout of a state directory::
+
+    localcloud.sqlite3   settings (credentials, signing secret), resource records,
+                         shares, long-running operations
+    shares/<share>/...   the contents of each Azure Files share, as ordinary files
+    tmp/                 files being written; renamed into shares/ when complete,
+                         so a crash never leaves a half-written file under its final name
+    trash/               shares being deleted (renamed here first, then removed)
+    tls/                 the CA and server certificate (see certs.py)
+
+Resource records are generic so that every REST surface (ARM resource groups, Microsoft.BatchAI,
+...) can keep its resources here without changing this module: a record is keyed by its
+lower-cased ARM id and carries its type, its subscription and resource group (lower-cased, for
+cascading deletes), a JSON body and free-form JSON ``extra`` data the body must not show (for
+example secrets the service keeps but never returns).
+
+One SQLite connection is shared by all request threads behind a re-entrant lock; every public
+method is one transaction, and ``transaction()`` groups several into one read-modify-write.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+DATABASE_FILE = "localcloud.sqlite3"
+SHARES_DIR = "shares"
+TMP_DIR = "tmp"
+TRASH_DIR = "trash"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resources (
+    id             TEXT PRIMARY KEY,     -- lower-cased ARM id
+    type           TEXT NOT NULL,        -- e.g. Microsoft.Resources/resourceGroups
+    subscription   TEXT NOT NULL,        -- lower-cased
+    resource_group TEXT,                 -- lower-cased; NULL for subscription-level records
+    name           TEXT NOT NULL,        -- as the client first spelled it
+    body           TEXT NOT NULL,        -- JSON the REST surface returns
+    extra          TEXT NOT NULL,        -- JSON the REST surface keeps but never returns
+    created        REAL NOT NULL,
+    updated        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_by_group ON resources (subscription, resource_group);
+CREATE INDEX IF NOT EXISTS resources_by_type ON resources (type);
+CREATE TABLE IF NOT EXISTS shares (
+    name     TEXT PRIMARY KEY,
+    created  REAL NOT NULL,
+    quota    INTEGER NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,           -- InProgress | Succeeded | Failed | Canceled
+    resource_id TEXT,
+    started     REAL NOT NULL,
+    ended       REAL,
+    body        TEXT NOT NULL            -- JSON: error or result details
+);
+"""
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    """One stored resource. ``id`` is lower-cased; ``body`` is what the API returns."""
+
+    id: str
+    type: str
+    subscription: str
+    resource_group: str | None
+    name: str
+    body: dict
+    extra: dict
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class ShareRecord:
+    name: str
+    created: float
+    quota: int
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    id: str
+    kind: str
+    status: str
+    resource_id: str | None
+    started: float
+    ended: float | None
+    body: dict
+
+
+def parse_arm_id(arm_id: str) -> tuple[str, str | None]:
+    """Return (subscription, resource group or None), lower-cased, from an ARM id.
+
+    >>> parse_arm_id('/subscriptions/S/resourceGroups/RG/providers/X/y/z')
+    ('s', 'rg')
+    """
+    parts = arm_id.strip("/").split("/")
+    if len(parts) < 2 or parts[0].lower() != "subscriptions":
+        raise StoreError(f"not an ARM id (it must start with /subscriptions/<id>): {arm_id!r}")
+    subscription = parts[1].lower()
+    group = parts[3].lower() if len(parts) >= 4 and parts[2].lower() == "resourcegroups" else None
+    return subscription, group
+
+
+class Store:
+    """Everything the local cloud remembers, under one state directory."""
+
+    def __init__(self, state_dir: str | os.PathLike):
+        self.state_dir = Path(state_dir).resolve()
+        self.shares_root = self.state_dir / SHARES_DIR
+        self.tmp_root = self.state_dir / TMP_DIR
+        self.trash_root = self.state_dir / TRASH_DIR
+        for folder in (self.state_dir, self.shares_root, self.tmp_root, self.trash_root):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(self.state_dir / DATABASE_FILE), check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of this process (not of the OS) without fsync per commit.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+        self._recover_files()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group store calls into one atomic read-modify-write (re-entrant)."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _execute(self, sql: str, args: tuple = ()) -> int:
+        with self.transaction():
+            return self._db.execute(sql, args).rowcount
+
+    def _recover_files(self) -> None:
+        """Drop what a crash left half-done: unfinished temp files and half-deleted shares."""
+        for leftover in list(self.tmp_root.iterdir()) + list(self.trash_root.iterdir()):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+    # ------------------------------------------------------------------ settings
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def setting(self, key: str, make_default) -> str:
+        """The stored value of ``key``; on first use store and return ``make_default()``."""
+        with self.transaction():
+            value = self.get_setting(key)
+            if value is None:
+                value = make_default()
+                self._db.execute("INSERT INTO settings (key, value) VALUES (?, ?)", (key, value))
+            return value
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------ resources
+
+    def put_resource(self, arm_id: str, type: str, name: str, body: dict,
+                     extra: dict | None = None) -> ResourceRecord:
+        """Create or replace the record for ``arm_id`` (matched case-insensitively).
+
+        The first spelling of ``name`` and the creation time are kept on replace.
+        """
+        key = arm_id.lower()
+        subscription, group = parse_arm_id(arm_id)
+        now = time.time()
+        with self.transaction():
+            old = self.get_resource(key)
+            created = old.created if old else now
+            stored_name = old.name if old else name
+            extra = extra if extra is not None else (old.extra if old else {})
+            self._db.execute(
+                "INSERT OR REPLACE INTO resources "
+                "(id, type, subscription, resource_group, name, body, extra, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, type, subscription, group, stored_name, json.dumps(body),
+                 json.dumps(extra), created, now),
+            )
+        return ResourceRecord(key, type, subscription, group, stored_name, body, extra, created, now)
+
+    def get_resource(self, arm_id: str) -> ResourceRecord | None:
+        rows = self._query(
+            "SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
+            "FROM resources WHERE id = ?", (arm_id.lower(),))
+        return _resource(rows[0]) if rows else None
+
+    def list_resources(self, type: str | None = None, parent_id: str | None = None,
+                       subscription: str | None = None,
+                       resource_group: str | None = None) -> list[ResourceRecord]:
+        """Records matching every given filter, oldest first.
+
+        ``parent_id`` selects records whose id lies below that id (any depth);
+        ``type`` is compared case-insensitively.
+        """
+        sql = ("SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
+               "FROM resources WHERE 1=1")
+        args: list = []
+        if type is not None:
+            sql += " AND lower(type) = ?"
+            args.append(type.lower())
+        if parent_id is not None:
+            prefix = parent_id.lower().rstrip("/") + "/"
+            sql += " AND substr(id, 1, ?) = ?"
+            args += [len(prefix), prefix]
+        if subscription is not None:
+            sql += " AND subscription = ?"
+            args.append(subscription.lower())
+        if resource_group is not None:
+            sql += " AND resource_group = ?"
+            args.append(resource_group.lower())
+        sql += " ORDER BY created, id"
+        return [_resource(row) for row in self._query(sql, tuple(args))]
+
+    def delete_resource(self, arm_id: str) -> bool:
+        """Delete one record; True if it existed."""
+        return self._execute("DELETE FROM resources WHERE id = ?", (arm_id.lower(),)) > 0
+
+    def delete_resource_tree(self, arm_id: str) -> int:
+        """Delete a record and every record below it; returns how many went."""
+        key = arm_id.lower().rstrip("/")
+        prefix = key + "/"
+        return self._execute(
+            "DELETE FROM resources WHERE id = ? OR substr(id, 1, ?) = ?", (key, len(prefix), prefix))
+
+    # ------------------------------------------------------------------ operations
+
+    def create_operation(self, kind: str, resource_id: str | None = None,
+                         status: str = "InProgress", body: dict | None = None) -> OperationRecord:
+        """Record a long-running operation; its id is what a status URL carries."""
+        op = OperationRecord(str(uuid.uuid4()), kind, status, resource_id, time.time(),
+                             None if status == "InProgress" else time.time(), body or {})
+        self._execute(
+            "INSERT INTO operations (id, kind, status, resource_id, started, ended, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (op.id, op.kind, op.status, op.resource_id, op.started, op.ended, json.dumps(op.body)))
+        return op
+
+    def finish_operation(self, op_id: str, status: str = "Succeeded", body: dict | None = None) -> None:
+        self._execute(
+            "UPDATE operations SET status = ?, ended = ?, body = ? WHERE id = ?",
+            (status, time.time(), json.dumps(body or {}), op_id))
+
+    def get_operation(self, op_id: str) -> OperationRecord | None:
+        rows = self._query(
+            "SELECT id, kind, status, resource_id, started, ended, body FROM operations WHERE id = ?",
+            (op_id.lower(),))
+        if not rows:
+            return None
+        row = rows[0]
+        return OperationRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+
+    # ------------------------------------------------------------------ shares
+
+    def share_dir(self, name: str) -> Path | None:
+        """The directory holding share ``name``'s contents, or None if there is no such share."""
+        rows = self._query("SELECT name FROM shares WHERE name = ?", (name.lower(),))
+        return self.shares_root / rows[0][0] if rows else None
+
+    def get_share(self, name: str) -> ShareRecord | None:
+        rows = self._query("SELECT name, created, quota, metadata FROM shares WHERE name = ?",
+                           (name.lower(),))
+        return ShareRecord(rows[0][0], rows[0][1], rows[0][2], json.loads(rows[0][3])) if rows else None
+
+    def list_shares(self) -> list[ShareRecord]:
+        rows = self._query("SELECT name, created, quota, metadata FROM shares ORDER BY name")
+        return [ShareRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def create_share(self, name: str, quota: int, metadata: dict | None = None) -> bool:
+        """Create a share; False if it already exists. ``name`` must already be validated."""
+        name = name.lower()
+        with self.transaction():
+            if self.get_share(name):
+                return False
+            (self.shares_root / name).mkdir(exist_ok=True)
+            self._db.execute("INSERT INTO shares (name, created, quota, metadata) VALUES (?, ?, ?, ?)",
+                             (name, time.time(), quota, json.dumps(metadata or {})))
+        return True
+
+    def delete_share(self, name: str) -> bool:
+        """Delete a share and its contents; False if it did not exist."""
+        name = name.lower()
+        with self.transaction():
+            if not self.get_share(name):
+                return False
+            self._db.execute("DELETE FROM shares WHERE name = ?", (name,))
+            folder = self.shares_root / name
+            doomed = self.trash_root / f"{name}-{uuid.uuid4().hex}"
+            if folder.exists():
+                os.replace(folder, doomed)  # gone from view at once, even if removal is interrupted
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    # ------------------------------------------------------------------ files
+
+    def temp_path(self) -> Path:
+        """A fresh path on the same file system as the shares, for write-then-rename."""
+        return self.tmp_root / f"write-{uuid.uuid4().hex}"
+
+    def write_file_atomically(self, final_path: Path, chunks, size: int | None = None) -> int:
+        """Write ``chunks`` (bytes or an iterable of bytes) to a temp file, then rename it to
+        ``final_path``. ``size`` pre-sizes the file (sparse zeros beyond the data).
+
+        Readers see either the old file or the complete new one, never a partial write.
+        """
+        temp = self.temp_path()
+        written = 0
+        try:
+            with open(temp, "wb") as out:
+                if isinstance(chunks, (bytes, bytearray, memoryview)):
+                    chunks = [chunks]
+                for chunk in chunks:
+                    out.write(chunk)
+                    written += len(chunk)
+                if size is not None and size > written:
+                    out.truncate(size)
+            os.replace(temp, final_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        return written
+
+
+def _resource(row: tuple) -> ResourceRecord:
+    return ResourceRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),
+                          json.loads(row[6]), row[7], row[8])

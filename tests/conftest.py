@@ -1,0 +1,75 @@
+"""Shared fixtures: a real local cloud per test and the real Track-1 SDK clients pointed at it.
+
+``local_cloud`` starts a LocalCloud on a free 127.0.0.1 port in a temporary state directory and
+stops it after the test. ``make_resource_client`` / ``make_file_service`` /
+``make_credentials`` build the SDK clients exactly as a user script would from connection.json:
+ServicePrincipalCredentials through an msrestazure Cloud, FileService through the connection
+string, both trusting ``ca_cert``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from quickstart.localcloud import LocalCloud, azure_cloud
+from quickstart.localcloud.connection import requests_session
+
+
+def make_credentials(connection: dict, secret: str | None = None):
+    """ServicePrincipalCredentials for the local cloud (fetches a token at once, as on Azure)."""
+    from msrestazure.azure_active_directory import ServicePrincipalCredentials
+
+    return ServicePrincipalCredentials(
+        connection["client_id"], secret if secret is not None else connection["client_secret"],
+        tenant=connection["tenant"], cloud_environment=azure_cloud(connection),
+        verify=connection["ca_cert"])
+
+
+def make_resource_client(connection: dict, credentials=None):
+    """azure-mgmt-resource's ResourceManagementClient against the local cloud."""
+    from azure.mgmt.resource import ResourceManagementClient
+
+    client = ResourceManagementClient(credentials or make_credentials(connection),
+                                      connection["subscription_id"],
+                                      base_url=connection["resource_manager_url"])
+    client.config.connection.verify = connection["ca_cert"]
+    return client
+
+
+def make_batchai_client(connection: dict, credentials=None):
+    """azure-mgmt-batchai's BatchAIManagementClient against the local cloud."""
+    from azure.mgmt.batchai import BatchAIManagementClient
+
+    client = BatchAIManagementClient(credentials or make_credentials(connection),
+                                     connection["subscription_id"],
+                                     base_url=connection["resource_manager_url"])
+    client.config.connection.verify = connection["ca_cert"]
+    return client
+
+
+def make_file_service(connection: dict, connection_string: str | None = None):
+    """azure-storage-file's FileService via the connection string, trusting the local CA."""
+    from azure.storage.file import FileService
+
+    return FileService(connection_string=connection_string or connection["storage_connection_string"],
+                       request_session=requests_session(connection))
+
+
+@pytest.fixture
+def local_cloud(tmp_path):
+    """A running local cloud in a fresh state directory; stopped after the test."""
+    cloud = LocalCloud(tmp_path / "localcloud", port=0, cluster_allocation_delay=0.1)
+    cloud.start()
+    try:
+        yield cloud
+    finally:
+        cloud.stop()
+
+
+@pytest.fixture
+def resource_client(local_cloud):
+    return make_resource_client(local_cloud.connection)
+
+
+@pytest.fixture
+def file_service(local_cloud):
+    return make_file_service(local_cloud.connection)

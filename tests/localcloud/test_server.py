@@ -1,0 +1,120 @@
+"""The server itself: start/stop, health, connection.json, TLS, the state-directory lock."""
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import stat
+
+import pytest
+import requests
+
+from quickstart.localcloud import (CONNECTION_FILE, LocalCloud, LocalCloudError, is_serving,
+                                   read_connection)
+from quickstart.localcloud.connection import CONNECTION_KEYS, requests_session
+
+EXPECTED_KEYS = {
+    "resource_manager_url", "active_directory_url", "active_directory_resource_id", "tenant",
+    "client_id", "client_secret", "subscription_id", "storage_account", "storage_key",
+    "storage_connection_string", "ca_cert",
+}
+
+
+def test_connection_json_has_exactly_the_documented_keys(local_cloud):
+    on_disk = json.loads((local_cloud.state_dir / CONNECTION_FILE).read_text())
+    assert set(on_disk) == EXPECTED_KEYS == set(CONNECTION_KEYS)
+    assert on_disk == local_cloud.connection == read_connection(local_cloud.state_dir)
+    assert on_disk["active_directory_url"].endswith("/adfs")
+    assert on_disk["resource_manager_url"].startswith("https://127.0.0.1:")
+    assert f"FileEndpoint={local_cloud.base_url}/{on_disk['storage_account']}" in \
+        on_disk["storage_connection_string"]
+    assert on_disk["storage_account"] != "devstoreaccount1"
+    # it holds secrets: readable by its owner only
+    mode = (local_cloud.state_dir / CONNECTION_FILE).stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_health_answers_200_over_verified_tls(local_cloud):
+    session = requests_session(local_cloud.connection)
+    response = session.get(local_cloud.base_url + "/_localcloud/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert is_serving(local_cloud.connection)
+
+
+def test_certificate_is_refused_without_the_local_ca(local_cloud):
+    session = requests.Session()
+    session.trust_env = False
+    with pytest.raises(requests.exceptions.SSLError):
+        session.get(local_cloud.base_url + "/_localcloud/health", verify=True)
+
+
+def test_server_listens_on_loopback_only(local_cloud):
+    port = int(local_cloud.base_url.rsplit(":", 1)[1])
+    listening = [s for s in _listening_addresses() if s[1] == port]
+    assert listening and all(addr == "127.0.0.1" for addr, _ in listening)
+
+
+def _listening_addresses():
+    found = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            ip = socket.inet_ntoa(bytes.fromhex(hex_ip)[::-1])
+            found.append((ip, int(hex_port, 16)))
+    return found
+
+
+def test_stop_closes_the_port_and_is_serving_turns_false(tmp_path):
+    cloud = LocalCloud(tmp_path / "state").start()
+    connection = cloud.connection
+    session = requests_session(connection)
+    assert session.get(cloud.base_url + "/_localcloud/health").status_code == 200  # keep-alive open
+    cloud.stop()
+    assert not is_serving(connection)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session.get(cloud.base_url + "/_localcloud/health", timeout=5)
+
+
+def test_second_server_on_the_same_state_directory_is_refused(local_cloud):
+    with pytest.raises(LocalCloudError, match="already serving"):
+        LocalCloud(local_cloud.state_dir).start()
+
+
+def test_restart_keeps_port_credentials_and_certificate(tmp_path):
+    with LocalCloud(tmp_path / "state") as first:
+        before = dict(first.connection)
+        ca_before = (tmp_path / "state" / "tls" / "ca.pem").read_bytes()
+    with LocalCloud(tmp_path / "state") as second:
+        assert second.connection == before
+        assert (tmp_path / "state" / "tls" / "ca.pem").read_bytes() == ca_before
+
+
+def test_busy_explicit_port_is_a_clear_error(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        with pytest.raises(LocalCloudError, match=r"port \d+ on 127.0.0.1 is in use"):
+            LocalCloud(tmp_path / "state", port=blocker.getsockname()[1]).start()
+    finally:
+        blocker.close()
+
+
+def test_plain_http_client_does_not_stall_the_server(local_cloud):
+    port = int(local_cloud.base_url.rsplit(":", 1)[1])
+    idle = socket.create_connection(("127.0.0.1", port))  # connects, never handshakes
+    try:
+        assert is_serving(local_cloud.connection)
+    finally:
+        idle.close()
+
+
+def test_unknown_path_is_a_json_404(local_cloud):
+    response = requests_session(local_cloud.connection).get(local_cloud.base_url + "/nowhere")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NotFound"
