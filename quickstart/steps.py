@@ -254,14 +254,19 @@ def monitor_job(clients, settings, job_name, sleep=time.sleep):
     state = None
     while True:
         job = clients.batchai.jobs.get(settings.resource_group, settings.workspace, settings.experiment, job_name)
+        finished = plain(job.execution_state) in FINISHED
+        if finished:
+            tail.pump(until_end=True)  # the rest of the output comes before the final state
         if plain(job.execution_state) != state:
             state = plain(job.execution_state)
+            tail.end_line()
             print("{:%H:%M:%S} Job state: {}".format(datetime.now(), state), flush=True)
-        if state != "queued":
-            tail.pump(until_end=state in FINISHED)
-        if state in FINISHED:
+        if finished:
+            tail.end_line()
             print_job_result(job)
             return job
+        if state != "queued":
+            tail.pump()
         sleep(settings.poll_interval)
 
 
@@ -274,6 +279,7 @@ class OutputTail:
         self.url = None
         self.offset = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.mid_line = False
 
     def pump(self, until_end=False):
         """Print what the file gained since the last call; with until_end, read to its end."""
@@ -283,12 +289,20 @@ class OutputTail:
                 if self.url is None:
                     return
             chunk = self.read_new()
-            if chunk:
-                print(self.decoder.decode(chunk), end="", flush=True)
+            self.write(self.decoder.decode(chunk, final=until_end and not chunk))
             if not chunk or not until_end:
-                if until_end:
-                    print(self.decoder.decode(b"", final=True), end="", flush=True)
                 return
+
+    def write(self, text):
+        if text:
+            print(text, end="", flush=True)
+            self.mid_line = not text.endswith("\n")
+
+    def end_line(self):
+        """Finish a partly printed output line, so our own lines start on their own."""
+        if self.mid_line:
+            print(flush=True)
+            self.mid_line = False
 
     def find_url(self):
         files = list_files(self.clients.batchai, self.settings, self.job_name, "stdouterr")

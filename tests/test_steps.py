@@ -1,0 +1,557 @@
+"""The tutorial's steps against autospec'd SDK clients: the exact models built, the order of calls,
+monitoring with live streaming, failures, teardown and status."""
+import re
+import sys
+import types
+from datetime import datetime, timedelta, timezone
+from unittest.mock import ANY, call, patch
+
+import pytest
+from azure.mgmt.batchai import models
+from msrest import Serializer
+from msrestazure import azure_cloud
+
+from quickstart import steps
+from quickstart.config import NAME_RULES
+from tests.fakes_azure import (ADMIN_PASSWORD, CLIENT_SECRET, CLUSTER_ID, STORAGE_KEY, SUBSCRIPTION, FakeAzure,
+                               azure_settings, cloud_error, cluster, http_response, job, output_file)
+
+STDERR_URL = "https://mystorage.file.core.windows.net/batchaiquickstart/seg/stdouterr/stderr.txt?sv=x&sig=y"
+MODEL_URL = "https://mystorage.file.core.windows.net/batchaiquickstart/seg/outputs/Models/{}?sv=x&sig=y"
+SERIALIZER = Serializer({name: cls for name, cls in vars(models).items() if isinstance(cls, type)})
+
+
+@pytest.fixture
+def azure(monkeypatch):
+    """Every SDK constructor the tutorial calls, patched to hand out the autospec'd fakes."""
+    fake = FakeAzure()
+    with patch("quickstart.steps.ServicePrincipalCredentials", autospec=True) as credentials, \
+            patch("azure.mgmt.batchai.BatchAIManagementClient", return_value=fake.batchai) as batchai_client, \
+            patch("quickstart.steps.ResourceManagementClient", return_value=fake.resources) as resource_client, \
+            patch("quickstart.steps.FileService", return_value=fake.files) as file_service, \
+            patch("quickstart.steps.requests.Session", return_value=fake.http):
+        fake.credentials_class, fake.batchai_class = credentials, batchai_client
+        fake.resource_class, fake.file_service_class = resource_client, file_service
+        yield fake
+
+
+@pytest.fixture
+def sample_files(tmp_path, monkeypatch):
+    """Three small files standing in for the built sample (the sample module has its own tests)."""
+    paths = []
+    for name, size in (("Train-28x28_cntk_text.txt", 3000), ("Test-28x28_cntk_text.txt", 1000),
+                       ("ConvNet_MNIST.py", 200)):
+        path = tmp_path / name
+        path.write_bytes(b"x" * size)
+        paths.append(path)
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: paths)
+    return paths
+
+
+class JobScript:
+    """A job that writes stderr.txt while it runs: each jobs.get advances it one step."""
+
+    def __init__(self, states, chunks, exit_code=0, errors=None):
+        self.states, self.chunks, self.exit_code, self.errors = states, chunks, exit_code, errors
+        self.content = b""
+        self.polls = 0
+        self.range_headers = []
+
+    def get(self, resource_group, workspace, experiment, job_name, **kwargs):
+        state = self.states[min(self.polls, len(self.states) - 1)]
+        if self.polls < len(self.chunks):
+            self.content += self.chunks[self.polls]
+        self.polls += 1
+        finished = state in ("succeeded", "failed")
+        result = job(job_name, state, exit_code=self.exit_code if finished else None,
+                     errors=self.errors if finished else None)
+        if finished:
+            result.execution_info.start_time = datetime(2018, 5, 1, 9, 30, tzinfo=timezone.utc)
+            result.execution_info.end_time = datetime(2018, 5, 1, 9, 42, 5, tzinfo=timezone.utc)
+        return result
+
+    def http_get(self, url, headers=None, stream=False, timeout=None):
+        if url == STDERR_URL:
+            self.range_headers.append(headers["Range"])
+            start = int(re.match(r"bytes=(\d+)-$", headers["Range"]).group(1))
+            if start >= len(self.content):
+                return http_response(416)
+            return http_response(206, self.content[start:], {
+                "Content-Range": "bytes {}-{}/{}".format(start, len(self.content) - 1, len(self.content))})
+        return http_response(200, b"model:" + url.encode())
+
+    @staticmethod
+    def list_output_files(resource_group, workspace, experiment, job_name, options, **kwargs):
+        if options.outputdirectoryid == "stdouterr":
+            return iter([output_file("execution.log", STDERR_URL.replace("stderr.txt", "execution.log")),
+                         output_file("stderr.txt", STDERR_URL), output_file("counters")])
+        return iter([output_file(name, MODEL_URL.format(name))
+                     for name in ("ConvNet_MNIST_0.dnn", "ConvNet_MNIST_1.dnn")])
+
+
+def script_job(azure, script):
+    azure.batchai.jobs.get.side_effect = script.get
+    azure.batchai.jobs.list_output_files.side_effect = script.list_output_files
+    azure.http.get.side_effect = script.http_get
+
+
+def allocating_cluster(azure):
+    """No cluster yet; once created it goes resizing -> preparing -> idle."""
+    azure.batchai.clusters.get.side_effect = [
+        cloud_error(404, "ClusterNotFound"),
+        cluster("resizing"), cluster("resizing"), cluster("steady", preparing=1, current=1),
+        cluster("steady", idle=1, current=1)]
+
+
+# 1. Credentials and clients ----------------------------------------------------------------------
+
+def test_clients_sign_in_with_the_service_principal_on_the_chosen_cloud(azure):
+    clients = steps.create_clients(azure_settings(cloud="AzureChinaCloud"))
+
+    azure.credentials_class.assert_called_once_with(
+        client_id="myclient", secret=CLIENT_SECRET, tenant="mytenant",
+        cloud_environment=azure_cloud.AZURE_CHINA_CLOUD, verify=True)
+    credentials = azure.credentials_class.return_value
+    azure.batchai_class.assert_called_once_with(credentials, SUBSCRIPTION,
+                                                base_url="https://management.chinacloudapi.cn")
+    azure.resource_class.assert_called_once_with(credentials, SUBSCRIPTION,
+                                                 base_url="https://management.chinacloudapi.cn")
+    assert clients == (azure.batchai, azure.resources, azure.http)
+
+
+def test_local_cloud_clients_trust_its_ca_certificate_explicitly(azure, tmp_path):
+    settings = azure_settings(
+        cloud="local", resource_manager_url="https://127.0.0.1:4443/",
+        active_directory_url="https://127.0.0.1:4443/adfs", active_directory_resource_id="https://127.0.0.1:4443/",
+        storage_connection_string="AccountName=acct;AccountKey=a2V5;FileEndpoint=https://127.0.0.1:4443/acct",
+        ca_cert=str(tmp_path / "ca.pem"))
+
+    clients = steps.create_clients(settings)
+    steps.create_file_share(settings, clients.http)
+
+    kwargs = azure.credentials_class.call_args.kwargs
+    assert kwargs["verify"] == str(tmp_path / "ca.pem")
+    assert kwargs["cloud_environment"].endpoints.active_directory == "https://127.0.0.1:4443/adfs"
+    assert kwargs["cloud_environment"].endpoints.resource_manager == "https://127.0.0.1:4443/"
+    assert azure.batchai.config.connection.verify == str(tmp_path / "ca.pem")
+    assert azure.resources.config.connection.verify == str(tmp_path / "ca.pem")
+    assert azure.http.verify == str(tmp_path / "ca.pem")
+    azure.file_service_class.assert_called_once_with(
+        connection_string=settings.storage_connection_string, request_session=azure.http)
+
+
+# 2-3. Resource group, share, directory, sample, upload -------------------------------------------
+
+def test_resource_group_share_and_directory_are_created_or_reused(azure):
+    settings = azure_settings()
+    steps.create_resource_group(azure.resources, settings)
+    service = steps.create_file_share(settings, azure.http)
+    steps.create_sample_directory(service, settings)
+
+    azure.resources.resource_groups.create_or_update.assert_called_once_with("myresourcegroup",
+                                                                             {"location": "eastus"})
+    azure.file_service_class.assert_called_once_with("mystorage", STORAGE_KEY, request_session=azure.http,
+                                                     endpoint_suffix="core.windows.net")
+    azure.files.create_share.assert_called_once_with("batchaiquickstart", fail_on_exist=False)
+    azure.files.create_directory.assert_called_once_with("batchaiquickstart", "mnistcntksample",
+                                                         fail_on_exist=False)
+
+
+def test_upload_sends_each_sample_file_with_a_progress_callback(azure, sample_files, capsys):
+    steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+
+    assert azure.files.create_file_from_path.call_args_list == [
+        call("batchaiquickstart", "mnistcntksample", path.name, str(path), progress_callback=ANY)
+        for path in sample_files]
+    progress = azure.files.create_file_from_path.call_args.kwargs["progress_callback"]
+    progress(100, 200)  # the SDK calls it as chunks finish; it must accept (current, total)
+    assert "Uploaded Train-28x28_cntk_text.txt (3,000 bytes)" in capsys.readouterr().out
+
+
+def test_sample_files_are_the_built_ctf_files_and_the_training_script(tmp_path, monkeypatch):
+    built = []
+    sample = types.ModuleType("quickstart.sample")
+
+    def build_ctf_files(data_dir):
+        built.append(data_dir)
+        return str(tmp_path / "Train-28x28_cntk_text.txt"), str(tmp_path / "Test-28x28_cntk_text.txt")
+    sample.build_ctf_files = build_ctf_files
+    monkeypatch.setitem(sys.modules, "quickstart.sample", sample)
+    (tmp_path / "ConvNet_MNIST.py").write_text("print('train')\n")
+    monkeypatch.setattr(steps, "REPO_ROOT", tmp_path)
+
+    paths = steps.prepare_sample_files(azure_settings(data_dir=str(tmp_path / "data")))
+
+    assert built == [str(tmp_path / "data")]
+    assert [p.name for p in paths] == ["Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"]
+
+
+# 4-5. Workspace and cluster -----------------------------------------------------------------------
+
+def test_cluster_is_built_exactly_as_the_article_builds_it(azure):
+    allocating_cluster(azure)
+    steps.create_workspace(azure.batchai, azure_settings())
+    steps.create_cluster(azure.batchai, azure_settings(), azure.files)
+
+    azure.batchai.workspaces.create.assert_called_once_with("myresourcegroup", "myworkspace", "eastus")
+    expected = models.ClusterCreateParameters(
+        vm_size="STANDARD_NC6",
+        scale_settings=models.ScaleSettings(manual=models.ManualScaleSettings(target_node_count=1)),
+        node_setup=models.NodeSetup(mount_volumes=models.MountVolumes(azure_file_shares=[
+            models.AzureFileShareReference(
+                account_name="mystorage",
+                credentials=models.AzureStorageCredentialsInfo(account_key=STORAGE_KEY),
+                azure_file_url="https://mystorage.file.core.windows.net/batchaiquickstart",
+                relative_mount_path="azurefileshare")])),
+        user_account_settings=models.UserAccountSettings(admin_user_name="demouser",
+                                                         admin_user_password=ADMIN_PASSWORD))
+    azure.batchai.clusters.create.assert_called_once_with("myresourcegroup", "myworkspace", "mycluster", expected)
+    body = SERIALIZER.body(azure.batchai.clusters.create.call_args.args[3], "ClusterCreateParameters")
+    assert body == {"properties": {
+        "vmSize": "STANDARD_NC6", "vmPriority": "dedicated",
+        "scaleSettings": {"manual": {"targetNodeCount": 1, "nodeDeallocationOption": "requeue"}},
+        "nodeSetup": {"mountVolumes": {"azureFileShares": [{
+            "accountName": "mystorage", "azureFileUrl": "https://mystorage.file.core.windows.net/batchaiquickstart",
+            "credentials": {"accountKey": STORAGE_KEY}, "relativeMountPath": "azurefileshare",
+            "fileMode": "0777", "directoryMode": "0777"}]}},
+        "userAccountSettings": {"adminUserName": "demouser", "adminUserPassword": ADMIN_PASSWORD}}}
+
+
+def test_cluster_with_ssh_key_and_more_nodes(azure):
+    allocating_cluster(azure)
+    settings = azure_settings(admin_user_password="", admin_ssh_public_key="ssh-rsa AAAAB3Nz me@host",
+                              node_count=3, vm_size="Standard_NC6s_v3")
+    steps.create_cluster(azure.batchai, settings, azure.files)
+
+    parameters = azure.batchai.clusters.create.call_args.args[3]
+    assert parameters.vm_size == "Standard_NC6s_v3"
+    assert parameters.scale_settings.manual.target_node_count == 3
+    assert parameters.user_account_settings == models.UserAccountSettings(
+        admin_user_name="demouser", admin_user_ssh_public_key="ssh-rsa AAAAB3Nz me@host")
+
+
+def test_an_existing_cluster_is_reused(azure, capsys):
+    azure.batchai.clusters.get.return_value = cluster("steady", idle=1, current=1)
+    result = steps.create_cluster(azure.batchai, azure_settings(), azure.files)
+
+    azure.batchai.clusters.create.assert_not_called()
+    assert result.id == CLUSTER_ID
+    assert "Cluster mycluster exists; reusing it" in capsys.readouterr().out
+
+
+def test_waiting_prints_the_status_line_at_each_poll_until_a_node_is_idle(azure, capsys):
+    allocating_cluster(azure)
+    next(azure.batchai.clusters.get.side_effect)  # the cluster exists already
+    sleeps = []
+    result = steps.wait_for_idle_node(azure.batchai, azure_settings(poll_interval=7), sleeps.append)
+
+    assert result.node_state_counts.idle_node_count == 1
+    assert sleeps == [7, 7, 7]
+    assert capsys.readouterr().out.splitlines() == [
+        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0",
+        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0",
+        "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 0; Preparing: 1; Leaving: 0",
+        "Cluster state: steady Target: 1; Allocated: 1; Idle: 1; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0"]
+
+
+def test_a_cluster_allocation_error_is_printed_with_its_details(azure, capsys):
+    error = models.BatchAIError()
+    error.code, error.message = "AllocationFailed", "Not enough cores quota"
+    detail = models.NameValuePair(name="Quota", value="NC cores: 0 of 6")
+    error.details = [detail]
+    azure.batchai.clusters.get.return_value = cluster("steady", errors=[error])
+
+    with pytest.raises(steps.StepFailed, match="could not allocate"):
+        steps.wait_for_idle_node(azure.batchai, azure_settings(), lambda seconds: None)
+
+    out = capsys.readouterr().out
+    assert "Cluster error: AllocationFailed: Not enough cores quota" in out
+    assert "  Quota: NC cores: 0 of 6" in out
+
+
+# 6-7. Experiment and job --------------------------------------------------------------------------
+
+def test_job_is_built_exactly_as_the_article_builds_it(azure):
+    steps.create_experiment(azure.batchai, azure_settings())
+    steps.create_job(azure.batchai, azure_settings(), cluster(), "cntk_05_01_2018_093000")
+
+    azure.batchai.experiments.create.assert_called_once_with("myresourcegroup", "myworkspace", "myexperiment")
+    expected = models.JobCreateParameters(
+        cluster=models.ResourceId(id=CLUSTER_ID),
+        node_count=1,
+        std_out_err_path_prefix="$AZ_BATCHAI_MOUNT_ROOT/azurefileshare",
+        input_directories=[models.InputDirectory(
+            id="SAMPLE", path="$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/mnistcntksample")],
+        output_directories=[models.OutputDirectory(
+            id="MODEL", path_prefix="$AZ_BATCHAI_MOUNT_ROOT/azurefileshare", path_suffix="Models")],
+        container_settings=models.ContainerSettings(image_source_registry=models.ImageSourceRegistry(
+            image="microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0")),
+        cntk_settings=models.CNTKsettings(
+            python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
+            command_line_args="$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"))
+    azure.batchai.jobs.create.assert_called_once_with(
+        "myresourcegroup", "myworkspace", "myexperiment", "cntk_05_01_2018_093000", expected)
+    azure.batchai.jobs.delete.assert_not_called()
+    body = SERIALIZER.body(azure.batchai.jobs.create.call_args.args[4], "JobCreateParameters")
+    assert body == {"properties": {
+        "schedulingPriority": "normal", "cluster": {"id": CLUSTER_ID}, "nodeCount": 1,
+        "containerSettings": {"imageSourceRegistry": {"image": "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"}},
+        "cntkSettings": {"pythonScriptFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
+                         "commandLineArgs": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"},
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare",
+        "inputDirectories": [{"id": "SAMPLE", "path": "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/mnistcntksample"}],
+        "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare",
+                               "pathSuffix": "Models"}]}}
+
+
+def test_job_takes_image_extra_args_and_epochs_from_settings(azure):
+    settings = azure_settings(container_image="myregistry/cntk:2.5", extra_args="--seed 7", epochs=3)
+    steps.create_job(azure.batchai, settings, cluster(), "myjob")
+
+    parameters = azure.batchai.jobs.create.call_args.args[4]
+    assert parameters.container_settings.image_source_registry.image == "myregistry/cntk:2.5"
+    assert parameters.cntk_settings.command_line_args == (
+        "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL --seed 7 --max-epochs 3")
+
+
+def test_a_pinned_job_name_from_an_earlier_run_is_deleted_first(azure, capsys):
+    steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
+    assert azure.call_names() == ["jobs.delete", "jobs.create"]
+    assert "Deleted job myjob from an earlier run" in capsys.readouterr().out
+
+    azure.batchai.jobs.delete.side_effect = cloud_error(404, "JobNotFound")
+    steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
+    assert azure.batchai.jobs.create.call_count == 2
+
+
+def test_job_names_are_timestamped_unless_pinned():
+    now = datetime(2018, 5, 1, 9, 30, 0, tzinfo=timezone.utc)
+    name = steps.choose_job_name(azure_settings(), now)
+    assert name == "cntk_05_01_2018_093000"
+    assert NAME_RULES["job"][0].match(name)
+    assert steps.choose_job_name(azure_settings(job="myjob"), now) == "myjob"
+    later = steps.choose_job_name(azure_settings(), now + timedelta(seconds=1))
+    assert later != name
+
+
+# 8. Monitoring ------------------------------------------------------------------------------------
+
+def test_monitoring_streams_growing_output_live_and_ends_with_the_exit_code(azure, capsys):
+    chunks = [b"", b"Selected CPU as the process wide default device.\n", b"Finished Epoch[1 of 2]: loss = 0.4",
+              b"05960 caf\xc3", b"\xa9\nFinished Epoch[2 of 2]\n", b"Final Results: errs = 0.54%\n"]
+    script = JobScript(["queued", "running", "running", "running", "running", "succeeded"], chunks)
+    script_job(azure, script)
+
+    result = steps.monitor_job(steps.Clients(azure.batchai, azure.resources, azure.http),
+                               azure_settings(), "myjob", sleep=lambda seconds: None)
+
+    out = capsys.readouterr().out
+    full_log = b"".join(chunks).decode()
+    assert full_log in out
+    assert "café" in out  # a UTF-8 character split across two reads comes out whole
+    # Live: the first epoch line appears before the job is reported finished.
+    assert out.index("Finished Epoch[1 of 2]") < out.index("Job state: succeeded")
+    assert re.search(r"^\d\d:\d\d:\d\d Job state: queued$", out, re.M)
+    assert re.search(r"^\d\d:\d\d:\d\d Job state: running$", out, re.M)
+    assert out.count("Job state: running") == 1  # state changes only
+    assert "Job myjob succeeded with exit code 0; execution took 0:12:05" in out
+    assert result.execution_state == "succeeded"
+    # Range reads start where the last one ended.
+    offsets = [int(h[6:-1]) for h in script.range_headers]
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    assert set(offsets) >= {len(b"".join(chunks[:i + 1])) for i in range(1, len(chunks))}
+    listed = [c.args[4].outputdirectoryid for c in azure.batchai.jobs.list_output_files.call_args_list]
+    assert listed == ["stdouterr"]  # the download URL is looked up once
+
+
+def test_output_without_a_final_newline_does_not_run_into_the_next_line(azure, capsys):
+    script_job(azure, JobScript(["running", "running", "succeeded"], [b"epoch 1 ", b"loss 0.4", b""]))
+    steps.monitor_job(steps.Clients(azure.batchai, azure.resources, azure.http), azure_settings(), "myjob",
+                      sleep=lambda seconds: None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "epoch 1 loss 0.4"
+    assert lines[2].endswith(" Job state: succeeded")
+    assert lines[3].startswith("Job myjob succeeded with exit code 0")
+
+
+def test_monitoring_renews_an_expired_download_link(azure, capsys):
+    script = JobScript(["running", "running", "succeeded"], [b"one\n", b"two\n", b""])
+    script_job(azure, script)
+    responses = iter([http_response(403)])
+
+    def http_get(url, headers=None, **kwargs):
+        response = next(responses, None)  # (a Response is falsy when not ok)
+        return script.http_get(url, headers=headers) if response is None else response
+    azure.http.get.side_effect = http_get
+
+    steps.monitor_job(steps.Clients(azure.batchai, azure.resources, azure.http), azure_settings(), "myjob",
+                      sleep=lambda seconds: None)
+    assert "one\ntwo\n" in capsys.readouterr().out
+    assert azure.batchai.jobs.list_output_files.call_count == 2
+
+
+def test_a_failed_job_reports_its_exit_code_and_errors(azure, capsys):
+    error = models.BatchAIError()
+    error.code, error.message, error.details = "JobFailed", "The job failed with exit code 3", None
+    script = JobScript(["running", "failed"], [b"Traceback ...\n"], exit_code=3, errors=[error])
+    script_job(azure, script)
+
+    result = steps.monitor_job(steps.Clients(azure.batchai, azure.resources, azure.http), azure_settings(),
+                               "myjob", sleep=lambda seconds: None)
+
+    out = capsys.readouterr().out
+    assert "Job myjob failed with exit code 3" in out
+    assert "Job error: JobFailed: The job failed with exit code 3" in out
+    assert steps.job_exit_status(result) == 3
+    assert steps.job_exit_status(job("x", "failed", exit_code=-1)) == 1
+    assert steps.job_exit_status(job("x", "failed", exit_code=None)) == 1
+    assert steps.job_exit_status(job("x", "succeeded", exit_code=0)) == 0
+
+
+# 9-10. Output files and models -------------------------------------------------------------------
+
+def test_output_files_are_listed_with_urls_and_models_downloaded(azure, tmp_path, capsys):
+    script_job(azure, JobScript(["succeeded"], []))
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+
+    files = steps.list_output_files(azure.batchai, settings, "myjob")
+    target = steps.download_model_files(azure.http, settings, "myjob", files)
+
+    out = capsys.readouterr().out
+    assert "file: stderr.txt, download url: " + STDERR_URL in out
+    assert "file: ConvNet_MNIST_1.dnn, download url: " + MODEL_URL.format("ConvNet_MNIST_1.dnn") in out
+    assert "counters" not in out  # directories have no download URL
+    options = [c.args[4] for c in azure.batchai.jobs.list_output_files.call_args_list]
+    assert options == [models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr"),
+                       models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")]
+    assert target == tmp_path / "outputs" / "myjob"
+    assert sorted(p.name for p in target.iterdir()) == ["ConvNet_MNIST_0.dnn", "ConvNet_MNIST_1.dnn"]
+    assert (target / "ConvNet_MNIST_0.dnn").read_bytes() == b"model:" + MODEL_URL.format(
+        "ConvNet_MNIST_0.dnn").encode()
+
+
+# The whole run ------------------------------------------------------------------------------------
+
+def test_run_calls_every_step_in_the_articles_order(azure, sample_files, tmp_path, capsys):
+    allocating_cluster(azure)
+    script_job(azure, JobScript(["queued", "running", "succeeded"], [b"", b"epoch 1\n", b"done\n"]))
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+
+    assert steps.run(settings, sleep=lambda seconds: None) == 0
+
+    assert azure.call_names() == [
+        "resource_groups.create_or_update", "files.create_share", "files.create_directory",
+        "files.create_file_from_path", "workspaces.create", "clusters.get", "clusters.create", "clusters.get",
+        "experiments.create", "jobs.create", "jobs.get", "jobs.list_output_files", "jobs.get",
+        "jobs.list_output_files"]
+    assert azure.files.create_file_from_path.call_count == 3
+    job_name = azure.batchai.jobs.create.call_args.args[3]
+    assert re.match(r"^cntk_\d\d_\d\d_\d{4}_\d{6}$", job_name)
+    assert len(list((tmp_path / "outputs" / job_name).iterdir())) == 2
+    out = capsys.readouterr().out
+    for secret in (CLIENT_SECRET, STORAGE_KEY, ADMIN_PASSWORD):
+        assert secret not in out
+
+
+def test_run_returns_a_failed_jobs_exit_code_without_downloading(azure, sample_files, tmp_path, capsys):
+    allocating_cluster(azure)
+    script_job(azure, JobScript(["running", "failed"], [b"boom\n"], exit_code=2))
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+
+    assert steps.run(settings, sleep=lambda seconds: None) == 2
+    assert not (tmp_path / "outputs").exists()
+    assert "file: stderr.txt" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_monitoring_says_the_job_keeps_running(azure, sample_files, capsys):
+    allocating_cluster(azure)
+    azure.batchai.jobs.get.side_effect = KeyboardInterrupt
+
+    assert steps.run(azure_settings(job="myjob"), sleep=lambda seconds: None) == 130
+    out = capsys.readouterr().out
+    assert "The job myjob keeps running in the cloud" in out
+    assert "python -m quickstart status" in out and "python -m quickstart teardown" in out
+
+
+# Teardown and status ------------------------------------------------------------------------------
+
+def test_teardown_deletes_jobs_then_cluster_workspace_and_resource_group(azure, capsys):
+    azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_1", "succeeded"), job("cntk_2", "failed")])
+
+    assert steps.teardown(azure_settings()) == 0
+
+    assert azure.call_names() == ["jobs.list_by_experiment", "jobs.delete", "experiments.delete",
+                                  "clusters.delete", "workspaces.delete", "resource_groups.delete"]
+    assert azure.batchai.jobs.delete.call_args_list == [
+        call("myresourcegroup", "myworkspace", "myexperiment", "cntk_1"),
+        call("myresourcegroup", "myworkspace", "myexperiment", "cntk_2")]
+    azure.batchai.clusters.delete.assert_called_once_with("myresourcegroup", "myworkspace", "mycluster")
+    azure.batchai.workspaces.delete.assert_called_once_with("myresourcegroup", "myworkspace")
+    azure.resources.resource_groups.delete.assert_called_once_with("myresourcegroup")
+    azure.files.delete_share.assert_not_called()
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "Removed job cntk_1", "Removed job cntk_2", "Removed experiment myexperiment", "Removed cluster mycluster",
+        "Removed workspace myworkspace", "Removed resource group myresourcegroup"]
+
+
+def test_teardown_tolerates_what_is_already_gone(azure, capsys):
+    gone = cloud_error(404, "ResourceGroupNotFound")
+    azure.batchai.jobs.list_by_experiment.side_effect = gone
+    for delete in (azure.batchai.experiments.delete, azure.batchai.clusters.delete,
+                   azure.batchai.workspaces.delete, azure.resources.resource_groups.delete):
+        delete.side_effect = gone
+    azure.files.delete_share.return_value = False
+
+    assert steps.teardown(azure_settings(), delete_share=True) == 0
+
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "Experiment myexperiment: already gone", "Cluster mycluster: already gone",
+        "Workspace myworkspace: already gone", "Resource group myresourcegroup: already gone",
+        "File share batchaiquickstart: already gone"]
+    azure.files.delete_share.assert_called_once_with("batchaiquickstart", fail_not_exist=False)
+
+
+def test_teardown_stops_on_errors_other_than_not_found(azure):
+    azure.batchai.clusters.delete.side_effect = cloud_error(409, "Conflict", "The cluster is busy")
+    with pytest.raises(Exception, match="The cluster is busy"):
+        steps.teardown(azure_settings(job="myjob"))
+    azure.batchai.workspaces.delete.assert_not_called()
+
+
+def test_status_shows_the_cluster_the_latest_job_and_its_files(azure, capsys):
+    azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
+    early, late = datetime(2018, 5, 1, tzinfo=timezone.utc), datetime(2018, 5, 2, tzinfo=timezone.utc)
+    azure.batchai.jobs.list_by_experiment.return_value = iter([
+        job("cntk_b", "succeeded", exit_code=0, created=early), job("cntk_a", "running", created=late)])
+    azure.batchai.jobs.list_output_files.side_effect = JobScript.list_output_files
+
+    assert steps.status(azure_settings()) == 0
+
+    out = capsys.readouterr().out
+    assert "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 1;" in out
+    assert "Job cntk_a: Job state: running" in out
+    assert "file: stderr.txt, download url: " in out
+    assert azure.batchai.jobs.list_output_files.call_args.args[3] == "cntk_a"
+    azure.batchai.clusters.create.assert_not_called()
+
+
+def test_status_when_nothing_exists(azure, capsys):
+    azure.batchai.clusters.get.side_effect = cloud_error(404, "ClusterNotFound")
+    azure.batchai.jobs.list_by_experiment.side_effect = cloud_error(404, "ResourceGroupNotFound")
+
+    assert steps.status(azure_settings()) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["Cluster mycluster: not found",
+                                                        "Job: none in experiment myexperiment"]
+
+
+def test_steps_module_keeps_no_state():
+    """One function per step and no module-level state: only constants, imports and definitions."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(steps))
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            assert all(isinstance(t, ast.Name) and t.id.isupper() or t.id == "Clients" for t in node.targets)
+            assert not isinstance(node.value, (ast.List, ast.Dict, ast.Set, ast.Call)) or \
+                isinstance(node.value, ast.Call) and node.value.func.id == "namedtuple" or \
+                isinstance(node.value, ast.Dict) and all(isinstance(v, ast.Constant) for v in node.value.values)
