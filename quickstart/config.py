@@ -213,11 +213,11 @@ def _read_ini(path):
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(file, encoding="utf-8")
+    except configparser.MissingSectionHeaderError as error:
+        return {}, ["{}: line {}: settings must follow a [section] header".format(file, error.lineno)]
     except configparser.ParsingError as error:
         lines = ", ".join(str(lineno) for lineno, _ in error.errors)
         return {}, ["{}: line {}: not a 'key = value' line or [section] header".format(file, lines)]
-    except configparser.MissingSectionHeaderError as error:
-        return {}, ["{}: line {}: settings must follow a [section] header".format(file, error.lineno)]
     except configparser.DuplicateOptionError as error:
         return {}, ["{}: line {}: [{}] {} is set twice".format(file, error.lineno, error.section, error.option)]
     except configparser.DuplicateSectionError as error:
