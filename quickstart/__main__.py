@@ -8,6 +8,7 @@ QUICKSTART_DEBUG=1 to see one), and no secret from the settings ever reaches the
 """
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 
@@ -145,8 +146,8 @@ def bound(settings, connection, secrets):
 
 def import_local_cloud():
     try:
-        import quickstart.localcloud as localcloud
-        localcloud.LocalCloud  # noqa: B018  (the package may exist before its server does)
+        localcloud = importlib.import_module("quickstart.localcloud")
+        localcloud.LocalCloud, localcloud.serve_forever  # noqa: B018  (the package may predate its server)
     except (ImportError, AttributeError):
         raise CommandError("cloud = local: the local cloud is not available yet in this checkout; "
                            "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure")

@@ -3,8 +3,9 @@
 Every stand-in is `unittest.mock.create_autospec` of the real SDK class, so a call with a wrong
 name or signature fails the test just as it would fail against Azure.
 """
+import contextlib
 import json
-from unittest.mock import Mock, create_autospec
+from unittest.mock import Mock, create_autospec, patch
 
 import requests
 from azure.mgmt.batchai import BatchAIManagementClient, models
@@ -125,3 +126,17 @@ class FakeAzure:
             if not names or names[-1] != name:
                 names.append(name)
         return names
+
+
+@contextlib.contextmanager
+def patched_sdk():
+    """Every SDK constructor the tutorial calls, patched to hand out one FakeAzure's clients."""
+    fake = FakeAzure()
+    with patch("quickstart.steps.ServicePrincipalCredentials", autospec=True) as credentials, \
+            patch("azure.mgmt.batchai.BatchAIManagementClient", return_value=fake.batchai) as batchai_client, \
+            patch("quickstart.steps.ResourceManagementClient", return_value=fake.resources) as resource_client, \
+            patch("quickstart.steps.FileService", return_value=fake.files) as file_service, \
+            patch("quickstart.steps.requests.Session", return_value=fake.http):
+        fake.credentials_class, fake.batchai_class = credentials, batchai_client
+        fake.resource_class, fake.file_service_class = resource_client, file_service
+        yield fake

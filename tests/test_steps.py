@@ -4,7 +4,7 @@ import re
 import sys
 import types
 from datetime import datetime, timedelta, timezone
-from unittest.mock import ANY, call, patch
+from unittest.mock import ANY, call
 
 import pytest
 from azure.mgmt.batchai import models
@@ -14,7 +14,8 @@ from msrestazure import azure_cloud
 from quickstart import steps
 from quickstart.config import NAME_RULES
 from tests.fakes_azure import (ADMIN_PASSWORD, CLIENT_SECRET, CLUSTER_ID, STORAGE_KEY, SUBSCRIPTION, FakeAzure,
-                               azure_settings, cloud_error, cluster, http_response, job, output_file)
+                               azure_settings, cloud_error, cluster, http_response, job, output_file,
+                               patched_sdk)
 
 STDERR_URL = "https://mystorage.file.core.windows.net/batchaiquickstart/seg/stdouterr/stderr.txt?sv=x&sig=y"
 MODEL_URL = "https://mystorage.file.core.windows.net/batchaiquickstart/seg/outputs/Models/{}?sv=x&sig=y"
@@ -22,16 +23,8 @@ SERIALIZER = Serializer({name: cls for name, cls in vars(models).items() if isin
 
 
 @pytest.fixture
-def azure(monkeypatch):
-    """Every SDK constructor the tutorial calls, patched to hand out the autospec'd fakes."""
-    fake = FakeAzure()
-    with patch("quickstart.steps.ServicePrincipalCredentials", autospec=True) as credentials, \
-            patch("azure.mgmt.batchai.BatchAIManagementClient", return_value=fake.batchai) as batchai_client, \
-            patch("quickstart.steps.ResourceManagementClient", return_value=fake.resources) as resource_client, \
-            patch("quickstart.steps.FileService", return_value=fake.files) as file_service, \
-            patch("quickstart.steps.requests.Session", return_value=fake.http):
-        fake.credentials_class, fake.batchai_class = credentials, batchai_client
-        fake.resource_class, fake.file_service_class = resource_client, file_service
+def azure():
+    with patched_sdk() as fake:
         yield fake
 
 
