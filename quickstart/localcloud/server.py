@@ -87,7 +87,7 @@ log = logging.getLogger("quickstart.localcloud")
 connection_dropped_errors = (ConnectionError, socket.timeout, ssl.SSLError)
 
 SURFACE_MODULES = ("quickstart.localcloud.files", "quickstart.localcloud.batchai")
-OPTIONAL_SURFACES = {"quickstart.localcloud.batchai", "quickstart.localcloud.files"}
+OPTIONAL_SURFACES = {"quickstart.localcloud.batchai"}
 HOST = "127.0.0.1"
 
 DEFAULT_OPTIONS = {

@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS shares (
     quota    INTEGER NOT NULL,
     metadata TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS file_properties (
+    share TEXT NOT NULL,
+    path  TEXT NOT NULL,                 -- "dir/sub/file" inside the share
+    props TEXT NOT NULL,                 -- JSON: content settings and metadata
+    PRIMARY KEY (share, path)
+);
 CREATE TABLE IF NOT EXISTS operations (
     id          TEXT PRIMARY KEY,
     kind        TEXT NOT NULL,
@@ -336,6 +342,7 @@ class Store:
             if not self.get_share(name):
                 return False
             self._db.execute("DELETE FROM shares WHERE name = ?", (name,))
+            self._db.execute("DELETE FROM file_properties WHERE share = ?", (name,))
             folder = self.shares_root / name
             doomed = self.trash_root / f"{name}-{uuid.uuid4().hex}"
             if folder.exists():
@@ -344,6 +351,22 @@ class Store:
         return True
 
     # ------------------------------------------------------------------ files
+
+    def get_file_props(self, share: str, path: str) -> dict:
+        """Content settings and metadata kept for a file ({} if none were given)."""
+        rows = self._query("SELECT props FROM file_properties WHERE share = ? AND path = ?",
+                           (share.lower(), path))
+        return json.loads(rows[0][0]) if rows else {}
+
+    def set_file_props(self, share: str, path: str, props: dict) -> None:
+        if props:
+            self._execute("INSERT OR REPLACE INTO file_properties (share, path, props) VALUES (?, ?, ?)",
+                          (share.lower(), path, json.dumps(props)))
+        else:
+            self.delete_file_props(share, path)
+
+    def delete_file_props(self, share: str, path: str) -> None:
+        self._execute("DELETE FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path))
 
     def temp_path(self) -> Path:
         """A fresh path on the same file system as the shares, for write-then-rename."""

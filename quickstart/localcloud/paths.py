@@ -1,0 +1,76 @@
+"""Share and file names checked as Azure Files checks them, and paths kept inside their share.
+
+Every path from a request goes through ``split_path`` (name rules, no ``.``/``..``/empty
+components, so encoded variants such as ``%2e%2e`` or ``..%2f`` are refused once decoded) and
+``resolve_in_share`` (the resolved location, symlinks followed, must lie under the share's
+directory). Nothing is written before both pass.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_SHARE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_BAD_CHARS = set('"\\/:|<>*?') | {chr(c) for c in range(0x20)} | {"\x7f"}
+MAX_COMPONENT = 255
+MAX_PATH = 2048
+
+
+class PathRejected(ValueError):
+    """A share or file name Azure would refuse, or a path that would leave its share."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_share_name(name: str) -> str:
+    if not _SHARE_NAME.match(name):
+        raise PathRejected("InvalidResourceName",
+                           f"The share name '{name}' is invalid: use 3-63 lowercase letters, digits "
+                           "and single hyphens, starting and ending with a letter or digit.")
+    return name
+
+
+def split_path(path: str) -> list[str]:
+    """The components of a directory/file path inside a share ('' is the share root)."""
+    if len(path) > MAX_PATH:
+        raise PathRejected("InvalidResourceName", f"The path is longer than {MAX_PATH} characters.")
+    if path in ("", "/"):
+        return []
+    if path.startswith("/") or path.endswith("/") or "//" in path:
+        raise PathRejected("InvalidResourceName",
+                           f"The path '{path}' has an empty component; paths are relative to the share.")
+    parts = path.split("/")
+    for part in parts:
+        if part in (".", ".."):
+            raise PathRejected("InvalidResourceName",
+                               f"The path '{path}' would leave the share ('{part}' components are not "
+                               "allowed).")
+        if len(part) > MAX_COMPONENT:
+            raise PathRejected("InvalidResourceName",
+                               f"The name '{part[:40]}...' is longer than {MAX_COMPONENT} characters.")
+        bad = sorted(set(part) & _BAD_CHARS)
+        if bad:
+            shown = ", ".join(repr(c) for c in bad)
+            raise PathRejected("InvalidResourceName",
+                               f"The name '{part!r}' contains characters Azure Files does not allow ({shown}).")
+    return parts
+
+
+def resolve_in_share(root: Path, path: str | list[str]) -> Path:
+    """The on-disk location of ``path`` inside the share directory ``root``.
+
+    Raises PathRejected if the path breaks a name rule or would resolve outside ``root``.
+    """
+    parts = split_path(path) if isinstance(path, str) else path
+    if not parts:
+        return root
+    target = root.joinpath(*parts)
+    real_root = os.path.realpath(root)
+    real_parent = os.path.realpath(target.parent)
+    if os.path.commonpath([real_root, real_parent]) != real_root or target.is_symlink():
+        raise PathRejected("InvalidResourceName", "The path would leave the share.")
+    return target
