@@ -1,5 +1,6 @@
 """The command line: help, exit statuses, one-line errors, Ctrl-C, the local cloud's use, and
 secrets that never appear in any output."""
+import os
 import subprocess
 import sys
 import types
@@ -339,3 +340,83 @@ def test_secrets_never_appear_in_any_output(tmp_path, azure_config, sample, monk
     assert "readable by group or others" in text and "config error" in text and "error: RuntimeError" in text
     for secret in secrets:
         assert secret not in text, secret
+
+
+# Integration: the real SDK clients against the real local cloud ----------------------------------
+
+def local_cloud_has_batch_ai():
+    import importlib.util
+    return importlib.util.find_spec("quickstart.localcloud.batchai") is not None
+
+
+needs_batch_ai = pytest.mark.skipif(not local_cloud_has_batch_ai(), reason="the local cloud's Batch AI surface "
+                                                                           "has not landed yet")
+TINY_TRAINING_SCRIPT = """\
+import os, sys
+data_dir, model_dir, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+print("training on " + ",".join(sorted(os.listdir(data_dir))), file=sys.stderr, flush=True)
+for epoch in range(2):
+    with open(os.path.join(model_dir, "ConvNet_MNIST_{}.dnn".format(epoch)), "w") as model:
+        model.write("model {}".format(epoch))
+    print("Finished Epoch[{} of 2]".format(epoch + 1), file=sys.stderr, flush=True)
+print("args=" + " ".join(args), file=sys.stderr)
+if "--fail" in args:
+    sys.exit(int(args[args.index("--fail") + 1]))
+"""
+
+
+@needs_batch_ai
+def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monkeypatch, capsys):
+    """The tutorial end to end with a tiny training script: the same code path as the real sample."""
+    from quickstart import steps
+    sample_dir = tmp_path / "sample"
+    sample_dir.mkdir()
+    (sample_dir / "ConvNet_MNIST.py").write_text(TINY_TRAINING_SCRIPT)
+    (sample_dir / "Train-28x28_cntk_text.txt").write_text("|labels 1 0 0 0 0 0 0 0 0 0 |features 0\n" * 1000)
+    (sample_dir / "Test-28x28_cntk_text.txt").write_text("|labels 0 1 0 0 0 0 0 0 0 0 |features 0\n")
+    paths = [sample_dir / "Train-28x28_cntk_text.txt", sample_dir / "Test-28x28_cntk_text.txt",
+             sample_dir / "ConvNet_MNIST.py"]
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: paths)
+    monkeypatch.setenv("QUICKSTART_STATE_DIR", str(tmp_path / "localcloud"))  # where the fixture serves
+    monkeypatch.setenv("QUICKSTART_POLL_INTERVAL", "0.2")
+    monkeypatch.setenv("QUICKSTART_DOWNLOAD_DIR", str(tmp_path / "outputs"))
+
+    assert cli.main(["run", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Using the local cloud serving at " + local_cloud.connection["resource_manager_url"] in out
+    assert "Cluster state: steady Target: 1; Allocated: 1; Idle: 1;" in out
+    assert "training on ConvNet_MNIST.py,Test-28x28_cntk_text.txt,Train-28x28_cntk_text.txt" in out
+    assert "args=--max-epochs 2" in out
+    assert "file: ConvNet_MNIST_1.dnn, download url: https://" in out
+    (job_dir,) = (tmp_path / "outputs").iterdir()
+    assert (job_dir / "ConvNet_MNIST_1.dnn").read_text() == "model 1"
+
+    monkeypatch.setenv("QUICKSTART_EXTRA_ARGS", "--fail 3")
+    assert cli.main(["run"]) == 3
+    assert "with exit code 3" in capsys.readouterr().out
+
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "Job state: failed" in out and "file: stderr.txt, download url: https://" in out
+
+    assert cli.main(["teardown", "--delete-share"]) == 0
+    out = capsys.readouterr().out
+    assert "Removed cluster mycluster" in out and "Removed resource group myresourcegroup" in out
+    assert "Removed file share batchaiquickstart" in out
+    assert cli.main(["teardown"]) == 0
+    assert "Cluster mycluster: already gone" in capsys.readouterr().out
+
+
+@needs_batch_ai
+@pytest.mark.slow
+def test_run_with_no_config_file_trains_the_real_sample_for_one_epoch(tmp_path, monkeypatch, capsys):
+    """`python -m quickstart run` as the README says, with the real sample, for one epoch."""
+    result = subprocess.run([sys.executable, "-m", "quickstart", "run", "--epochs", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "QUICKSTART_DATA_DIR": str(REPO / "data")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Finished Epoch[1 of 1]" in result.stdout
+    assert list((tmp_path / "outputs").glob("*/ConvNet_MNIST_0.dnn"))
+    teardown = subprocess.run([sys.executable, "-m", "quickstart", "teardown", "--delete-share"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert teardown.returncode == 0, teardown.stderr
