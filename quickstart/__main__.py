@@ -9,6 +9,7 @@ QUICKSTART_DEBUG=1 to see one), and no secret from the settings ever reaches the
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 
@@ -54,6 +55,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     overrides = {"epochs": getattr(args, "epochs", None)}
     try:
         settings = load_settings(args.config, overrides=overrides, warn=lambda line: print(line, file=sys.stderr))
@@ -73,6 +75,14 @@ def main(argv=None):
             raise
         print("error: " + describe(error, secrets), file=sys.stderr)
         return 1
+
+
+def quiet_library_logs():
+    """The SDKs log each failed attempt (the storage SDK even before retrying); the command reports
+    the failure itself, once. QUICKSTART_DEBUG=1 keeps their warnings."""
+    root = logging.getLogger()
+    if not root.handlers and not os.environ.get("QUICKSTART_DEBUG"):
+        root.addHandler(logging.NullHandler())
 
 
 def describe(error, secrets):

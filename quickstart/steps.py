@@ -50,9 +50,11 @@ def create_clients(settings):
     base_url = cloud.endpoints.resource_manager
     batchai_client = batchai.BatchAIManagementClient(credentials, settings.subscription_id, base_url=base_url)
     resource_client = ResourceManagementClient(credentials, settings.subscription_id, base_url=base_url)
-    http = requests.Session()
+    http = requests.Session()  # for storage, streaming and downloads
     for connection in (batchai_client.config.connection, resource_client.config.connection, http):
         connection.verify = verify
+    if settings.ca_cert:  # else REQUESTS_CA_BUNDLE would override the session's verify
+        http.trust_env = False
     print("Signed in as {} to {}".format(settings.client_id, cloud.name))
     return Clients(batchai_client, resource_client, http)
 

@@ -129,6 +129,7 @@ def test_local_cloud_clients_trust_its_ca_certificate_explicitly(azure, tmp_path
     assert azure.batchai.config.connection.verify == str(tmp_path / "ca.pem")
     assert azure.resources.config.connection.verify == str(tmp_path / "ca.pem")
     assert azure.http.verify == str(tmp_path / "ca.pem")
+    assert azure.http.trust_env is False  # REQUESTS_CA_BUNDLE must not replace the CA certificate
     azure.file_service_class.assert_called_once_with(
         connection_string=settings.storage_connection_string, request_session=azure.http)
 
