@@ -283,7 +283,8 @@ class FileService:
 
     @staticmethod
     def _metadata(request: Request) -> dict:
-        return {name[len("x-ms-meta-"):]: value for name, value in request.headers.items()
+        raw = request.environ.get("localcloud.raw_headers") or request.headers.items()
+        return {name[len("x-ms-meta-"):]: value for name, value in raw
                 if name.lower().startswith("x-ms-meta-")}
 
     @staticmethod

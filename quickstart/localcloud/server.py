@@ -228,6 +228,12 @@ class _RequestHandler(WSGIRequestHandler):
         self.request.settimeout(self.server.idle_timeout)
         super().setup()
 
+    def make_environ(self):
+        environ = super().make_environ()
+        # WSGI upper-cases header names; Azure keeps the case of x-ms-meta-<name>, so keep it here.
+        environ["localcloud.raw_headers"] = self.headers.items()
+        return environ
+
     def run_wsgi(self) -> None:
         if self.headers.get("Expect", "").lower().strip() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
