@@ -22,10 +22,8 @@ from msrestazure import azure_cloud
 from msrestazure.azure_exceptions import CloudError
 from tqdm import tqdm
 
-from quickstart.config import REPO_ROOT
-
 RELATIVE_MOUNT_POINT = "azurefileshare"
-SAMPLE_SCRIPT = "ConvNet_MNIST.py"
+SAMPLE_SCRIPT = "ConvNet_MNIST.py"  # uploaded next to the data; the job runs it from there
 STREAMED_FILE = "stderr.txt"  # ConvNet_MNIST.py sends all its output to stderr
 NAMED_CLOUDS = {"AzureCloud": "AZURE_PUBLIC_CLOUD", "AzureChinaCloud": "AZURE_CHINA_CLOUD",
                 "AzureUSGovernment": "AZURE_US_GOV_CLOUD", "AzureGermanCloud": "AZURE_GERMAN_CLOUD"}
@@ -103,9 +101,9 @@ def create_sample_directory(service, settings):
 
 def prepare_sample_files(settings):
     """Build the MNIST training and test files in CNTK text format, next to the training script."""
-    from quickstart.sample import build_ctf_files
+    from quickstart.sample import build_ctf_files, convnet_script_path
     train, test = build_ctf_files(settings.data_dir)
-    script = REPO_ROOT / SAMPLE_SCRIPT
+    script = Path(convnet_script_path())
     if not script.is_file():
         raise StepFailed("{} is missing; it is the job's training script".format(script))
     print("Sample files ready: {}, {}, {}".format(Path(train).name, Path(test).name, script.name))

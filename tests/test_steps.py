@@ -170,9 +170,9 @@ def test_sample_files_are_the_built_ctf_files_and_the_training_script(tmp_path, 
         built.append(data_dir)
         return str(tmp_path / "Train-28x28_cntk_text.txt"), str(tmp_path / "Test-28x28_cntk_text.txt")
     sample.build_ctf_files = build_ctf_files
+    sample.convnet_script_path = lambda: tmp_path / "ConvNet_MNIST.py"
     monkeypatch.setitem(sys.modules, "quickstart.sample", sample)
     (tmp_path / "ConvNet_MNIST.py").write_text("print('train')\n")
-    monkeypatch.setattr(steps, "REPO_ROOT", tmp_path)
 
     paths = steps.prepare_sample_files(azure_settings(data_dir=str(tmp_path / "data")))
 
