@@ -118,3 +118,46 @@ def test_unknown_path_is_a_json_404(local_cloud):
     response = requests_session(local_cloud.connection).get(local_cloud.base_url + "/nowhere")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NotFound"
+
+
+def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "fg"
+    code = f"import sys; from quickstart.localcloud import serve_forever; sys.exit(serve_forever({str(state)!r}, 0))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 20
+        connection = None
+        while time.monotonic() < deadline:
+            try:
+                connection = read_connection(state)
+            except Exception:
+                connection = None
+            if connection and is_serving(connection):
+                break
+            time.sleep(0.05)
+        assert connection and is_serving(connection)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert "Local cloud serving at https://127.0.0.1:" in out
+    assert "Traceback" not in err
+    assert not is_serving(connection)
+
+
+def test_serve_forever_reports_a_busy_state_directory_in_one_line(local_cloud, capsys):
+    from quickstart.localcloud import serve_forever
+
+    assert serve_forever(local_cloud.state_dir, 0) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: a local cloud is already serving") and err.count("\n") == 1
