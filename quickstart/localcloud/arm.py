@@ -134,7 +134,8 @@ class ArmRouter:
         except Exception:  # a bug: answer as ARM would, keep the traceback in the log only
             log.exception("ARM handler failed for %s %s", request.method, request.path)
             response = arm_error(500, "InternalServerError",
-                                 "The local cloud hit an internal error; see its log.")
+                                 "The local cloud hit an internal error; see localcloud.log in its "
+                                 "state directory.")
         response.headers.setdefault("x-ms-request-id", request_id)
         response.headers.setdefault("x-ms-correlation-request-id", request_id)
         if "x-ms-client-request-id" in request.headers:

@@ -101,7 +101,7 @@ class FileService:
         except Exception:
             log.exception("Azure Files request failed: %s %s", request.method, request.path)
             response = self._error(request, StorageError(
-                500, "InternalError", "The local cloud hit an internal error; see its log."), request_id)
+                500, "InternalError", "The local cloud hit an internal error; see localcloud.log in its state directory."), request_id)
         headers = response.headers
         headers["x-ms-request-id"] = request_id
         headers["x-ms-version"] = API_VERSION
@@ -281,6 +281,10 @@ class FileService:
                 headers["x-ms-file-parent-id"] = str(parent.stat().st_ino)
         return headers
 
+    def _props_key(self, share: str, target: Path) -> str:
+        """The key of a file's stored properties: its path as stored on disk (case as created)."""
+        return target.relative_to(self._share_root(share)).as_posix()
+
     @staticmethod
     def _metadata(request: Request) -> dict:
         raw = request.environ.get("localcloud.raw_headers") or request.headers.items()
@@ -446,7 +450,7 @@ class FileService:
             raise StorageError(409, "ResourceTypeMismatch",
                                "The specified resource name is an existing directory.")
         self.store.write_file_atomically(target, b"", size=size)
-        self.store.set_file_props(share, "/".join(parts), self._file_props_from_request(request))
+        self.store.set_file_props(share, self._props_key(share, target), self._file_props_from_request(request))
         return self._empty(201, self._smb_headers(target.stat(), False, target.parent))
 
     def _existing_file(self, share: str, parts) -> tuple[Path, os.stat_result]:
@@ -528,7 +532,7 @@ class FileService:
         return written
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
-        props = self.store.get_file_props(share, "/".join(parts))
+        props = self.store.get_file_props(share, self._props_key(share, target))
         headers = self._smb_headers(st, False, target.parent)
         headers["x-ms-type"] = "File"
         headers["Accept-Ranges"] = "bytes"
@@ -588,7 +592,7 @@ class FileService:
             target.unlink()
         except FileNotFoundError:
             raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.") from None
-        self.store.delete_file_props(share, "/".join(parts))
+        self.store.delete_file_props(share, self._props_key(share, target))
         return self._empty(202)
 
     def set_file_properties(self, request: Request, share: str, parts) -> Response:
@@ -597,7 +601,7 @@ class FileService:
             new_size = self._content_length_header(request)
             with open(target, "r+b") as out:
                 out.truncate(new_size)
-        key = "/".join(parts)
+        key = self._props_key(share, target)
         props = self.store.get_file_props(share, key)
         settings = {h: request.headers[h] for h in _CONTENT_SETTINGS if request.headers.get(h)}
         props = {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings}
@@ -607,7 +611,7 @@ class FileService:
 
     def set_file_metadata(self, request: Request, share: str, parts) -> Response:
         target, _ = self._existing_file(share, parts)
-        key = "/".join(parts)
+        key = self._props_key(share, target)
         props = {k: v for k, v in self.store.get_file_props(share, key).items() if k != "metadata"}
         metadata = self._metadata(request)
         if metadata:

@@ -63,14 +63,36 @@ def split_path(path: str) -> list[str]:
 def resolve_in_share(root: Path, path: str | list[str]) -> Path:
     """The on-disk location of ``path`` inside the share directory ``root``.
 
-    Raises PathRejected if the path breaks a name rule or would resolve outside ``root``.
+    Azure Files names are case-preserving but case-insensitive, so each component that does not
+    exist as spelled is matched case-insensitively against its directory. Raises PathRejected if
+    the path breaks a name rule, passes through a symbolic link, or would resolve outside ``root``.
     """
     parts = split_path(path) if isinstance(path, str) else path
+    current = root
+    for part in parts:
+        candidate = current / part
+        if not os.path.lexists(candidate):
+            candidate = current / _case_insensitive_match(current, part)
+        if candidate.is_symlink():
+            raise PathRejected("InvalidResourceName",
+                               "The path passes through a symbolic link, which could leave the share.")
+        current = candidate
     if not parts:
         return root
-    target = root.joinpath(*parts)
     real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(target.parent)
-    if os.path.commonpath([real_root, real_parent]) != real_root or target.is_symlink():
+    if os.path.commonpath([real_root, os.path.realpath(current.parent)]) != real_root:
         raise PathRejected("InvalidResourceName", "The path would leave the share.")
-    return target
+    return current
+
+
+def _case_insensitive_match(folder: Path, name: str) -> str:
+    """The existing entry of ``folder`` equal to ``name`` ignoring case, else ``name`` itself."""
+    wanted = name.casefold()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.casefold() == wanted:
+                    return entry.name
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return name

@@ -97,16 +97,21 @@ DEFAULT_OPTIONS = {
     "sas_version": "2018-03-28",      # sv= of the download URLs the cloud makes
 }
 
-_SECRET_QUERY = re.compile(r"(?i)\b(sig|se|st|skoid|sktid)=([^&\s\"]*)")
-
-
 class LocalCloudError(Exception):
     """The local cloud cannot start or serve as asked (the message says why and what to do)."""
 
 
 def redact(text: str) -> str:
     """Hide SAS signatures in anything that may be logged."""
-    return re.sub(r"(?i)\bsig=[^&\s\"]*", "sig=REDACTED", text)
+    return re.sub(r"(?i)\bsig=[^&\s\"']*", "sig=REDACTED", text)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+LOG_FILE = "localcloud.log"
 
 
 class CloudContext:
@@ -402,6 +407,7 @@ class LocalCloud:
             raise LocalCloudError(f"bad local cloud option(s): {unknown_types}")
         self.options = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
         self.context: CloudContext | None = None
+        self._log_handler: logging.Handler | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock_file = None
@@ -488,7 +494,20 @@ class LocalCloud:
                         "any free port") from None
         raise LocalCloudError(f"no free port on {HOST}")
 
+    def _attach_log(self) -> None:
+        """Send the local cloud's own log (errors with tracebacks, SharedKey strings-to-sign on
+        mismatch) to state_dir/localcloud.log instead of the terminal of whoever embeds it."""
+        handler = logging.FileHandler(self.state_dir / LOG_FILE, encoding="utf-8")
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        log.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.propagate = False
+        self._log_handler = handler
+
     def _start(self, timeout: float) -> None:
+        self._attach_log()
         tls = ensure_certificates(self.state_dir)
         store = Store(self.state_dir)
         credentials = ensure_credentials(store)
@@ -553,6 +572,12 @@ class LocalCloud:
             self._thread = None
         if self.context is not None:
             self.context.store.close()
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+            if not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+                log.propagate = True
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
@@ -577,6 +602,10 @@ def serve_forever(state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_D
         return 2
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) \
         if threading.current_thread() is threading.main_thread() else None
+    console = logging.StreamHandler(sys.stderr)      # problems also show in the foreground
+    console.setLevel(logging.WARNING)
+    console.setFormatter(_RedactingFormatter("local cloud: %(levelname)s %(message)s"))
+    log.addHandler(console)
     try:
         print(f"Local cloud serving at {cloud.base_url}", file=out)
         print(f"  state directory: {cloud.state_dir}", file=out)
@@ -589,6 +618,7 @@ def serve_forever(state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_D
         print("Local cloud stopping.", file=out, flush=True)
     finally:
         cloud.stop()
+        log.removeHandler(console)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0

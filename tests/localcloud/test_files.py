@@ -324,3 +324,18 @@ def test_request_log_never_shows_sas_signatures(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "sig=REDACTED" in err
     assert signature not in err and cloud.connection["storage_key"] not in err
+
+
+def test_names_are_case_insensitive_and_case_preserving(file_service):
+    file_service.create_share("cases")
+    file_service.create_directory("cases", "MnistSample")
+    assert file_service.create_directory("cases", "mnistsample", fail_on_exist=False) is False
+    file_service.create_file_from_bytes("cases", "MNISTSAMPLE", "Data.TXT", b"one")
+    assert file_service.get_file_to_bytes("cases", "mnistsample", "data.txt").content == b"one"
+    file_service.create_file_from_bytes("cases", "mnistsample", "DATA.txt", b"two",  # replaces
+                                        content_settings=ContentSettings(content_type="text/plain"))
+    props = file_service.get_file_properties("cases", "MNISTsample", "data.TXT")
+    assert props.properties.content_settings.content_type == "text/plain"
+    listing = list(file_service.list_directories_and_files("cases", "MnistSample"))
+    assert [(e.name, e.properties.content_length) for e in listing] == [("Data.TXT", 3)]
+    assert file_service.get_file_to_bytes("cases", "MnistSample", "Data.TXT").content == b"two"
