@@ -398,13 +398,15 @@ class LocalCloud:
     def __init__(self, state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR,
                  port: int = 0, **options):
         self.state_dir = Path(state_dir).resolve()
-        self.port = int(port)
-        unknown_types = {k: v for k, v in options.items()
-                         if k in DEFAULT_OPTIONS and v is not None and not isinstance(
-                             v, type(DEFAULT_OPTIONS[k])) and not (
-                             isinstance(DEFAULT_OPTIONS[k], float) and isinstance(v, int))}
-        if unknown_types:
-            raise LocalCloudError(f"bad local cloud option(s): {unknown_types}")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise LocalCloudError(f"port must be 0 (any free port) or 1-65535, not {port!r}")
+        self.port = port
+        for key in ("cluster_allocation_delay", "token_lifetime"):
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value < 0):
+                raise LocalCloudError(f"local cloud option {key} must be a number of seconds >= 0, "
+                                      f"not {value!r}")
         self.options = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
         self.context: CloudContext | None = None
         self._log_handler: logging.Handler | None = None

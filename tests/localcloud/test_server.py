@@ -161,3 +161,10 @@ def test_serve_forever_reports_a_busy_state_directory_in_one_line(local_cloud, c
     assert serve_forever(local_cloud.state_dir, 0) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: a local cloud is already serving") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"port": -1}, {"port": 70000}, {"cluster_allocation_delay": "soon"},
+                                    {"token_lifetime": -5}])
+def test_bad_options_are_clear_errors(tmp_path, kwargs):
+    with pytest.raises(LocalCloudError, match="port|seconds"):
+        LocalCloud(tmp_path / "state", **kwargs)
