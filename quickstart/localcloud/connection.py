@@ -141,7 +141,8 @@ def requests_session(connection: dict):
 
 
 def is_serving(connection: dict | None, timeout: float = 2.0) -> bool:
-    """True if a local cloud answers 200 on the health URL of ``connection`` (TLS verified)."""
+    """True if the local cloud described by ``connection`` answers 200 on its health URL
+    (TLS verified against its CA, and the answer comes from that same cloud)."""
     if not connection:
         return False
     url = urlsplit(connection["resource_manager_url"])
@@ -157,7 +158,8 @@ def is_serving(connection: dict | None, timeout: float = 2.0) -> bool:
         if response.status != 200:
             return False
         health = json.loads(body)
-        return health.get("storage_account") == connection["storage_account"]
+        # the same port may now serve another state directory's cloud: check it is this one
+        return health.get("subscription_id") == connection["subscription_id"]
     except (OSError, ValueError, http.client.HTTPException):
         return False
     finally:

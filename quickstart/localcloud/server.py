@@ -209,7 +209,8 @@ class LocalCloudApp:
 
     def health(self, request: Request) -> Response:
         body = {"status": "ok", "service": "local cloud", "base_url": self.cloud.base_url,
-                "storage_account": self.cloud.credentials.storage_account, "pid": os.getpid()}
+                "storage_account": self.cloud.credentials.storage_account,
+                "subscription_id": self.cloud.credentials.subscription_id, "pid": os.getpid()}
         return Response(json.dumps(body), status=200, content_type="application/json")
 
 

@@ -168,3 +168,13 @@ def test_serve_forever_reports_a_busy_state_directory_in_one_line(local_cloud, c
 def test_bad_options_are_clear_errors(tmp_path, kwargs):
     with pytest.raises(LocalCloudError, match="port|seconds"):
         LocalCloud(tmp_path / "state", **kwargs)
+
+
+def test_is_serving_is_false_for_another_cloud_on_the_same_port(tmp_path):
+    with LocalCloud(tmp_path / "one") as first:
+        stale = dict(first.connection)
+    port = int(stale["resource_manager_url"].rstrip("/").rsplit(":", 1)[1])
+    with LocalCloud(tmp_path / "two", port=port) as second:
+        assert is_serving(second.connection)
+        stale["ca_cert"] = second.connection["ca_cert"]   # even trusting the new certificate
+        assert not is_serving(stale)
