@@ -12,9 +12,8 @@ the quickstart does::
     rm = ResourceManagementClient(creds, conn["subscription_id"],
                                   base_url=conn["resource_manager_url"])
     rm.config.connection.verify = conn["ca_cert"]
-    session = requests.Session(); session.verify = conn["ca_cert"]
     files = FileService(connection_string=conn["storage_connection_string"],
-                        request_session=session)
+                        request_session=requests_session(conn))   # verify=ca_cert, trust_env off
 
 This module is imported by clients, so it needs neither the server nor its store.
 """
