@@ -388,7 +388,7 @@ class BatchAI:
             body = {"id": arm_id, "name": jobName, "type": JOB_TYPE, "properties": props}
             extra = {"secrets": secrets, "uid": uid, "cluster": cluster.id, "dirs": dirs, "handle": None}
             self.store.put_resource(arm_id, JOB_TYPE, jobName, body, extra)
-        self.compute.wake()
+        self.compute.job_added(arm_id)
         return self._accepted(request, "jobCreate", arm_id, workspace.body.get("location", "eastus"))
 
     def _output_locations(self, props: dict, secrets: dict, cluster, uid: str) -> dict:

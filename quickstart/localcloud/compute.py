@@ -57,6 +57,10 @@ class Compute:
         self.num_gpus = nodeagent.gpu_count()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Ids of jobs not yet ended, so a pass reads only those (the store is the truth; this
+        # is rebuilt from it at start, and one server at a time owns a state directory).
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -76,6 +80,25 @@ class Compute:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def job_added(self, job_id: str) -> None:
+        """A job was created: schedule it on the next pass (at once)."""
+        with self._active_lock:
+            self._active.add(job_id.lower())
+        self.wake()
+
+    def _active_jobs(self) -> list:
+        with self._active_lock:
+            ids = list(self._active)
+        jobs = []
+        for job_id in ids:
+            job = self.store.get_resource(job_id)
+            if job is None or _props(job)["executionState"] not in ACTIVE:
+                with self._active_lock:
+                    self._active.discard(job_id)
+            else:
+                jobs.append(job)
+        return jobs
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -142,8 +165,7 @@ class Compute:
         launches, kills = [], []
         with self.store.transaction():
             clusters = {c.id: c for c in self.store.list_resources(type=CLUSTER_TYPE)}
-            jobs = [j for j in self.store.list_resources(type=JOB_TYPE)
-                    if _props(j)["executionState"] in ACTIVE]
+            jobs = self._active_jobs()
             busy = False
             for job in jobs:
                 if _props(job)["executionState"] == "running" and job.extra.get("handle"):
@@ -494,6 +516,9 @@ class Compute:
         with self.store.transaction():
             for job in self.store.list_resources(type=JOB_TYPE):
                 props = _props(job)
+                if props["executionState"] in ACTIVE:
+                    with self._active_lock:
+                        self._active.add(job.id)
                 if props["executionState"] in ("running", "terminating") and not job.extra.get("handle"):
                     self.finish_now(job, "failed", job_error(
                         "JobProcessVanished", "The local cloud stopped while starting the job, so it "
