@@ -80,6 +80,8 @@ from .arm import ArmRouter, ResourceGroups, arm_error
 from .aad import TokenEndpoint
 from .certs import ensure_certificates
 from .credentials import ensure_credentials
+from .paths import resolve_in_share
+from .sas import make_file_sas
 from .store import Store
 
 log = logging.getLogger("quickstart.localcloud")
@@ -96,6 +98,7 @@ DEFAULT_OPTIONS = {
     "access_log": False,              # one redacted line per request on stderr
     "sas_version": "2018-03-28",      # sv= of the download URLs the cloud makes
 }
+
 
 class LocalCloudError(Exception):
     """The local cloud cannot start or serve as asked (the message says why and what to do)."""
@@ -154,7 +157,6 @@ class CloudContext:
 
     def share_path(self, share: str, path: str) -> Path:
         """The on-disk path of ``path`` inside ``share``; ValueError if it would leave the share."""
-        from .paths import resolve_in_share  # local import: paths has no server dependency
         root = self.store.share_dir(share)
         if root is None:
             raise ValueError(f"there is no share named {share!r}")
@@ -163,7 +165,6 @@ class CloudContext:
     def file_sas_url(self, share: str, path: str, permission: str = "rl",
                      expiry_minutes: float = 60, start: float | None = None) -> str:
         """A SAS download URL for file ``path`` in ``share``, valid for ``expiry_minutes``."""
-        from .sas import make_file_sas
         token = make_file_sas(self.credentials.storage_account, self.credentials.storage_key,
                               share, path, permission=permission,
                               expiry=time.time() + expiry_minutes * 60, start=start,

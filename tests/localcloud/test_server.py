@@ -178,3 +178,30 @@ def test_is_serving_is_false_for_another_cloud_on_the_same_port(tmp_path):
         assert is_serving(second.connection)
         stale["ca_cert"] = second.connection["ca_cert"]   # even trusting the new certificate
         assert not is_serving(stale)
+
+
+def test_keep_alive_connection_survives_unread_bodies_and_head(local_cloud):
+    import http.client
+    import ssl
+
+    port = int(local_cloud.base_url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    account = local_cloud.connection["storage_account"]
+    try:
+        # refused before the body is read: the server must skip the body, not parse it as a request
+        conn.request("PUT", f"/{account}/share/file?comp=range", body=b"GET / HTTP/1.1\r\n\r\n" * 50000)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 401
+        sock = conn.sock
+        assert sock is not None                     # still open: not "Connection: close"
+        conn.request("HEAD", "/_localcloud/health")
+        second = conn.getresponse()
+        assert second.status == 200 and second.read() == b""
+        conn.request("GET", "/_localcloud/health")
+        third = conn.getresponse()
+        assert third.status == 200 and third.read().startswith(b"{")
+        assert conn.sock is sock                    # all three on one TLS connection
+    finally:
+        conn.close()
