@@ -50,13 +50,16 @@ def build_parser():
     local = command("localcloud", "Serve the local cloud in the foreground until Ctrl-C, for any client; "
                                   "connection details go to <state_dir>/connection.json.")
     local.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)")
+    local.add_argument("--state-dir", metavar="DIR", default=None,
+                       help="where the local cloud keeps its state and connection.json (default: the "
+                            "state_dir setting, ./.localcloud)")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_library_logs()
-    overrides = {"epochs": getattr(args, "epochs", None)}
+    overrides = {"epochs": getattr(args, "epochs", None), "state_dir": getattr(args, "state_dir", None)}
     try:
         settings = load_settings(args.config, overrides=overrides, warn=lambda line: print(line, file=sys.stderr))
     except ConfigError as error:
@@ -116,8 +119,7 @@ def status_command(args, settings, secrets):
 def localcloud_command(args, settings, secrets):
     localcloud = import_local_cloud()
     print("Serving the local cloud from {} (Ctrl-C to stop)".format(os.path.abspath(settings.state_dir)), flush=True)
-    localcloud.serve_forever(settings.state_dir, args.port)
-    return 0
+    return localcloud.serve_forever(settings.state_dir, args.port) or 0  # 2: port or state dir busy
 
 
 @contextlib.contextmanager

@@ -128,9 +128,10 @@ def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
     import time
 
     state = tmp_path / "fg"
-    code = f"import sys; from quickstart.localcloud import serve_forever; sys.exit(serve_forever({str(state)!r}, 0))"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen([sys.executable, "-m", "quickstart", "localcloud", "--port", "0",
+                             "--state-dir", str(state)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         deadline = time.monotonic() + 20
         connection = None
@@ -151,8 +152,29 @@ def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
             proc.communicate()
     assert proc.returncode == 0
     assert "Local cloud serving at https://127.0.0.1:" in out
+    assert str(state / CONNECTION_FILE) in out
     assert "Traceback" not in err
+    assert connection["client_secret"] not in out + err and connection["storage_key"] not in out + err
     assert not is_serving(connection)
+
+
+def test_cli_localcloud_exits_2_with_one_line_when_the_port_is_taken(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        done = subprocess.run([sys.executable, "-m", "quickstart", "localcloud", "--state-dir",
+                               str(tmp_path / "s"), "--port", str(blocker.getsockname()[1])],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    finally:
+        blocker.close()
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "is in use" in done.stderr
 
 
 def test_serve_forever_reports_a_busy_state_directory_in_one_line(local_cloud, capsys):
