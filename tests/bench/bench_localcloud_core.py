@@ -120,11 +120,10 @@ def start_times_embedded(base: Path, later: int) -> None:
 
 
 def serve_process(state: Path) -> subprocess.Popen:
-    """``python -m quickstart localcloud`` with its state directory set through the environment
-    (QUICKSTART_STATE_DIR, the CLI's documented override) and no config file."""
-    return subprocess.Popen([sys.executable, "-m", "quickstart", "localcloud"],
+    """``python -m quickstart localcloud --state-dir STATE`` (no config file), as a user starts it."""
+    return subprocess.Popen([sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)],
                             cwd=state.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "QUICKSTART_STATE_DIR": str(state)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def wait_serving(state: Path, proc: subprocess.Popen, timeout: float = 30) -> dict:
