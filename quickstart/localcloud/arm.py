@@ -164,29 +164,24 @@ class ArmRouter:
 
     def _route(self, request: Request) -> Response:
         path = request.path
-        allowed = []
-        for route in self._routes:
-            match = route.regex.match(path)
-            if not match:
-                continue
-            if route.method != request.method and not (request.method == "HEAD" and route.method == "GET"
-                                                       and not self._has(path, "HEAD")):
-                allowed.append(route.method)
-                continue
-            params = match.groupdict()
-            self._check_subscription(params)
-            self._check_api_version(request, route)
-            return route.handler(request, **params)
-        if allowed:
+        matches = [(route, m) for route in self._routes if (m := route.regex.match(path))]
+        method = request.method
+        if method == "HEAD" and not any(route.method == "HEAD" for route, _ in matches):
+            method = "GET"  # HEAD without its own route is answered as GET (werkzeug drops the body)
+        for route, match in matches:
+            if route.method == method:
+                params = match.groupdict()
+                self._check_subscription(params)
+                self._check_api_version(request, route)
+                return route.handler(request, **params)
+        if matches:
+            allowed = ", ".join(sorted({route.method for route, _ in matches}))
             raise ArmError(405, "MethodNotAllowed",
-                           f"The HTTP method '{request.method}' is not supported for "
-                           f"'{path}'. Supported: {', '.join(sorted(set(allowed)))}.")
+                           f"The HTTP method '{request.method}' is not supported for '{path}'. "
+                           f"Supported: {allowed}.")
         self._check_known_subscription(path)
         raise ArmError(404, "InvalidResourceType" if "/providers/" in path.lower() else "NotFound",
                        f"The local cloud does not serve '{path}' (method {request.method}).")
-
-    def _has(self, path: str, method: str) -> bool:
-        return any(r.method == method and r.regex.match(path) for r in self._routes)
 
     def _check_subscription(self, params: dict) -> None:
         sub = params.get("subscriptionId")
