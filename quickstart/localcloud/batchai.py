@@ -223,6 +223,7 @@ class BatchAI:
         self.compute.stop_jobs(jobs, job_error("WorkspaceDeleted", "The job's workspace was deleted."),
                                remove=True)
         for cluster in self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id):
+            self.compute.stop_setup_tasks(cluster)
             self.compute.forget_cluster_files(cluster)
         self.store.delete_resource_tree(workspace.id)
 
@@ -301,6 +302,11 @@ class BatchAI:
             now = time.time()
             props.update(creationTime=iso(now), provisioningState="succeeded",
                          provisioningStateTransitionTime=iso(now))
+            task = (props.get("nodeSetup") or {}).get("setupTask")
+            if task is not None:
+                group = self._group(resourceGroupName)
+                task["stdOutErrPathSuffix"] = (f"{self.sub}/{group.name}/workspaces/{workspace.name}/clusters/"
+                                               f"{clusterName}/{uuid.uuid4()}")
             body = {"id": arm_id, "name": clusterName, "type": CLUSTER_TYPE,
                     "location": workspace.body.get("location"), "properties": props}
             extra = {"secrets": secrets, "compute": Compute.new_cluster_state(props["scaleSettings"])}
@@ -334,6 +340,7 @@ class BatchAI:
         jobs = [j for j in self.store.list_resources(type=JOB_TYPE)
                 if j.extra.get("cluster") == record.id and j.body["properties"]["executionState"] in ACTIVE]
         self.store.delete_resource(record.id)
+        self.compute.stop_setup_tasks(record)
         self.compute.stop_jobs(jobs, job_error("ClusterDeleted",
                                                f"The job's cluster '{record.name}' was deleted."))
         self.compute.forget_cluster_files(record)

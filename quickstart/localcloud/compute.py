@@ -221,7 +221,11 @@ class Compute:
             state["allocation_since"] = now
             changed = True
         for node in state["nodes"]:
-            if node["state"] == "preparing" and now - node["since"] >= self.preparation_delay:
+            if node["state"] != "preparing":
+                continue
+            if node.get("setup"):
+                changed |= self._check_setup_task(state, node, now)
+            elif now - node["since"] >= self.preparation_delay:
                 self._prepare(cluster, state, node, now)
                 changed = True
         if changed:
@@ -240,6 +244,8 @@ class Compute:
         for wanted_state in ("unusable", "preparing", "idle"):
             for node in [n for n in nodes if n["state"] == wanted_state]:
                 if surplus > 0:
+                    if node.get("setup"):
+                        nodeagent.terminate(JobHandle.from_json(node["setup"]))
                     nodes.remove(node)
                     surplus -= 1
         if surplus <= 0:
@@ -300,14 +306,70 @@ class Compute:
                     "AZFMountError", f"Unable to mount Azure File share '{mount['share']}': {problem}.",
                     {"Info": f"Could not mount Azure File Share {mount['url']} at "
                              f"$AZ_BATCHAI_MOUNT_ROOT/{mount['relative']}"}))
+        task = (_props(cluster).get("nodeSetup") or {}).get("setupTask")
+        if not problems and task:
+            try:
+                node["setup"] = self._start_setup_task(cluster, state, node, task).to_json()
+                return  # the node stays preparing until its setup task ends
+            except (nodeagent.PlanError, OSError) as err:
+                problems.append(job_error("SetupTaskFailed", f"The node setup task could not start on node "
+                                                             f"{node['id']}: {getattr(err, 'message', err)}"))
+        self._node_ready(state, node, problems, now)
+
+    def _node_ready(self, state: dict, node: dict, problems: list, now: float) -> None:
         if problems:
             node["state"] = "unusable"
             known = {(e["code"], e["message"]) for e in state["errors"]}
             state["errors"] += [e for e in problems if (e["code"], e["message"]) not in known]
         else:
-            os.makedirs(mount_root, exist_ok=True)
+            os.makedirs(self.cluster_mount_root(state["uid"]), exist_ok=True)
             node["state"] = "idle"
         node["since"] = now
+
+    def _start_setup_task(self, cluster, state: dict, node: dict, task: dict) -> JobHandle:
+        """Run nodeSetup.setupTask for a node through the node agent; its stdout/stderr go to
+        ``{stdOutErrPathPrefix}/{stdOutErrPathSuffix}/{node id}/``."""
+        context = self.node_context(state["uid"])
+        env = {"AZ_BATCHAI_MOUNT_ROOT": context.mount_root, "AZ_BATCHAI_NUM_GPUS": str(context.num_gpus),
+               "PYTHONUNBUFFERED": "1"}
+        for item in task.get("environmentVariables") or []:
+            env[item["name"]] = item.get("value") or ""
+        secrets = cluster.extra.get("secrets", {}).get("setup_secrets", {})
+        env.update(secrets)
+        prefix = nodeagent.expand(task["stdOutErrPathPrefix"], {**os.environ, **env})
+        if "$" in prefix or not os.path.isabs(prefix):
+            raise nodeagent.PlanError("InvalidParameter", f"stdOutErrPathPrefix '{task['stdOutErrPathPrefix']}' "
+                                                          "is not a path on this node")
+        folder = os.path.join(prefix, task["stdOutErrPathSuffix"], node["id"])
+        work = str(self.root / "clusters" / state["uid"] / "setup" / node["id"])
+        spec = nodeagent.LaunchSpec(
+            job=f"{cluster.id} setup task", record_dir=os.path.join(work, nodeagent.RECORD_DIR_NAME),
+            stdouterr_dir=folder, cwd=work, env=env, secret_values=[v for v in secrets.values() if v],
+            command=task["commandLine"],
+            notes=[f"Setup task of node {node['id']} runs on this host ({os.uname().nodename}), "
+                   "directly, not on an Azure VM."],
+            make_dirs=[folder, work, os.path.join(work, nodeagent.RECORD_DIR_NAME)])
+        return nodeagent.launch(spec)
+
+    def _check_setup_task(self, state: dict, node: dict, now: float) -> bool:
+        status, outcome = nodeagent.probe(JobHandle.from_json(node["setup"]))
+        if status == "running":
+            return False
+        problems = []
+        if not outcome.succeeded:
+            why = outcome.error["message"] if outcome.error else f"exited with code {outcome.exit_code}"
+            problems.append(job_error("SetupTaskFailed", f"The node setup task on node {node['id']} failed: "
+                                                         f"{why}. See its stdout.txt and stderr.txt.",
+                                      {"exitCode": outcome.exit_code}))
+        node.pop("setup")
+        self._node_ready(state, node, problems, now)
+        return True
+
+    def stop_setup_tasks(self, cluster) -> None:
+        """Stop the setup tasks still running on a cluster's nodes (cluster deleted)."""
+        for node in (cluster.extra.get("compute") or {}).get("nodes", []):
+            if node.get("setup"):
+                nodeagent.terminate(JobHandle.from_json(node["setup"]))
 
     def resize(self, cluster_id: str, target: int) -> None:
         """Start a resize to ``target`` nodes (clusters.update)."""

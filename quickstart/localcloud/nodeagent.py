@@ -245,6 +245,7 @@ def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
                                              env, host_env, node, props.get("nodeCount") or 1)
         if interpreter:
             notes.append(f"Interpreter: {interpreter}")
+        notes.append(f"Shell: {' '.join(_shell())} (command lines and $VARIABLES as on a node)")
     except PlanError as err:
         failure = {"code": err.code, "message": err.message}
     preparation = (props.get("jobPreparation") or {}).get("commandLine")

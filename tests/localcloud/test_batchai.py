@@ -555,3 +555,46 @@ def test_job_environment_matches_batch_ai(env):
     assert seen["AZ_BATCHAI_NUM_GPUS"] == str(nodeagent.gpu_count())
     assert {"AZ_BATCHAI_JOB_TEMP", "AZ_BATCHAI_JOB_MOUNT_ROOT"} <= set(seen)
     assert output_file(env, "envjob", "MODEL", "ls").read_text() == "ConvNet_MNIST.py\n"
+
+
+def test_node_setup_task_runs_before_nodes_turn_idle_and_a_failing_one_makes_them_unusable(env):
+    params = cluster_params(env.connection, env.files)
+    params.node_setup.setup_task = models.SetupTask(
+        command_line='echo "setting up with $SETUP_KEY" ; sleep 0.3',
+        environment_variables=[models.EnvironmentVariable(name="SETUP_KEY", value="key")],
+        std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}")
+    env.client.clusters.create(RG, WS, "withsetup", params).result()
+    cluster = wait_for_idle_cluster(env.client, name="withsetup")
+    suffix = cluster.node_setup.setup_task.std_out_err_path_suffix
+    assert suffix.startswith(f"{env.connection['subscription_id']}/{RG}/workspaces/{WS}/clusters/withsetup/")
+    logins = list(env.client.clusters.list_remote_login_information(RG, WS, "withsetup"))
+    out = env.share_dir / suffix / logins[0].node_id / "stdout.txt"
+    assert out.read_text() == "setting up with key\n"
+
+    params.node_setup.setup_task.command_line = "exit 9"
+    env.client.clusters.create(RG, WS, "badsetup", params).result()
+    cluster = wait_for(lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+        env.client.clusters.get(RG, WS, "badsetup")))
+    assert cluster.errors[0].code == "SetupTaskFailed" and "exited with code 9" in cluster.errors[0].message
+
+
+def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env):
+    auto = cluster_params(env.connection, env.files, auto_scale=models.AutoScaleSettings(
+        minimum_node_count=0, maximum_node_count=2, initial_node_count=0))
+    cluster = env.client.clusters.create(RG, WS, "auto", auto).result()
+    wait_for(lambda: env.client.clusters.get(RG, WS, "auto").allocation_state == "steady")
+    assert env.client.clusters.get(RG, WS, "auto").current_node_count == 0
+    env.files.create_share("jobshare")
+    env.files.create_file_from_text("jobshare", None, "data.txt", "from the job share")
+    params = job_params(cluster.id, 'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"',
+                        mount_volumes=models.MountVolumes(azure_file_shares=[models.AzureFileShareReference(
+                            account_name=env.connection["storage_account"],
+                            credentials=models.AzureStorageCredentialsInfo(account_key=env.connection["storage_key"]),
+                            azure_file_url=f"https://{env.files.primary_endpoint}/jobshare",
+                            relative_mount_path="jobafs")]))
+    env.client.jobs.create(RG, WS, EXP, "autojob", params).result()
+    job = wait_for_job(env.client, "autojob")
+    assert job.execution_state == "succeeded", job.execution_info.errors
+    assert job.mount_volumes.azure_file_shares[0].credentials.account_key is None
+    assert output_file(env, "autojob", "stdouterr", "stdout.txt").read_text() == "from the job share"
+    wait_for(lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0)  # shrinks back
