@@ -512,27 +512,26 @@ class LocalCloud:
 
     def _start(self, timeout: float) -> None:
         self._attach_log()
-        tls = ensure_certificates(self.state_dir)
-        store = Store(self.state_dir)
-        credentials = ensure_credentials(store)
         sock = self._bind()
-        port = sock.getsockname()[1]
-        context = CloudContext(self.state_dir, store, credentials, tls, self.options,
-                               f"https://{HOST}:{port}")
-        self.context = context
-        ResourceGroups(context).install(context.arm)
-        for module_name in SURFACE_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if module_name in OPTIONAL_SURFACES and err.name == module_name:
-                    continue
-                raise
-            module.install(context)
-        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))
         try:
+            port = sock.getsockname()[1]
+            tls = ensure_certificates(self.state_dir)
+            store = Store(self.state_dir)
+            context = CloudContext(self.state_dir, store, ensure_credentials(store), tls, self.options,
+                                   f"https://{HOST}:{port}")
+            self.context = context
+            ResourceGroups(context).install(context.arm)
+            for module_name in SURFACE_MODULES:
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as err:
+                    if module_name in OPTIONAL_SURFACES and err.name == module_name:
+                        continue
+                    raise
+                module.install(context)
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))
             self._server = _Server(sock, LocalCloudApp(context), ssl_context,
                                    bool(self.options["access_log"]))
         finally:
@@ -565,7 +564,8 @@ class LocalCloud:
     def _teardown(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
+            if self._thread is not None:   # shutdown() waits for serve_forever, so only if it runs
+                server.shutdown()
             deadline = time.monotonic() + 2.0
             while server.busy() and time.monotonic() < deadline:
                 time.sleep(0.01)

@@ -5,6 +5,7 @@ import json
 import socket
 import ssl
 import stat
+import sys
 
 import pytest
 import requests
@@ -227,3 +228,22 @@ def test_keep_alive_connection_survives_unread_bodies_and_head(local_cloud):
         assert conn.sock is sock                    # all three on one TLS connection
     finally:
         conn.close()
+
+
+def test_a_failing_start_hook_fails_start_cleanly(tmp_path, monkeypatch):
+    import quickstart.localcloud.server as server
+
+    def broken_install(cloud):
+        def hook():
+            raise RuntimeError("recovery failed")
+        cloud.on_start(hook)
+
+    fake = type(sys)("fake_surface")
+    fake.install = broken_install
+    monkeypatch.setitem(sys.modules, "fake_surface", fake)
+    monkeypatch.setattr(server, "SURFACE_MODULES", server.SURFACE_MODULES + ("fake_surface",))
+    with pytest.raises(RuntimeError, match="recovery failed"):
+        LocalCloud(tmp_path / "state").start()
+    monkeypatch.setattr(server, "SURFACE_MODULES", server.SURFACE_MODULES[:-1])
+    with LocalCloud(tmp_path / "state") as cloud:      # the state directory was released
+        assert is_serving(cloud.connection)
