@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 
 from quickstart.config import DEFAULT_CONFIG, ConfigError, load_settings
@@ -95,6 +96,8 @@ def describe(error, secrets):
         text = "{}: {}".format(type(error).__name__, text)
     for secret in secrets:
         text = text.replace(secret, "***")
+    text = re.sub(r"([?&]sig=)[^&\s]+", r"\1***", text)  # SAS signatures in URLs
+    text = re.sub(r"(Bearer\s+)\S+", r"\1***", text, flags=re.I)
     return text if len(text) <= 500 else text[:497] + "..."
 
 

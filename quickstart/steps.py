@@ -7,9 +7,10 @@ exists. The code does not know whether it talks to Azure or to the local cloud: 
 difference is the `Cloud` object, the storage connection and the CA certificate to trust.
 """
 import codecs
+import re
 import time
 from collections import namedtuple
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.mgmt.batchai as batchai
@@ -208,19 +209,31 @@ def choose_job_name(settings, now=None):
 
 
 def create_job(batchai_client, settings, cluster, job_name):
-    """Submit the CNTK job to the cluster; a pinned name from an earlier run is deleted first."""
+    """Submit the CNTK job to the cluster. A pinned name from an earlier run is deleted first; a
+    timestamped name already taken (two runs in one second) gets a _2, _3, ... suffix."""
     if settings.job:
+        delete_earlier_job(batchai_client, settings, job_name)
+    parameters = job_parameters(settings, cluster)
+    for name in [job_name] + ["{}_{}".format(job_name, n) for n in range(2, 10)]:
         try:
-            batchai_client.jobs.delete(settings.resource_group, settings.workspace, settings.experiment,
-                                       job_name).result()
-            print("Deleted job {} from an earlier run (its files stay on the share)".format(job_name))
+            batchai_client.jobs.create(settings.resource_group, settings.workspace, settings.experiment, name,
+                                       parameters).result()
+            print("Job {} submitted".format(name))
+            return name
         except CloudError as error:
-            if error.status_code != 404:
+            if settings.job or error.status_code != 409:
                 raise
-    batchai_client.jobs.create(settings.resource_group, settings.workspace, settings.experiment, job_name,
-                               job_parameters(settings, cluster)).result()
-    print("Job {} submitted".format(job_name))
-    return job_name
+    raise StepFailed("job names {0} to {0}_9 are all taken; pin a job name in the settings".format(job_name))
+
+
+def delete_earlier_job(batchai_client, settings, job_name):
+    try:
+        batchai_client.jobs.delete(settings.resource_group, settings.workspace, settings.experiment,
+                                   job_name).result()
+        print("Deleted job {} from an earlier run (its files stay on the share)".format(job_name))
+    except CloudError as error:
+        if error.status_code != 404:
+            raise
 
 
 def job_parameters(settings, cluster):
@@ -329,7 +342,8 @@ def print_job_result(job):
     exit_code = info.exit_code if info else None
     took = ""
     if info and info.start_time and info.end_time:
-        took = "; execution took {}".format(info.end_time - info.start_time)
+        seconds = round((info.end_time - info.start_time).total_seconds())
+        took = "; execution took {}".format(timedelta(seconds=seconds))
     print("Job {} {} with exit code {}{}".format(job.name, plain(job.execution_state), exit_code, took))
     if info and info.errors:
         print_errors("Job error", info.errors)
@@ -338,15 +352,15 @@ def print_job_result(job):
 # 9. The job's output files ------------------------------------------------------------------------
 
 def list_output_files(batchai_client, settings, job_name):
-    """Print the job's stdout/stderr files and model files with their download URLs; return the models."""
-    model_files = []
+    """Print the job's stdout/stderr files and model files with their download URLs; return them
+    by output directory. The URLs' SAS signatures are secrets, so they print as sig=***."""
+    listing = {}
     for directory_id in ("stdouterr", "MODEL"):
-        for f in list_files(batchai_client, settings, job_name, directory_id):
-            if f.download_url:
-                print("file: {0}, download url: {1}".format(f.name, f.download_url))
-                if directory_id == "MODEL":
-                    model_files.append(f)
-    return model_files
+        listing[directory_id] = [f for f in list_files(batchai_client, settings, job_name, directory_id)
+                                 if f.download_url]
+        for f in listing[directory_id]:
+            print("file: {0}, download url: {1}".format(f.name, hide_signature(f.download_url)))
+    return listing
 
 
 def list_files(batchai_client, settings, job_name, directory_id):
@@ -355,22 +369,34 @@ def list_files(batchai_client, settings, job_name, directory_id):
         models.JobsListOutputFilesOptions(outputdirectoryid=directory_id)))
 
 
+def hide_signature(url):
+    return re.sub(r"([?&]sig=)[^&]*", r"\1***", url)
+
+
 # 10. Downloading the trained models ---------------------------------------------------------------
 
-def download_model_files(http, settings, job_name, files):
-    """Download the model files into <download_dir>/<job name>/; a partial download never replaces a file."""
+def download_output_files(http, settings, job_name, listing):
+    """Download the model files into <download_dir>/<job name>/ and the job's stdout/stderr into
+    its stdouterr/ folder; a partial download never replaces a file."""
     target = Path(settings.download_dir) / job_name
-    target.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        partial = target / (f.name + ".partial")
-        with http.get(f.download_url, stream=True, timeout=60) as response:
-            response.raise_for_status()
-            with open(partial, "wb") as out:
-                for block in response.iter_content(1 << 20):
-                    out.write(block)
-        partial.replace(target / f.name)
-    print("Downloaded {} model files to {}".format(len(files), target))
+    for directory_id, files in listing.items():
+        folder = target if directory_id == "MODEL" else target / directory_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            download(http, f.download_url, folder / f.name)
+    print("Downloaded {} model files to {} (the job's logs to {})".format(
+        len(listing.get("MODEL", [])), target, target / "stdouterr"))
     return target
+
+
+def download(http, url, path):
+    partial = path.with_name(path.name + ".partial")
+    with http.get(url, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        with open(partial, "wb") as out:
+            for block in response.iter_content(1 << 20):
+                out.write(block)
+    partial.replace(path)
 
 
 # The whole tutorial -------------------------------------------------------------------------------
@@ -395,11 +421,9 @@ def run(settings, sleep=time.sleep):
               "`python -m quickstart status`, remove everything with `python -m quickstart teardown`."
               .format(job_name))
         return 130
-    model_files = list_output_files(clients.batchai, settings, job_name)
-    if plain(job.execution_state) != "succeeded":
-        return job_exit_status(job)
-    download_model_files(clients.http, settings, job_name, model_files)
-    return 0
+    listing = list_output_files(clients.batchai, settings, job_name)
+    download_output_files(clients.http, settings, job_name, listing)
+    return job_exit_status(job)
 
 
 def job_exit_status(job):

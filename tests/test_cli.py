@@ -1,6 +1,7 @@
 """The command line: help, exit statuses, one-line errors, Ctrl-C, the local cloud's use, and
 secrets that never appear in any output."""
 import os
+import re
 import subprocess
 import sys
 import types
@@ -388,8 +389,10 @@ def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monk
     assert "training on ConvNet_MNIST.py,Test-28x28_cntk_text.txt,Train-28x28_cntk_text.txt" in out
     assert "args=--max-epochs 2" in out
     assert "file: ConvNet_MNIST_1.dnn, download url: https://" in out
+    assert "sig=***" in out and not re.search(r"sig=(?!\*\*\*)", out)  # SAS signatures hidden
     (job_dir,) = (tmp_path / "outputs").iterdir()
     assert (job_dir / "ConvNet_MNIST_1.dnn").read_text() == "model 1"
+    assert "Finished Epoch[2 of 2]" in (job_dir / "stdouterr" / "stderr.txt").read_text()
 
     monkeypatch.setenv("QUICKSTART_EXTRA_ARGS", "--fail 3")
     assert cli.main(["run"]) == 3
@@ -416,7 +419,7 @@ def test_run_with_no_config_file_trains_the_real_sample_for_one_epoch(tmp_path, 
                             env={**os.environ, "QUICKSTART_DATA_DIR": str(REPO / "data")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Finished Epoch[1 of 1]" in result.stdout
-    assert list((tmp_path / "outputs").glob("*/ConvNet_MNIST_0.dnn"))
+    assert list((tmp_path / "outputs").glob("*/ConvNet_MNIST_0.*"))
     teardown = subprocess.run([sys.executable, "-m", "quickstart", "teardown", "--delete-share"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
     assert teardown.returncode == 0, teardown.stderr

@@ -64,6 +64,8 @@ class JobScript:
         return result
 
     def http_get(self, url, headers=None, stream=False, timeout=None):
+        if url == STDERR_URL and headers is None:  # a download of the whole file
+            return http_response(200, self.content)
         if url == STDERR_URL:
             self.range_headers.append(headers["Range"])
             start = int(re.match(r"bytes=(\d+)-$", headers["Range"]).group(1))
@@ -318,6 +320,20 @@ def test_a_pinned_job_name_from_an_earlier_run_is_deleted_first(azure, capsys):
     assert azure.batchai.jobs.create.call_count == 2
 
 
+def test_a_timestamped_name_already_taken_gets_a_suffix(azure, capsys):
+    azure.batchai.jobs.create.side_effect = [cloud_error(409, "JobAlreadyExists"),
+                                             cloud_error(409, "JobAlreadyExists"), azure.batchai.jobs.create.return_value]
+    assert steps.create_job(azure.batchai, azure_settings(), cluster(), "cntk_05_01_2018_093000") == \
+        "cntk_05_01_2018_093000_3"
+    assert [c.args[3] for c in azure.batchai.jobs.create.call_args_list] == [
+        "cntk_05_01_2018_093000", "cntk_05_01_2018_093000_2", "cntk_05_01_2018_093000_3"]
+    assert "Job cntk_05_01_2018_093000_3 submitted" in capsys.readouterr().out
+
+    azure.batchai.jobs.create.side_effect = cloud_error(409, "JobAlreadyExists")
+    with pytest.raises(Exception, match="JobAlreadyExists"):  # a pinned name is never renamed
+        steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
+
+
 def test_job_names_are_timestamped_unless_pinned():
     now = datetime(2018, 5, 1, 9, 30, 0, tzinfo=timezone.utc)
     name = steps.choose_job_name(azure_settings(), now)
@@ -404,24 +420,40 @@ def test_a_failed_job_reports_its_exit_code_and_errors(azure, capsys):
 
 # 9-10. Output files and models -------------------------------------------------------------------
 
-def test_output_files_are_listed_with_urls_and_models_downloaded(azure, tmp_path, capsys):
-    script_job(azure, JobScript(["succeeded"], []))
+def test_output_files_are_listed_with_urls_and_downloaded(azure, tmp_path, capsys):
+    script = JobScript(["succeeded"], [b"all done\n"])
+    script_job(azure, script)
+    script.get("myresourcegroup", "myworkspace", "myexperiment", "myjob")
     settings = azure_settings(download_dir=str(tmp_path / "outputs"))
 
-    files = steps.list_output_files(azure.batchai, settings, "myjob")
-    target = steps.download_model_files(azure.http, settings, "myjob", files)
+    listing = steps.list_output_files(azure.batchai, settings, "myjob")
+    target = steps.download_output_files(azure.http, settings, "myjob", listing)
 
     out = capsys.readouterr().out
-    assert "file: stderr.txt, download url: " + STDERR_URL in out
-    assert "file: ConvNet_MNIST_1.dnn, download url: " + MODEL_URL.format("ConvNet_MNIST_1.dnn") in out
+    hidden = "https://mystorage.file.core.windows.net/batchaiquickstart/seg/{}?sv=x&sig=***"
+    assert "file: stderr.txt, download url: " + hidden.format("stdouterr/stderr.txt") in out
+    assert "file: ConvNet_MNIST_1.dnn, download url: " + hidden.format("outputs/Models/ConvNet_MNIST_1.dnn") in out
+    assert "sig=y" not in out  # SAS signatures are secrets
     assert "counters" not in out  # directories have no download URL
     options = [c.args[4] for c in azure.batchai.jobs.list_output_files.call_args_list]
     assert options == [models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr"),
                        models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")]
     assert target == tmp_path / "outputs" / "myjob"
-    assert sorted(p.name for p in target.iterdir()) == ["ConvNet_MNIST_0.dnn", "ConvNet_MNIST_1.dnn"]
+    assert sorted(p.name for p in target.iterdir()) == ["ConvNet_MNIST_0.dnn", "ConvNet_MNIST_1.dnn", "stdouterr"]
     assert (target / "ConvNet_MNIST_0.dnn").read_bytes() == b"model:" + MODEL_URL.format(
         "ConvNet_MNIST_0.dnn").encode()
+    assert (target / "stdouterr" / "stderr.txt").read_bytes() == b"all done\n"
+    assert "Downloaded 2 model files to {}".format(target) in out
+
+
+def test_a_failed_download_leaves_no_partial_file_in_place(azure, tmp_path):
+    (tmp_path / "myjob").mkdir()
+    (tmp_path / "myjob" / "ConvNet_MNIST_0.dnn").write_bytes(b"earlier model")
+    azure.http.get.return_value = http_response(403)
+    listing = {"MODEL": [output_file("ConvNet_MNIST_0.dnn", MODEL_URL.format("ConvNet_MNIST_0.dnn"))]}
+    with pytest.raises(Exception):
+        steps.download_output_files(azure.http, azure_settings(download_dir=str(tmp_path)), "myjob", listing)
+    assert (tmp_path / "myjob" / "ConvNet_MNIST_0.dnn").read_bytes() == b"earlier model"
 
 
 # The whole run ------------------------------------------------------------------------------------
@@ -441,19 +473,20 @@ def test_run_calls_every_step_in_the_articles_order(azure, sample_files, tmp_pat
     assert azure.files.create_file_from_path.call_count == 3
     job_name = azure.batchai.jobs.create.call_args.args[3]
     assert re.match(r"^cntk_\d\d_\d\d_\d{4}_\d{6}$", job_name)
-    assert len(list((tmp_path / "outputs" / job_name).iterdir())) == 2
+    assert len(list((tmp_path / "outputs" / job_name).glob("*.dnn"))) == 2
     out = capsys.readouterr().out
     for secret in (CLIENT_SECRET, STORAGE_KEY, ADMIN_PASSWORD):
         assert secret not in out
 
 
-def test_run_returns_a_failed_jobs_exit_code_without_downloading(azure, sample_files, tmp_path, capsys):
+def test_run_returns_a_failed_jobs_exit_code_and_keeps_its_logs(azure, sample_files, tmp_path, capsys):
     allocating_cluster(azure)
     script_job(azure, JobScript(["running", "failed"], [b"boom\n"], exit_code=2))
     settings = azure_settings(download_dir=str(tmp_path / "outputs"))
 
     assert steps.run(settings, sleep=lambda seconds: None) == 2
-    assert not (tmp_path / "outputs").exists()
+    (job_dir,) = (tmp_path / "outputs").iterdir()
+    assert (job_dir / "stdouterr" / "stderr.txt").read_bytes() == b"boom\n"
     assert "file: stderr.txt" in capsys.readouterr().out
 
 
