@@ -204,6 +204,14 @@ def test_teardown_and_status_through_the_cli(azure_config, capsys):
     assert "Removed resource group myresourcegroup" in out and "Cluster mycluster: not found" in out
 
 
+def test_error_lines_hide_sas_signatures_and_bearer_tokens():
+    error = RuntimeError("403 Client Error for url: https://h/acct/share/f.txt?sv=2018-03-28&sr=f&sig=abc%2Bdef&se=1"
+                         "\nheaders: Authorization: Bearer eyJ0eXAiOiJKV1Qi.payload")
+    line = cli.describe(error, [])
+    assert line == ("RuntimeError: 403 Client Error for url: https://h/acct/share/f.txt?sv=2018-03-28&sr=f&sig=***&se=1 "
+                    "headers: Authorization: Bearer ***")
+
+
 # The local cloud ----------------------------------------------------------------------------------
 
 def fake_local_cloud(monkeypatch, tmp_path, serving):
