@@ -249,19 +249,17 @@ class FileService:
 
     @staticmethod
     def _stat(target: Path, want_dir: bool | None = None) -> os.stat_result:
+        """stat() a share entry; 404 ResourceNotFound if it is missing or not of the wanted kind
+        (a directory asked for as a file does not exist as a file, as on Azure)."""
         try:
             st = target.lstat()
         except (FileNotFoundError, NotADirectoryError):
-            raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.") from None
-        is_dir = stat.S_ISDIR(st.st_mode)
-        if not (is_dir or stat.S_ISREG(st.st_mode)) or (want_dir is not None and is_dir != want_dir):
-            if want_dir is None:
-                raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.")
-            raise StorageError(409 if want_dir is False else 404,
-                               "ResourceTypeMismatch" if want_dir is False else "ResourceNotFound",
-                               "The specified resource is a directory, not a file." if want_dir is False
-                               else "The specified resource does not exist.")
-        return st
+            st = None
+        if st is not None:
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if (is_dir or stat.S_ISREG(st.st_mode)) and (want_dir is None or is_dir == want_dir):
+                return st
+        raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.")
 
     @staticmethod
     def _smb_headers(st: os.stat_result, is_dir: bool, parent: Path | None = None) -> dict:

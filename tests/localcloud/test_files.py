@@ -339,3 +339,16 @@ def test_names_are_case_insensitive_and_case_preserving(file_service):
     listing = list(file_service.list_directories_and_files("cases", "MnistSample"))
     assert [(e.name, e.properties.content_length) for e in listing] == [("Data.TXT", 3)]
     assert file_service.get_file_to_bytes("cases", "MnistSample", "Data.TXT").content == b"two"
+
+
+def test_a_directory_is_not_a_file_and_a_file_is_not_a_directory(file_service):
+    file_service.create_share("kinds")
+    file_service.create_directory("kinds", "adir")
+    file_service.create_file_from_bytes("kinds", None, "afile", b"x")
+    assert file_service.exists("kinds", None, "adir") is False
+    assert file_service.exists("kinds", "afile") is False
+    with pytest.raises(AzureConflictHttpError):
+        file_service.create_file_from_bytes("kinds", None, "adir", b"clobber")
+    with pytest.raises(AzureConflictHttpError):
+        file_service.create_directory("kinds", "afile", fail_on_exist=True)
+    assert file_service.get_file_to_bytes("kinds", None, "afile").content == b"x"
