@@ -47,7 +47,9 @@ def build_parser():
                                    "what is already gone is skipped.")
     teardown.add_argument("--delete-share", action="store_true",
                           help="also delete the file share with the sample data and the job outputs")
-    command("status", "Show the cluster's state, the latest job's state and its output files.")
+    status = command("status", "Show the cluster's state, the latest job's state and its output files.")
+    status.add_argument("--follow", action="store_true",
+                        help="watch a running job to its end, streaming its output; exit with its exit code")
     local = command("localcloud", "Serve the local cloud in the foreground until Ctrl-C, for any client; "
                                   "connection details go to <state_dir>/connection.json.")
     local.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)")
@@ -116,7 +118,7 @@ def teardown_command(args, settings, secrets):
 def status_command(args, settings, secrets):
     from quickstart import steps
     with connected(settings, secrets) as settings:
-        return steps.status(settings)
+        return steps.status(settings, follow=args.follow)
 
 
 def localcloud_command(args, settings, secrets):

@@ -418,7 +418,7 @@ def run(settings, sleep=time.sleep):
         job = monitor_job(clients, settings, job_name, sleep)
     except KeyboardInterrupt:
         print("\nStopped watching. The job {} keeps running in the cloud: watch it with "
-              "`python -m quickstart status`, remove everything with `python -m quickstart teardown`."
+              "`python -m quickstart status --follow`, remove everything with `python -m quickstart teardown`."
               .format(job_name))
         return 130
     listing = list_output_files(clients.batchai, settings, job_name)
@@ -478,8 +478,9 @@ def remove(what, delete, *args):
         print(what[0].upper() + what[1:] + ": already gone")
 
 
-def status(settings):
-    """Show what exists: the cluster's status line, the latest job's state and its output files."""
+def status(settings, follow=False, sleep=time.sleep):
+    """Show what exists: the cluster's status line, the latest job's state and its output files.
+    With follow, watch a running job to its end first (as `run` does) and return its exit status."""
     clients = create_clients(settings)
     rg, ws = settings.resource_group, settings.workspace
     try:
@@ -493,10 +494,12 @@ def status(settings):
         print("Job: none in experiment {}".format(settings.experiment))
         return 0
     print("Job {}: Job state: {}".format(job.name, plain(job.execution_state)))
-    if plain(job.execution_state) in FINISHED:
+    if follow and plain(job.execution_state) not in FINISHED:
+        job = monitor_job(clients, settings, job.name, sleep)
+    elif plain(job.execution_state) in FINISHED:
         print_job_result(job)
     list_output_files(clients.batchai, settings, job.name)
-    return 0
+    return job_exit_status(job) if follow else 0
 
 
 def latest_job(batchai_client, settings):

@@ -497,7 +497,7 @@ def test_ctrl_c_while_monitoring_says_the_job_keeps_running(azure, sample_files,
     assert steps.run(azure_settings(job="myjob"), sleep=lambda seconds: None) == 130
     out = capsys.readouterr().out
     assert "The job myjob keeps running in the cloud" in out
-    assert "python -m quickstart status" in out and "python -m quickstart teardown" in out
+    assert "python -m quickstart status --follow" in out and "python -m quickstart teardown" in out
 
 
 # Teardown and status ------------------------------------------------------------------------------
@@ -560,6 +560,19 @@ def test_status_shows_the_cluster_the_latest_job_and_its_files(azure, capsys):
     assert "file: stderr.txt, download url: " in out
     assert azure.batchai.jobs.list_output_files.call_args.args[3] == "cntk_a"
     azure.batchai.clusters.create.assert_not_called()
+
+
+def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
+    azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
+    azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
+    script_job(azure, JobScript(["running", "running", "failed"], [b"epoch 1\n", b"epoch 2\n", b""], exit_code=5))
+
+    assert steps.status(azure_settings(), follow=True, sleep=lambda seconds: None) == 5
+
+    out = capsys.readouterr().out
+    assert "epoch 1\nepoch 2\n" in out
+    assert "Job cntk_a failed with exit code 5" in out
+    assert out.index("Job cntk_a failed") < out.index("file: stderr.txt")
 
 
 def test_status_when_nothing_exists(azure, capsys):
