@@ -78,16 +78,16 @@ def build_ctf_files(data_dir=DEFAULT_DATA_DIR):
     data_dir = Path(data_dir)
     mnist_dir = data_dir / MNIST_SUBDIR
     manifest = read_manifest(mnist_dir / MANIFEST_FILE)
-    paths = []
-    for text_name, images_name, labels_name, count in _SPLITS:
-        images = load_idx(mnist_dir, images_name, manifest, IMAGE_MAGIC, count)
-        labels = load_idx(mnist_dir, labels_name, manifest, LABEL_MAGIC, count)
-        text_path = data_dir / text_name
-        key = (manifest[images_name], manifest[labels_name])
+    # Verify all four files before writing anything, so bad data never leaves one new file.
+    splits = [(data_dir / text_name,
+               load_idx(mnist_dir, images_name, manifest, IMAGE_MAGIC, count),
+               load_idx(mnist_dir, labels_name, manifest, LABEL_MAGIC, count),
+               (manifest[images_name], manifest[labels_name]))
+              for text_name, images_name, labels_name, count in _SPLITS]
+    for text_path, images, labels, key in splits:
         if not _is_fresh(text_path, images, labels, _KNOWN_TEXT_SHA256.get(key)):
             write_ctf(text_path, images, labels)
-        paths.append(str(text_path))
-    return tuple(paths)
+    return tuple(str(text_path) for text_path, _, _, _ in splits)
 
 
 def read_manifest(path):

@@ -1,0 +1,149 @@
+"""Benchmark: training speed of ConvNet_MNIST.py's PyTorch path against a plain eager loop.
+
+Both train the recipe's network on the real MNIST training set at minibatch 64 with the
+recipe's update (per-sample lr x 64, momentum exp(-64/1024) with equal dampening), from data
+already in memory:
+
+- baseline: the straightforward eager loop anyone would write first: ``model(x)`` on NCHW
+  float tensors, ``torch.optim.SGD``, PyTorch's default threads and allocator;
+- ours: exactly what the script runs per step (``forward_cpu_fast``, the flat-buffer CNTK
+  momentum SGD, the sample stream, all cores, freed memory kept in the heap).
+
+Each runs in its own process (so neither inherits the other's allocator or thread settings),
+alternating in rounds so that load from other processes on a shared machine hits both alike.
+Prints the median time per step of each, the time per 60,000-sample epoch (937.5 steps) and
+the ratio; the issue's goal is a ratio of at least 1.8 (about 8 s per epoch on the reference
+machine).
+
+    nice .venv/bin/python tests/bench/bench_training.py [--rounds 3] [--steps 200]
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MINIBATCH = 64
+STEPS_PER_EPOCH = 60000 / MINIBATCH
+GOAL_RATIO = 1.8
+WARMUP_STEPS = 20
+
+
+def load_training_set():
+    sys.path.insert(0, str(REPO))
+    from quickstart.sample import build_ctf_files
+    import ConvNet_MNIST
+    train_path, _ = build_ctf_files()
+    return ConvNet_MNIST.read_ctf(train_path)
+
+
+def time_baseline(steps):
+    import torch
+    import torch.nn.functional as F
+    import ConvNet_MNIST
+    pixels, labels = load_training_set()
+    torch.manual_seed(0)
+    x = torch.from_numpy(pixels).float().reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(labels)
+    model = ConvNet_MNIST.define_convnet(torch)()
+    mu = math.exp(-MINIBATCH / 1024)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001 * MINIBATCH, momentum=mu,
+                                dampening=mu)
+    order = torch.randperm(len(y))
+
+    def step(i):
+        batch = order[(i * MINIBATCH) % 59968:][:MINIBATCH]
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+
+    return time_steps(step, steps)
+
+
+def time_ours(steps):
+    import torch
+    import torch.nn.functional as F
+    import ConvNet_MNIST
+    ConvNet_MNIST._keep_freed_memory()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    pixels, labels = load_training_set()
+    torch.manual_seed(0)
+    x = torch.from_numpy(pixels)
+    y = torch.from_numpy(labels)
+    model = ConvNet_MNIST.define_convnet(torch)()
+    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    generator = torch.Generator()
+    generator.manual_seed(0)
+    stream = ConvNet_MNIST.SampleStream(torch, len(y), generator)
+
+    def step(i):
+        batch = stream.take(MINIBATCH)
+        target = y[batch]
+        optimizer.zero_grad()
+        logits = model.forward_cpu_fast(x[batch])
+        loss = F.cross_entropy(logits, target)
+        loss.backward()
+        optimizer.step(0.001, 1024, MINIBATCH)
+        with torch.no_grad():  # the script's per-step loss/error bookkeeping
+            loss.detach() * MINIBATCH
+            (logits.argmax(1) != target).sum()
+
+    return time_steps(step, steps)
+
+
+def time_steps(step, steps):
+    for i in range(WARMUP_STEPS):
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return (time.perf_counter() - start) / steps
+
+
+def run_worker(kind, steps):
+    command = [sys.executable, __file__, "--worker", kind, "--steps", str(steps)]
+    result = subprocess.run(command, cwd=str(REPO), check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per round")
+    parser.add_argument("--worker", choices=("baseline", "ours"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        sys.path.insert(0, str(REPO))
+        timer = time_baseline if args.worker == "baseline" else time_ours
+        print(json.dumps({"seconds_per_step": timer(args.steps)}))
+        return 0
+
+    print("training speed, minibatch {}, {} CPU cores, {} rounds of {} steps each".format(
+        MINIBATCH, len(os.sched_getaffinity(0)), args.rounds, args.steps))
+    times = {"baseline": [], "ours": []}
+    for round_number in range(1, args.rounds + 1):
+        for kind in ("baseline", "ours"):
+            times[kind].append(run_worker(kind, args.steps))
+        print("  round {}: baseline {:.2f} ms/step, ours {:.2f} ms/step, ratio {:.2f}".format(
+            round_number, times["baseline"][-1] * 1e3, times["ours"][-1] * 1e3,
+            times["baseline"][-1] / times["ours"][-1]))
+    baseline = statistics.median(times["baseline"])
+    ours = statistics.median(times["ours"])
+    ratios = [b / o for b, o in zip(times["baseline"], times["ours"])]
+    print("baseline (plain eager loop): {:.2f} ms/step = {:.2f} s/epoch".format(
+        baseline * 1e3, baseline * STEPS_PER_EPOCH))
+    print("ours (ConvNet_MNIST.py):     {:.2f} ms/step = {:.2f} s/epoch".format(
+        ours * 1e3, ours * STEPS_PER_EPOCH))
+    print("speed-up: {:.2f}x on medians (per-round ratios {}); goal >= {}x".format(
+        baseline / ours, ", ".join("{:.2f}".format(r) for r in ratios), GOAL_RATIO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
