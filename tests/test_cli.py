@@ -11,7 +11,7 @@ import pytest
 
 from quickstart import __main__ as cli
 from quickstart.config import SCHEMA
-from tests.fakes_azure import (ADMIN_PASSWORD, CLIENT_SECRET, STORAGE_KEY, SUBSCRIPTION, cloud_error, cluster,
+from tests.fakes_azure import (ADMIN_PASSWORD, CLIENT_SECRET, STORAGE_KEY, SUBSCRIPTION, cloud_error, cluster, job,
                                patched_sdk)
 from tests.test_steps import JobScript, allocating_cluster, script_job
 
@@ -64,8 +64,8 @@ def sample(tmp_path, monkeypatch):
 
 
 def no_sleep(monkeypatch):
-    from quickstart import steps
-    monkeypatch.setattr(steps.time, "sleep", lambda seconds: None)
+    """Polls as fast as the settings allow (the config files here say 0.01 s too)."""
+    monkeypatch.setenv("QUICKSTART_POLL_INTERVAL", "0.01")
 
 
 # Help and usage -----------------------------------------------------------------------------------
@@ -342,8 +342,17 @@ def test_secrets_never_appear_in_any_output(tmp_path, azure_config, sample, monk
             "bad key " + LOCAL_KEY + " for " + LOCAL_SECRET)
         drive(["run"], 1)
         azure.resources.resource_groups.create_or_update.side_effect = None
+        allocating_cluster(azure)
+        azure.batchai.jobs.get.side_effect = KeyboardInterrupt  # Ctrl-C while monitoring
+        drive(["run"], 130)
+        azure.batchai.clusters.get.side_effect = None
+        azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
+        azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
+        script_job(azure, JobScript(["running", "succeeded"], [b"more\n", b""]))
+        drive(["status", "--follow"], 0)
         azure.batchai.jobs.list_by_experiment.return_value = iter([])
         drive(["teardown", "--delete-share"], 0)
+    drive(["localcloud"], 0)
 
     text = "\n".join(outputs)
     assert "readable by group or others" in text and "config error" in text and "error: RuntimeError" in text
