@@ -110,15 +110,29 @@ def run_command(args, settings, secrets):
 
 
 def teardown_command(args, settings, secrets):
+    if never_ran_here(settings):
+        return 0
     from quickstart import steps
     with connected(settings, secrets) as settings:
         return steps.teardown(settings, delete_share=args.delete_share)
 
 
 def status_command(args, settings, secrets):
+    if never_ran_here(settings):
+        return 0
     from quickstart import steps
     with connected(settings, secrets) as settings:
         return steps.status(settings, follow=args.follow)
+
+
+def never_ran_here(settings):
+    """For the local cloud without a state directory there is nothing to show or remove, and no
+    reason to create one."""
+    if not settings.is_local or os.path.isdir(settings.state_dir):
+        return False
+    print("The local cloud has no state in {} yet: nothing exists. Start with `python -m quickstart run`."
+          .format(settings.state_dir))
+    return True
 
 
 def localcloud_command(args, settings, secrets):

@@ -248,7 +248,16 @@ def fake_local_cloud(monkeypatch, tmp_path, serving):
     return events
 
 
+def test_status_and_teardown_without_local_cloud_state_create_nothing(tmp_path, monkeypatch, capsys):
+    events = fake_local_cloud(monkeypatch, tmp_path, serving=False)
+    assert cli.main(["status"]) == 0
+    assert cli.main(["teardown"]) == 0
+    assert events == [] and not (tmp_path / ".localcloud").exists()
+    assert capsys.readouterr().out.count("The local cloud has no state in ./.localcloud yet: nothing exists.") == 2
+
+
 def test_no_config_file_runs_on_an_embedded_local_cloud_stopped_afterwards(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".localcloud").mkdir()
     events = fake_local_cloud(monkeypatch, tmp_path, serving=False)
     with patched_sdk() as azure:
         azure.batchai.clusters.get.side_effect = cloud_error(404)
@@ -261,6 +270,7 @@ def test_no_config_file_runs_on_an_embedded_local_cloud_stopped_afterwards(tmp_p
 
 
 def test_a_serving_local_cloud_is_reused(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".localcloud").mkdir()
     events = fake_local_cloud(monkeypatch, tmp_path, serving=True)
     with patched_sdk() as azure:
         azure.batchai.jobs.list_by_experiment.return_value = iter([])
@@ -270,6 +280,7 @@ def test_a_serving_local_cloud_is_reused(tmp_path, monkeypatch, capsys):
 
 
 def test_the_embedded_local_cloud_is_stopped_when_a_step_fails(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".localcloud").mkdir()
     events = fake_local_cloud(monkeypatch, tmp_path, serving=False)
     with patched_sdk() as azure:
         azure.batchai.clusters.get.side_effect = cloud_error(500, "InternalError", "boom")
@@ -337,6 +348,7 @@ def test_secrets_never_appear_in_any_output(tmp_path, azure_config, sample, monk
         drive(["status", "--config", azure_config], 0)
     monkeypatch.delenv("AZURE_CLIENT_SECRET")
     fake_local_cloud(monkeypatch, tmp_path, serving=False)
+    (tmp_path / ".localcloud").mkdir()
     with patched_sdk() as azure:  # the local cloud's own secrets, quoted back by a failing call
         azure.resources.resource_groups.create_or_update.side_effect = ValueError(
             "bad key " + LOCAL_KEY + " for " + LOCAL_SECRET)
@@ -355,6 +367,7 @@ def test_secrets_never_appear_in_any_output(tmp_path, azure_config, sample, monk
     drive(["localcloud"], 0)
 
     text = "\n".join(outputs)
+    assert text.count("Started the local cloud") == 4 and "Removed file share" in text
     assert "readable by group or others" in text and "config error" in text and "error: RuntimeError" in text
     for secret in secrets:
         assert secret not in text, secret
