@@ -458,12 +458,14 @@ class SampleStream(object):
     epoch_size = 60000) and a minibatch may span two sweeps.
     """
 
-    def __init__(self, torch, count, generator):
+    def __init__(self, torch, count, generator, device='cpu'):
         self._torch, self._count, self._generator = torch, count, generator
+        self._device = device
         self._order, self._next = self._new_sweep(), 0
 
     def _new_sweep(self):
-        return self._torch.randperm(self._count, generator=self._generator)
+        order = self._torch.randperm(self._count, generator=self._generator)
+        return order.to(self._device)  # one copy per sweep, not one per minibatch
 
     def take(self, n):
         pieces = []
@@ -493,8 +495,9 @@ def train_with_pytorch(torch, args):
         _keep_freed_memory()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None
         torch.set_num_threads(cores or os.cpu_count() or 1)
-        log('Selected CPU ({} threads) as the process wide default device.'.format(
-            torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        log('Selected CPU ({} thread{}) as the process wide default device.'.format(
+            threads, '' if threads == 1 else 's'))
     else:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False  # fp32 maths, as CNTK's cuDNN ran it
@@ -518,7 +521,7 @@ def train_with_pytorch(torch, args):
     optimizer = CntkMomentumSGD(torch, model.parameters())
     order = torch.Generator()
     order.manual_seed(seed)
-    stream = SampleStream(torch, len(train_y), order)
+    stream = SampleStream(torch, len(train_y), order, device)
 
     log('Training {} parameters in {} parameter tensors.'.format(
         sum(p.numel() for p in model.parameters()), len(list(model.parameters()))))
@@ -543,7 +546,7 @@ def train_with_pytorch(torch, args):
         sample_count = 0
         while sample_count < epoch_size:
             n = min(minibatch_size, epoch_size - sample_count)
-            indices = stream.take(n).to(device, non_blocking=True)
+            indices = stream.take(n)
             labels = train_y[indices]
             optimizer.zero_grad()
             logits = forward(train_x[indices])
