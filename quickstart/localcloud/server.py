@@ -411,6 +411,7 @@ class LocalCloud:
                                       f"not {value!r}")
         self.options = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
         self.context: CloudContext | None = None
+        self._running: CloudContext | None = None   # the context whose stop hooks are due
         self._log_handler: logging.Handler | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -436,13 +437,15 @@ class LocalCloud:
         try:
             self._start(timeout)
         except BaseException:
-            self._teardown()
+            self.stop()  # stop hooks too: a surface may have started threads before the failure
             raise
         return self
 
     def stop(self) -> None:
-        if self.context is not None:
-            for hook in self.context.stop_hooks:
+        """Stop serving (idempotent); stop hooks run once per start."""
+        running, self._running = self._running, None
+        if running is not None:
+            for hook in running.stop_hooks:
                 try:
                     hook()
                 except Exception:
@@ -519,7 +522,7 @@ class LocalCloud:
             store = Store(self.state_dir)
             context = CloudContext(self.state_dir, store, ensure_credentials(store), tls, self.options,
                                    f"https://{HOST}:{port}")
-            self.context = context
+            self.context = self._running = context
             ResourceGroups(context).install(context.arm)
             for module_name in SURFACE_MODULES:
                 try:
