@@ -101,7 +101,9 @@ class FileService:
         except Exception:
             log.exception("Azure Files request failed: %s %s", request.method, request.path)
             response = self._error(request, StorageError(
-                500, "InternalError", "The local cloud hit an internal error; see localcloud.log in its state directory."), request_id)
+                500, "InternalError",
+                "The local cloud hit an internal error; see localcloud.log in its state directory."),
+                request_id)
         headers = response.headers
         headers["x-ms-request-id"] = request_id
         headers["x-ms-version"] = API_VERSION
@@ -164,7 +166,9 @@ class FileService:
                                f"The local cloud's Azure Files does not support {method} with "
                                f"restype={restype}, comp={comp} on this resource.")
         operation, handler = op
-        grant = self._authenticate(request, share, path, operation)
+        # a service SAS works on files and listings; creating or deleting shares needs the key
+        share_admin = path == "" and restype == "share" and method in ("PUT", "DELETE")
+        grant = self._authenticate(request, share, path, operation, sas_allowed=not share_admin)
         self._check_version(request)
         check_share_name(share)
         parts = split_path(path)
@@ -188,7 +192,8 @@ class FileService:
         if "sig" in request.args:
             if not sas_allowed:
                 raise StorageError(403, "AuthorizationResourceTypeMismatch",
-                                   "A service SAS cannot list the account's shares.")
+                                   "A service SAS cannot list, create or delete shares; use the "
+                                   "account key (SharedKey).")
             try:
                 return verify_sas(request.args.to_dict(), account=self.account, key_b64=self.key,
                                   share=share, path=path or None, operation=operation,

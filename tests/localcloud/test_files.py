@@ -352,3 +352,17 @@ def test_a_directory_is_not_a_file_and_a_file_is_not_a_directory(file_service):
     with pytest.raises(AzureConflictHttpError):
         file_service.create_directory("kinds", "afile", fail_on_exist=True)
     assert file_service.get_file_to_bytes("kinds", None, "afile").content == b"x"
+
+
+def test_share_sas_cannot_delete_its_share(local_cloud, file_service):
+    file_service.create_share("keepme")
+    token = file_service.generate_share_shared_access_signature(
+        "keepme", permission=SharePermissions(read=True, write=True, delete=True, list=True),
+        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    endpoint = f"{local_cloud.base_url}/{local_cloud.connection['storage_account']}"
+    holder = FileService(connection_string=f"FileEndpoint={endpoint};SharedAccessSignature={token}",
+                         request_session=requests_session(local_cloud.connection))
+    with pytest.raises(AzureHttpError) as caught:
+        holder.delete_share("keepme", fail_not_exist=True)
+    assert caught.value.status_code == 403
+    assert file_service.exists("keepme") is True
