@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -104,9 +105,11 @@ class Compute:
         while not self._stopping.is_set():
             try:
                 busy = self.tick()
+            except sqlite3.ProgrammingError:
+                return  # the store was closed under us: the server is gone, so is scheduling
             except Exception:
-                log.exception("the local cloud's scheduler failed a pass; retrying")
-                busy = True
+                log.exception("the local cloud's scheduler failed a pass; retrying in a second")
+                busy = False
             self._wake.wait(BUSY_TICK if busy else IDLE_TICK)
             self._wake.clear()
 
