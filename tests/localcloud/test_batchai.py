@@ -127,6 +127,39 @@ def sdk_env(cloud: LocalCloud, tmp_path: Path, nodes: int = 1) -> SimpleNamespac
                            share_dir=Path(cloud.state_dir) / "shares" / SHARE)
 
 
+def processes_under(folder: Path) -> list[int]:
+    """Live processes working in, or with job variables pointing into, ``folder``."""
+    found, marker = [], str(folder).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                if stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                    continue
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                variables = environ.read()
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)) or marker in variables:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_job_process_left(tmp_path):
+    """Every test must end with none of its jobs' processes alive (no orphans)."""
+    yield
+    deadline = time.monotonic() + 10
+    while processes_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = processes_under(tmp_path)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"job processes left behind: {left}"
+
+
 @pytest.fixture
 def env(local_cloud, tmp_path):
     return sdk_env(local_cloud, tmp_path)
