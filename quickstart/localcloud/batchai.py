@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 from werkzeug.wrappers import Request, Response
 
 from . import nodeagent
-from .arm import ArmError, arm_json, json_body
+from .arm import LOCATIONS, ArmError, arm_json, json_body
 from .batchai_models import (API_VERSION, CLUSTER_TYPE, EXPERIMENT_TYPE, JOB_TYPE, STDOUTERR,
                              WORKSPACE_TYPE, bad, check_cluster, check_job, check_name,
                              check_scale_settings, check_tags, experiment_body, iso, job_error,
@@ -183,6 +183,10 @@ class BatchAI:
         if not isinstance(location, str) or not location.strip():
             raise bad("'location' is required, for example \"eastus\".", code="LocationRequired")
         location = location.replace(" ", "").lower()
+        if location not in LOCATIONS:
+            raise bad(f"The location '{body['location']}' is not available for resource type "
+                      f"'Microsoft.BatchAI/workspaces'; use an Azure region such as eastus.",
+                      code="LocationNotAvailableForResourceType")
         tags = check_tags(body.get("tags"))
         arm_id = self._workspace_id(group.name, workspaceName)
         with self.store.transaction():

@@ -343,6 +343,9 @@ def test_terminate_a_queued_and_a_running_job(env):
     client.jobs.create(RG, WS, EXP, "waiting", job_params(cluster_id, "true")).result()
     pid, pgid = read_pid_group(output_file(env, "long", "MODEL", "pid"))
     assert client.jobs.get(RG, WS, EXP, "waiting").execution_state == "queued"  # one node, busy
+    nodes = list(client.jobs.list_remote_login_information(RG, WS, EXP, "long"))
+    assert [n.node_id for n in nodes] == [n.node_id for n in client.clusters.list_remote_login_information(RG, WS, CLUSTER)]
+    assert list(client.jobs.list_remote_login_information(RG, WS, EXP, "waiting")) == []
     cluster = client.clusters.get(RG, WS, CLUSTER)
     assert cluster.node_state_counts.running_node_count == 1 and cluster.node_state_counts.idle_node_count == 0
 
@@ -361,6 +364,22 @@ def test_terminate_a_queued_and_a_running_job(env):
     assert wait_for_job(client, "quick").execution_state == "succeeded"
     client.jobs.terminate(RG, WS, EXP, "quick").result()  # a finished job stays as it ended
     assert client.jobs.get(RG, WS, EXP, "quick").execution_state == "succeeded"
+
+
+def test_queued_jobs_start_by_priority_then_age(env):
+    client, cluster_id = env.client, env.cluster.id
+    client.jobs.create(RG, WS, EXP, "blocker", job_params(cluster_id, "sleep 60")).result()
+    wait_for_job(client, "blocker", states=("running",))
+    for name, priority in (("low1", "low"), ("normal1", "normal"), ("high1", "high"), ("normal2", "normal")):
+        params = job_params(cluster_id, "true")
+        params.scheduling_priority = priority
+        client.jobs.create(RG, WS, EXP, name, params).result()
+    client.jobs.terminate(RG, WS, EXP, "blocker").result()
+    order = sorted(("high1", "normal1", "normal2", "low1"),
+                   key=lambda n: wait_for_job(client, n).execution_info.start_time)
+    assert order == ["high1", "normal1", "normal2", "low1"]
+    with pytest.raises(CloudError, match="LocationNotAvailableForResourceType|not available"):
+        client.workspaces.create(RG, "elsewhere", "moon-central").result()
 
 
 def test_secrets_reach_the_job_but_are_never_echoed(env):
