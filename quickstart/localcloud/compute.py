@@ -450,7 +450,7 @@ class Compute:
         cluster_uid = cluster.extra["compute"]["uid"] if cluster else job.extra.get("cluster_uid", "none")
         values = job.extra["secrets"].get("values", {})
         return nodeagent.plan_job(
-            _props(job), job_name=job.id, segment=_props(job)["jobOutputDirectoryPathSegment"],
+            _props(job), job_name=job.body["id"], segment=_props(job)["jobOutputDirectoryPathSegment"],
             node=self.node_context(cluster_uid), job_mount_root=self.job_mount_root(job.extra["uid"]),
             secret_values=values,
             job_mounts={m["relative"]: str(self.store.share_dir(m["share"]) or "")
