@@ -624,15 +624,21 @@ class FileService:
 
 
 def _read_span(handle, start: int, stop: int):
-    """Yield bytes [start, stop) of an open file in large blocks, closing it at the end."""
+    """Yield bytes [start, stop) of an open file, closing it at the end.
+
+    One buffer is reused for the whole response (each piece is sent before the next is read),
+    so a large download costs no fresh memory per block.
+    """
     try:
         handle.seek(start)
         remaining = stop - start
+        buffer = bytearray(min(4 * BLOCK, remaining) or 1)
+        view = memoryview(buffer)
         while remaining > 0:
-            data = handle.read(min(4 * BLOCK, remaining))
-            if not data:
+            n = handle.readinto(view[:min(len(buffer), remaining)])
+            if not n:
                 break
-            remaining -= len(data)
-            yield data
+            remaining -= n
+            yield view[:n]
     finally:
         handle.close()

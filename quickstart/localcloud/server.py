@@ -286,7 +286,9 @@ class _RequestHandler(WSGIRequestHandler):
                 send_headers()
             if data and not is_head:
                 if state["chunked"]:
-                    self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+                    self.wfile.write(b"%x\r\n" % len(data))
+                    self.wfile.write(data)
+                    self.wfile.write(b"\r\n")
                 else:
                     self.wfile.write(data)
 
