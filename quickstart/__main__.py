@@ -43,10 +43,14 @@ def build_parser():
                          "Exits 0 when the job succeeds, else with the job's exit code.")
     run.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (appends --max-epochs N "
                                                               "to the job's command line)")
-    teardown = command("teardown", "Delete the jobs, experiment, cluster, workspace and resource group; "
-                                   "what is already gone is skipped.")
-    teardown.add_argument("--delete-share", action="store_true",
-                          help="also delete the file share with the sample data and the job outputs")
+    teardown = command("teardown", "Delete the jobs, experiment, cluster, workspace and resource group, and "
+                                   "on the local cloud the file share; what is already gone is skipped.")
+    share = teardown.add_mutually_exclusive_group()
+    share.add_argument("--delete-share", dest="delete_share", action="store_true", default=None,
+                       help="also delete the file share with the sample data and the jobs' files (the default "
+                            "on the local cloud; on Azure the share is kept unless asked)")
+    share.add_argument("--keep-share", dest="delete_share", action="store_false",
+                       help="keep the file share (the sample and the jobs' files on it)")
     status = command("status", "Show the cluster's state, the latest job's state and its output files.")
     status.add_argument("--follow", action="store_true",
                         help="watch a running job to its end, streaming its output; exit with its exit code")
@@ -104,9 +108,12 @@ def describe(error, secrets):
 
 
 def run_command(args, settings, secrets):
-    from quickstart import steps
-    with connected(settings, secrets) as settings:
-        return steps.run(settings)
+    from quickstart.timing import StepClock
+    clock = StepClock()  # its summary line covers loading the SDKs and starting the local cloud too
+    with clock.step("start-up"):
+        from quickstart import steps
+    with connected(settings, secrets, clock) as settings:
+        return steps.run(settings, clock=clock)
 
 
 def teardown_command(args, settings, secrets):
@@ -142,13 +149,14 @@ def localcloud_command(args, settings, secrets):
 
 
 @contextlib.contextmanager
-def connected(settings, secrets):
+def connected(settings, secrets, clock=None):
     """Settings bound to the cloud the command talks to for its duration.
 
     For an Azure cloud, the settings as they are. For the local cloud: the one already serving from
     the state directory (connection.json answers its health probe), else one started here and
     stopped when the command ends (jobs keep running; the next command sees how they ended).
-    The bound settings' secrets are added to `secrets`, so error messages can hide them.
+    The bound settings' secrets are added to `secrets`, so error messages can hide them. With a
+    `clock`, starting the local cloud counts in its step "start-up".
     """
     if not settings.is_local:
         yield settings
@@ -160,7 +168,8 @@ def connected(settings, secrets):
         print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
         yield bound(settings, connection, secrets)
         return
-    cloud = localcloud.LocalCloud(settings.state_dir).start()
+    with clock.step("start-up") if clock else contextlib.nullcontext():
+        cloud = localcloud.LocalCloud(settings.state_dir).start()
     try:
         print("Started the local cloud at {} for this command (state in {})".format(
             cloud.connection["resource_manager_url"], settings.state_dir))

@@ -69,7 +69,7 @@ SCHEMA = (
     Setting("job", "poll_interval", "2", ("QUICKSTART_POLL_INTERVAL",)),
     Setting("output", "data_dir", str(REPO_ROOT / "data"), ("QUICKSTART_DATA_DIR",)),
     Setting("output", "download_dir", "./outputs", ("QUICKSTART_DOWNLOAD_DIR",)),
-    Setting("output", "delete_share", "no", ("QUICKSTART_DELETE_SHARE",)),
+    Setting("output", "delete_share", "", ("QUICKSTART_DELETE_SHARE",)),
 )
 SCHEMA_BY_KEY = {s.key: s for s in SCHEMA}
 SECRET_KEYS = tuple(s.key for s in SCHEMA if s.secret)
@@ -136,7 +136,7 @@ class Settings:
     poll_interval: float = 2.0
     data_dir: str = str(REPO_ROOT / "data")
     download_dir: str = "./outputs"
-    delete_share: bool = False
+    delete_share: Optional[bool] = None  # None: yes on the local cloud, no on Azure
     # Filled from the local cloud's connection (cloud = local) or left empty for Azure clouds.
     resource_manager_url: str = ""
     active_directory_url: str = ""
@@ -291,10 +291,10 @@ def _validate(raw):
     values["node_count"] = _integer(values.get("node_count"), "node_count", 1, problem)
     values["epochs"] = None if not values.get("epochs") else _integer(values["epochs"], "epochs", 1, problem)
     values["poll_interval"] = _number(values.get("poll_interval"), "poll_interval", problem)
-    delete_share = values.get("delete_share", "no").lower()
-    if delete_share not in BOOLEANS:
-        problem("delete_share", "must be yes or no")
-    values["delete_share"] = BOOLEANS.get(delete_share, False)
+    delete_share = values.get("delete_share", "").lower()
+    if delete_share and delete_share not in BOOLEANS:
+        problem("delete_share", "must be yes, no or empty (empty: yes on the local cloud, no on Azure)")
+    values["delete_share"] = BOOLEANS.get(delete_share)
     if cloud != LOCAL and not values.get("admin_user_password") and not values.get("admin_ssh_public_key") \
             and not flagged & {"admin_user_password", "admin_ssh_public_key"}:
         problem("admin_user_password", "neither admin_user_password nor admin_ssh_public_key is set; "

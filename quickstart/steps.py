@@ -6,7 +6,10 @@ them in order; `teardown` cleans up, as the article's last section does; `status
 exists. The code does not know whether it talks to Azure or to the local cloud: the only
 difference is the `Cloud` object, the storage connection and the CA certificate to trust.
 """
+import base64
 import codecs
+import hashlib
+import mimetypes
 import re
 import time
 from collections import namedtuple
@@ -16,12 +19,15 @@ from pathlib import Path
 import azure.mgmt.batchai as batchai
 import azure.mgmt.batchai.models as models
 import requests
+from azure.common import AzureMissingResourceHttpError
 from azure.common.credentials import ServicePrincipalCredentials
 from azure.mgmt.resource import ResourceManagementClient
-from azure.storage.file import FileService
+from azure.storage.file import ContentSettings, FileService
 from msrestazure import azure_cloud
 from msrestazure.azure_exceptions import CloudError
 from tqdm import tqdm
+
+from quickstart.timing import StepClock
 
 RELATIVE_MOUNT_POINT = "azurefileshare"
 SAMPLE_SCRIPT = "ConvNet_MNIST.py"  # uploaded next to the data; the job runs it from there
@@ -29,6 +35,8 @@ STREAMED_FILE = "stderr.txt"  # ConvNet_MNIST.py sends all its output to stderr
 NAMED_CLOUDS = {"AzureCloud": "AZURE_PUBLIC_CLOUD", "AzureChinaCloud": "AZURE_CHINA_CLOUD",
                 "AzureUSGovernment": "AZURE_US_GOV_CLOUD", "AzureGermanCloud": "AZURE_GERMAN_CLOUD"}
 FINISHED = ("succeeded", "failed")
+FINAL_RESULTS = r"^Final Results: Minibatch\[[^\]]*\]: errs = ([0-9.]+)% \* (\d+)"  # ConvNet_MNIST.py's last line
+OUTPUT_SO_FAR_LINES = 20  # what `status` shows of a running job's output
 
 Clients = namedtuple("Clients", "batchai resources http")
 
@@ -112,16 +120,43 @@ def prepare_sample_files(settings):
 
 
 def upload_sample_files(service, settings, paths):
-    """Upload the training data and script, with a progress bar for the large files."""
+    """Upload the training data and script, with a progress bar for the large files.
+
+    A file the share already holds with the same size and MD5 is left alone, so a second run
+    uploads only what changed. The MD5 goes into the file's content settings only after its
+    upload completed, so a broken-off upload is never mistaken for a good copy."""
     for path in paths:
-        size = path.stat().st_size
+        size, md5 = path.stat().st_size, file_md5(path)
+        if share_copy_matches(service, settings, path.name, size, md5):
+            print("Unchanged on the share, not uploaded: {} ({:,} bytes, same MD5)".format(path.name, size))
+            continue
         with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, leave=False,
                   disable=None if size > 1 << 20 else True) as bar:
             def progress(current, total, bar=bar):
                 bar.update(current - bar.n)
             service.create_file_from_path(settings.share, settings.directory, path.name, str(path),
                                           progress_callback=progress)
+        service.set_file_properties(settings.share, settings.directory, path.name, ContentSettings(
+            content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream", content_md5=md5))
         print("Uploaded {} ({:,} bytes)".format(path.name, size))
+
+
+def file_md5(path):
+    """The base64 MD5 of a file, as Azure Files keeps it in a file's Content-MD5."""
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def share_copy_matches(service, settings, name, size, md5):
+    """Whether the share holds this file already: same size and the MD5 stored after its upload."""
+    try:
+        existing = service.get_file_properties(settings.share, settings.directory, name).properties
+    except AzureMissingResourceHttpError:
+        return False
+    return existing.content_length == size and existing.content_settings.content_md5 == md5
 
 
 # 4. The workspace ---------------------------------------------------------------------------------
@@ -209,10 +244,11 @@ def choose_job_name(settings, now=None):
 
 
 def create_job(batchai_client, settings, cluster, job_name):
-    """Submit the CNTK job to the cluster. A pinned name from an earlier run is deleted first; a
-    timestamped name already taken (two runs in one second) gets a _2, _3, ... suffix."""
+    """Submit the CNTK job to the cluster. A pinned name whose earlier job has finished replaces
+    that job (said on screen; its files stay on the share); a timestamped name already taken (two
+    runs in one second) gets a _2, _3, ... suffix."""
     if settings.job:
-        delete_earlier_job(batchai_client, settings, job_name)
+        replace_finished_job(batchai_client, settings, job_name)
     parameters = job_parameters(settings, cluster)
     for name in [job_name] + ["{}_{}".format(job_name, n) for n in range(2, 10)]:
         try:
@@ -226,14 +262,23 @@ def create_job(batchai_client, settings, cluster, job_name):
     raise StepFailed("job names {0} to {0}_9 are all taken; pin a job name in the settings".format(job_name))
 
 
-def delete_earlier_job(batchai_client, settings, job_name):
+def replace_finished_job(batchai_client, settings, job_name):
+    """Make room for a pinned job name. Only a finished job gets here: `run` follows an unfinished
+    one instead of submitting (see find_unfinished_job), so no training is ever cut short."""
     try:
+        earlier = batchai_client.jobs.get(settings.resource_group, settings.workspace, settings.experiment, job_name)
+        if plain(earlier.execution_state) not in FINISHED:
+            raise StepFailed("job {} from an earlier run is {}; follow it with `python -m quickstart status "
+                             "--follow` or remove it with `python -m quickstart teardown`".format(
+                                 job_name, plain(earlier.execution_state)))
         batchai_client.jobs.delete(settings.resource_group, settings.workspace, settings.experiment,
                                    job_name).result()
-        print("Deleted job {} from an earlier run (its files stay on the share)".format(job_name))
     except CloudError as error:
         if error.status_code != 404:
             raise
+        return
+    print("Replaced job {} from an earlier run ({}; its files stay on the share): the job name is pinned "
+          "in the settings".format(job_name, plain(earlier.execution_state)))
 
 
 def job_parameters(settings, cluster):
@@ -317,6 +362,17 @@ class OutputTail:
             print(flush=True)
             self.mid_line = False
 
+    def read_all(self):
+        """The whole file as it is now, as text (for a snapshot rather than a stream)."""
+        self.url = self.url or self.find_url()
+        chunks = []
+        while self.url is not None:
+            chunk = self.read_new()
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
     def find_url(self):
         files = list_files(self.clients.batchai, self.settings, self.job_name, "stdouterr")
         return next((f.download_url for f in files if f.name == self.file_name and f.download_url), None)
@@ -377,8 +433,10 @@ def hide_signature(url):
 
 def download_output_files(http, settings, job_name, listing):
     """Download the model files into <download_dir>/<job name>/ and the job's stdout/stderr into
-    its stdouterr/ folder; a partial download never replaces a file."""
+    its stdouterr/ folder; a partial download never replaces a file, and the downloads of an
+    earlier job of the same (pinned) name are kept beside, never mixed in or overwritten."""
     target = Path(settings.download_dir) / job_name
+    set_aside(target)
     for directory_id, files in listing.items():
         folder = target if directory_id == "MODEL" else target / directory_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -387,6 +445,17 @@ def download_output_files(http, settings, job_name, listing):
     print("Downloaded {} model files to {} (the job's logs to {})".format(
         len(listing.get("MODEL", [])), target, target / "stdouterr"))
     return target
+
+
+def set_aside(folder):
+    """Rename a folder that holds earlier downloads to the first free <name>.earlier[-N]."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    candidates = (folder.with_name("{}.earlier{}".format(folder.name, "-{}".format(n) if n > 1 else ""))
+                  for n in range(1, 1000))
+    aside = next(c for c in candidates if not c.exists())
+    folder.rename(aside)
+    print("Kept the earlier downloads of {} in {}".format(folder.name, aside))
 
 
 def download(http, url, path):
@@ -399,31 +468,77 @@ def download(http, url, path):
     partial.replace(path)
 
 
+def report_test_error(job_folder):
+    """Print the trained network's error on the test set: the last "Final Results" line the job
+    wrote to its stderr.txt (downloaded into job_folder/stdouterr). Returns it in percent, or None."""
+    log = Path(job_folder) / "stdouterr" / STREAMED_FILE
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    results = re.findall(FINAL_RESULTS, text, re.M)
+    if not results:
+        print("Final test error: not reported (no 'Final Results' line in the job's {})".format(STREAMED_FILE))
+        return None
+    percent, samples = results[-1]
+    print("Final test error: {}% on {:,} test images".format(percent, int(samples)))
+    return float(percent)
+
+
 # The whole tutorial -------------------------------------------------------------------------------
 
-def run(settings, sleep=time.sleep):
-    """Every step in the article's order. Returns 0 when the job succeeds, else its exit code."""
-    clients = create_clients(settings)
-    create_resource_group(clients.resources, settings)
-    service = create_file_share(settings, clients.http)
-    create_sample_directory(service, settings)
-    sample_files = prepare_sample_files(settings)
-    upload_sample_files(service, settings, sample_files)
-    create_workspace(clients.batchai, settings)
-    create_cluster(clients.batchai, settings, service)
-    cluster = wait_for_idle_node(clients.batchai, settings, sleep)
-    create_experiment(clients.batchai, settings)
-    job_name = create_job(clients.batchai, settings, cluster, choose_job_name(settings))
+def run(settings, sleep=time.sleep, clock=None):
+    """Every step in the article's order, then the test error and the wall time of each step.
+    A job an earlier run left unfinished is followed to its end rather than a second one started.
+    Returns 0 when the job succeeds, else its exit code (130 when Ctrl-C stops the watching)."""
+    clock = clock or StepClock()
+    with clock.step("sign-in"):
+        clients = create_clients(settings)
+        earlier = find_unfinished_job(clients.batchai, settings)
+    if earlier is None:
+        job_name = set_up_and_submit(clients, settings, clock, sleep)
+    else:
+        job_name = earlier.name
+        print("Job {} from an earlier run is still {}: following it instead of submitting another; "
+              "its output so far comes first".format(job_name, plain(earlier.execution_state)))
     try:
-        job = monitor_job(clients, settings, job_name, sleep)
+        with clock.step("training"):
+            job = monitor_job(clients, settings, job_name, sleep)
     except KeyboardInterrupt:
-        print("\nStopped watching. The job {} keeps running in the cloud: watch it with "
-              "`python -m quickstart status --follow`, remove everything with `python -m quickstart teardown`."
-              .format(job_name))
+        print("\nStopped watching. The job {} keeps running in the cloud: `python -m quickstart run` (or "
+              "`status --follow`) reattaches to it, `python -m quickstart status` shows it, "
+              "`python -m quickstart teardown` removes everything.".format(job_name))
         return 130
-    listing = list_output_files(clients.batchai, settings, job_name)
-    download_output_files(clients.http, settings, job_name, listing)
+    with clock.step("output files"):
+        listing = list_output_files(clients.batchai, settings, job_name)
+    with clock.step("download"):
+        job_folder = download_output_files(clients.http, settings, job_name, listing)
+    report_test_error(job_folder)
+    print(clock.summary())
     return job_exit_status(job)
+
+
+def set_up_and_submit(clients, settings, clock, sleep=time.sleep):
+    """Steps 2 to 7: everything from the resource group to the submitted job; returns its name."""
+    with clock.step("resource group"):
+        create_resource_group(clients.resources, settings)
+    with clock.step("sample"):
+        sample_files = prepare_sample_files(settings)
+    with clock.step("share and upload"):
+        service = create_file_share(settings, clients.http)
+        create_sample_directory(service, settings)
+        upload_sample_files(service, settings, sample_files)
+    with clock.step("workspace"):
+        create_workspace(clients.batchai, settings)
+    with clock.step("cluster"):
+        create_cluster(clients.batchai, settings, service)
+        cluster = wait_for_idle_node(clients.batchai, settings, sleep)
+    with clock.step("experiment and job"):
+        create_experiment(clients.batchai, settings)
+        return create_job(clients.batchai, settings, cluster, choose_job_name(settings))
+
+
+def find_unfinished_job(batchai_client, settings):
+    """The latest job (or the pinned one) when it has not finished yet, else None."""
+    job = latest_job(batchai_client, settings)
+    return job if job is not None and plain(job.execution_state) not in FINISHED else None
 
 
 def job_exit_status(job):
@@ -434,30 +549,45 @@ def job_exit_status(job):
     return code if isinstance(code, int) and 0 < code < 256 else 1
 
 
-def teardown(settings, delete_share=False):
-    """Delete the jobs, the experiment, the cluster, the workspace and the resource group (and the
-    share when asked), saying what was removed and tolerating what is already gone."""
+def teardown(settings, delete_share=None):
+    """Delete the jobs, the experiment, the cluster, the workspace and the resource group, and the
+    file share (by default on the local cloud, where `run` made it; on Azure only when asked),
+    saying what was removed, tolerating what is already gone, and saying when nothing was there."""
     clients = create_clients(settings)
     rg, ws = settings.resource_group, settings.workspace
     ops = clients.batchai
-    for job_name in job_names(ops, settings):
-        remove("job " + job_name, ops.jobs.delete, rg, ws, settings.experiment, job_name)
-    remove("experiment " + settings.experiment, ops.experiments.delete, rg, ws, settings.experiment)
-    remove("cluster " + settings.cluster, ops.clusters.delete, rg, ws, settings.cluster)
-    remove("workspace " + ws, ops.workspaces.delete, rg, ws)
-    remove("resource group " + rg, clients.resources.resource_groups.delete, rg)
-    if delete_share or settings.delete_share:
+    outcomes = [remove("job " + name, ops.jobs.delete, rg, ws, settings.experiment, name)
+                for name in job_names(ops, settings)]
+    outcomes += [remove("experiment " + settings.experiment, ops.experiments.delete, rg, ws, settings.experiment),
+                 remove("cluster " + settings.cluster, ops.clusters.delete, rg, ws, settings.cluster),
+                 remove("workspace " + ws, ops.workspaces.delete, rg, ws),
+                 remove("resource group " + rg, clients.resources.resource_groups.delete, rg)]
+    if share_goes_too(settings, delete_share):
         service = connect_file_service(settings, clients.http)
-        removed = service.delete_share(settings.share, fail_not_exist=False)
-        print("Removed file share {}".format(settings.share) if removed
-              else "File share {}: already gone".format(settings.share))
+        outcomes.append(("file share " + settings.share, service.delete_share(settings.share, fail_not_exist=False)))
+        if outcomes[-1][1]:
+            print("Removed file share {} (the sample and every job's files on it)".format(settings.share))
+    else:
+        print("Kept file share {} (`teardown --delete-share` removes it)".format(settings.share))
+    gone = [what for what, removed in outcomes if not removed]
+    if len(gone) == len(outcomes):
+        print("Nothing to remove: {} did not exist".format(", ".join(gone)))
+    elif gone:
+        print("Already gone: " + ", ".join(gone))
     return 0
 
 
+def share_goes_too(settings, delete_share):
+    """The command line's choice, else the setting's, else: yes on the local cloud, no on Azure."""
+    for choice in (delete_share, settings.delete_share):
+        if choice is not None:
+            return choice
+    return settings.is_local
+
+
 def job_names(batchai_client, settings):
-    """The pinned job, or every job of the experiment (timestamped names differ per run)."""
-    if settings.job:
-        return [settings.job]
+    """Every job of the experiment: timestamped names differ per run, and a pinned name may have
+    come after them."""
     try:
         return [job.name for job in batchai_client.jobs.list_by_experiment(
             settings.resource_group, settings.workspace, settings.experiment)]
@@ -468,19 +598,21 @@ def job_names(batchai_client, settings):
 
 
 def remove(what, delete, *args):
-    """Delete one resource and wait for it; a 404 means it is already gone."""
+    """Delete one resource and wait for it; a 404 means it is already gone. Returns (what, removed)."""
     try:
         delete(*args).result()
-        print("Removed " + what)
     except CloudError as error:
         if error.status_code != 404:
             raise
-        print(what[0].upper() + what[1:] + ": already gone")
+        return what, False
+    print("Removed " + what)
+    return what, True
 
 
 def status(settings, follow=False, sleep=time.sleep):
-    """Show what exists: the cluster's status line, the latest job's state and its output files.
-    With follow, watch a running job to its end first (as `run` does) and return its exit status."""
+    """Show what exists: the cluster's status line, the latest job's state and its output files;
+    for an unfinished job, its output so far. With follow, watch an unfinished job to its end
+    first (as `run` does) and return its exit status."""
     clients = create_clients(settings)
     rg, ws = settings.resource_group, settings.workspace
     try:
@@ -498,8 +630,25 @@ def status(settings, follow=False, sleep=time.sleep):
         job = monitor_job(clients, settings, job.name, sleep)
     elif plain(job.execution_state) in FINISHED:
         print_job_result(job)
+    else:
+        print_output_so_far(clients, settings, job.name)
+        print("The job is still {}: `python -m quickstart status --follow` streams it to its end, "
+              "`python -m quickstart run` does that and downloads its models".format(plain(job.execution_state)))
     list_output_files(clients.batchai, settings, job.name)
     return job_exit_status(job) if follow else 0
+
+
+def print_output_so_far(clients, settings, job_name, last_lines=OUTPUT_SO_FAR_LINES):
+    """The last lines an unfinished job has written to its stderr.txt, indented under a heading."""
+    lines = OutputTail(clients, settings, job_name, STREAMED_FILE).read_all().splitlines()
+    if not lines:
+        print("Output so far: none yet")
+        return
+    shown = lines[-last_lines:]
+    print("Output so far ({}{}):".format("last {} of {} lines of ".format(len(shown), len(lines))
+                                         if len(shown) < len(lines) else "", STREAMED_FILE))
+    for line in shown:
+        print("  " + line)
 
 
 def latest_job(batchai_client, settings):

@@ -113,7 +113,8 @@ class FakeAzure:
             for name in dir(real_class):
                 if not name.startswith("_") and callable(getattr(real_class, name)):
                     self.calls.attach_mock(getattr(operations, name), "{}.{}".format(group, name))
-        for name in ("create_share", "create_directory", "create_file_from_path", "delete_share"):
+        for name in ("create_share", "create_directory", "get_file_properties", "create_file_from_path",
+                     "set_file_properties", "delete_share"):
             self.calls.attach_mock(getattr(self.files, name), "files." + name)
 
     def call_names(self):

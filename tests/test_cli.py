@@ -437,7 +437,7 @@ def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monk
     assert "Removed cluster mycluster" in out and "Removed resource group myresourcegroup" in out
     assert "Removed file share batchaiquickstart" in out
     assert cli.main(["teardown"]) == 0
-    assert "Cluster mycluster: already gone" in capsys.readouterr().out
+    assert "Nothing to remove: experiment myexperiment, cluster mycluster," in capsys.readouterr().out
 
 
 @needs_batch_ai

@@ -174,7 +174,7 @@ NAME_RULE = "1-64 letters, digits, '-' or '_'"
     ("job", "epochs", "0", "must be at least 1"),
     ("job", "poll_interval", "0", "a number of seconds between 0 and 3600"),
     ("job", "poll_interval", "soon", "a number of seconds between 0 and 3600"),
-    ("output", "delete_share", "maybe", "must be yes or no"),
+    ("output", "delete_share", "maybe", "must be yes, no or empty (empty: yes on the local cloud, no on Azure)"),
     ("storage", "storage_account", "My_Storage", "3-24 lowercase letters and digits"),
     ("storage", "storage_key", "not base64!", "base64 access key"),
     ("credentials", "subscription_id", "my-subscription", "a GUID"),

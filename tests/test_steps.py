@@ -4,10 +4,14 @@ import re
 import sys
 import types
 from datetime import datetime, timedelta, timezone
+import base64
+import hashlib
 from unittest.mock import ANY, call
 
 import pytest
+from azure.common import AzureMissingResourceHttpError
 from azure.mgmt.batchai import models
+from azure.storage.file.models import File as FileModel
 from msrest import Serializer
 from msrestazure import azure_cloud
 
@@ -154,6 +158,7 @@ def test_resource_group_share_and_directory_are_created_or_reused(azure):
 
 
 def test_upload_sends_each_sample_file_with_a_progress_callback(azure, sample_files, capsys):
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
     steps.upload_sample_files(azure.files, azure_settings(), sample_files)
 
     assert azure.files.create_file_from_path.call_args_list == [
@@ -162,6 +167,44 @@ def test_upload_sends_each_sample_file_with_a_progress_callback(azure, sample_fi
     progress = azure.files.create_file_from_path.call_args.kwargs["progress_callback"]
     progress(100, 200)  # the SDK calls it as chunks finish; it must accept (current, total)
     assert "Uploaded Train-28x28_cntk_text.txt (3,000 bytes)" in capsys.readouterr().out
+
+
+def share_file(size, md5):
+    result = FileModel()
+    result.properties.content_length = size
+    result.properties.content_settings.content_md5 = md5
+    return result
+
+
+def test_only_files_that_changed_are_uploaded_and_the_md5_is_stored_after_the_upload(azure, sample_files, capsys):
+    train, test, script = sample_files
+    md5 = {path.name: base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode() for path in sample_files}
+    on_share = {train.name: share_file(3000, md5[train.name]),          # the same file
+                test.name: share_file(1000, md5[train.name]),           # same size, other content
+                script.name: share_file(300, md5[script.name])}        # other size
+    azure.files.get_file_properties.side_effect = lambda share, directory, name: on_share[name]
+
+    steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+
+    assert [c.args[2] for c in azure.files.create_file_from_path.call_args_list] == [test.name, script.name]
+    assert azure.call_names() == ["files.get_file_properties", "files.create_file_from_path",
+                                  "files.set_file_properties", "files.get_file_properties",
+                                  "files.create_file_from_path", "files.set_file_properties"]
+    stored = [c.args[:3] + (c.args[3].content_md5, c.args[3].content_type)
+              for c in azure.files.set_file_properties.call_args_list]
+    assert stored == [("batchaiquickstart", "mnistcntksample", test.name, md5[test.name], "text/plain"),
+                      ("batchaiquickstart", "mnistcntksample", script.name, md5[script.name], "text/x-python")]
+    out = capsys.readouterr().out
+    assert "Unchanged on the share, not uploaded: Train-28x28_cntk_text.txt (3,000 bytes, same MD5)" in out
+    assert "Uploaded Test-28x28_cntk_text.txt (1,000 bytes)" in out and "Uploaded ConvNet_MNIST.py" in out
+
+
+def test_an_upload_that_breaks_off_stores_no_md5(azure, sample_files):
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
+    azure.files.create_file_from_path.side_effect = ConnectionError("reset")
+    with pytest.raises(ConnectionError):
+        steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+    azure.files.set_file_properties.assert_not_called()
 
 
 def test_sample_files_are_the_built_ctf_files_and_the_training_script(tmp_path, monkeypatch):
@@ -310,14 +353,25 @@ def test_job_takes_image_extra_args_and_epochs_from_settings(azure):
         "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL --seed 7 --max-epochs 3")
 
 
-def test_a_pinned_job_name_from_an_earlier_run_is_deleted_first(azure, capsys):
+def test_a_pinned_job_name_replaces_the_finished_job_of_that_name_and_says_so(azure, capsys):
+    azure.batchai.jobs.get.return_value = job("myjob", "succeeded", exit_code=0)
     steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
-    assert azure.call_names() == ["jobs.delete", "jobs.create"]
-    assert "Deleted job myjob from an earlier run" in capsys.readouterr().out
+    assert azure.call_names() == ["jobs.get", "jobs.delete", "jobs.create"]
+    assert ("Replaced job myjob from an earlier run (succeeded; its files stay on the share): the job name is "
+            "pinned in the settings") in capsys.readouterr().out
 
-    azure.batchai.jobs.delete.side_effect = cloud_error(404, "JobNotFound")
+    azure.batchai.jobs.get.side_effect = cloud_error(404, "JobNotFound")
     steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
-    assert azure.batchai.jobs.create.call_count == 2
+    assert azure.batchai.jobs.create.call_count == 2 and azure.batchai.jobs.delete.call_count == 1
+    assert "Replaced" not in capsys.readouterr().out
+
+
+def test_a_pinned_job_that_is_still_running_is_never_deleted(azure):
+    azure.batchai.jobs.get.return_value = job("myjob", "running")
+    with pytest.raises(steps.StepFailed, match="job myjob from an earlier run is running; follow it with"):
+        steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
+    azure.batchai.jobs.delete.assert_not_called()
+    azure.batchai.jobs.create.assert_not_called()
 
 
 def test_a_timestamped_name_already_taken_gets_a_suffix(azure, capsys):
@@ -330,6 +384,7 @@ def test_a_timestamped_name_already_taken_gets_a_suffix(azure, capsys):
     assert "Job cntk_05_01_2018_093000_3 submitted" in capsys.readouterr().out
 
     azure.batchai.jobs.create.side_effect = cloud_error(409, "JobAlreadyExists")
+    azure.batchai.jobs.get.side_effect = cloud_error(404, "JobNotFound")
     with pytest.raises(Exception, match="JobAlreadyExists"):  # a pinned name is never renamed
         steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
 
@@ -453,21 +508,27 @@ def test_a_failed_download_leaves_no_partial_file_in_place(azure, tmp_path):
     listing = {"MODEL": [output_file("ConvNet_MNIST_0.dnn", MODEL_URL.format("ConvNet_MNIST_0.dnn"))]}
     with pytest.raises(Exception):
         steps.download_output_files(azure.http, azure_settings(download_dir=str(tmp_path)), "myjob", listing)
-    assert (tmp_path / "myjob" / "ConvNet_MNIST_0.dnn").read_bytes() == b"earlier model"
+    assert (tmp_path / "myjob.earlier" / "ConvNet_MNIST_0.dnn").read_bytes() == b"earlier model"
+    assert not (tmp_path / "myjob" / "ConvNet_MNIST_0.dnn").exists()
 
 
 # The whole run ------------------------------------------------------------------------------------
 
 def test_run_calls_every_step_in_the_articles_order(azure, sample_files, tmp_path, capsys):
     allocating_cluster(azure)
+    azure.batchai.jobs.list_by_experiment.return_value = iter([])
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
     script_job(azure, JobScript(["queued", "running", "succeeded"], [b"", b"epoch 1\n", b"done\n"]))
     settings = azure_settings(download_dir=str(tmp_path / "outputs"))
 
     assert steps.run(settings, sleep=lambda seconds: None) == 0
 
     assert azure.call_names() == [
-        "resource_groups.create_or_update", "files.create_share", "files.create_directory",
-        "files.create_file_from_path", "workspaces.create", "clusters.get", "clusters.create", "clusters.get",
+        "jobs.list_by_experiment", "resource_groups.create_or_update", "files.create_share",
+        "files.create_directory", "files.get_file_properties", "files.create_file_from_path",
+        "files.set_file_properties", "files.get_file_properties", "files.create_file_from_path",
+        "files.set_file_properties", "files.get_file_properties", "files.create_file_from_path",
+        "files.set_file_properties", "workspaces.create", "clusters.get", "clusters.create", "clusters.get",
         "experiments.create", "jobs.create", "jobs.get", "jobs.list_output_files", "jobs.get",
         "jobs.list_output_files"]
     assert azure.files.create_file_from_path.call_count == 3
@@ -479,25 +540,77 @@ def test_run_calls_every_step_in_the_articles_order(azure, sample_files, tmp_pat
         assert secret not in out
 
 
-def test_run_returns_a_failed_jobs_exit_code_and_keeps_its_logs(azure, sample_files, tmp_path, capsys):
+def test_run_ends_with_the_test_error_from_the_jobs_output_and_the_time_of_each_step(azure, sample_files,
+                                                                                      tmp_path, capsys):
     allocating_cluster(azure)
-    script_job(azure, JobScript(["running", "failed"], [b"boom\n"], exit_code=2))
-    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    azure.batchai.jobs.list_by_experiment.return_value = iter([])
+    final = b"Finished Epoch[2 of 2]\n\nFinal Results: Minibatch[1-11]: errs = 1.25% * 10000\n\n"
+    script_job(azure, JobScript(["running", "succeeded"], [b"Final Results: Minibatch[1-2]: errs = 9.00% * 5\n",
+                                                          final]))
+    assert steps.run(azure_settings(download_dir=str(tmp_path / "outputs")), sleep=lambda seconds: None) == 0
 
-    assert steps.run(settings, sleep=lambda seconds: None) == 2
-    (job_dir,) = (tmp_path / "outputs").iterdir()
-    assert (job_dir / "stdouterr" / "stderr.txt").read_bytes() == b"boom\n"
-    assert "file: stderr.txt" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "Final test error: 1.25% on 10,000 test images"  # the last such line of the job
+    assert re.fullmatch(r"Wall time: \d+\.\d s in all \(sign-in \d+\.\d s, resource group \d+\.\d s, "
+                        r"sample \d+\.\d s, share and upload \d+\.\d s, workspace \d+\.\d s, cluster \d+\.\d s, "
+                        r"experiment and job \d+\.\d s, training \d+\.\d s, output files \d+\.\d s, "
+                        r"download \d+\.\d s\)", lines[-1]), lines[-1]
 
 
-def test_ctrl_c_while_monitoring_says_the_job_keeps_running(azure, sample_files, capsys):
+def test_a_job_without_final_results_says_so(tmp_path, capsys):
+    (tmp_path / "stdouterr").mkdir()
+    (tmp_path / "stdouterr" / "stderr.txt").write_text("Traceback ...\n")
+    assert steps.report_test_error(tmp_path) is None
+    assert capsys.readouterr().out == ("Final test error: not reported (no 'Final Results' line in the job's "
+                                       "stderr.txt)\n")
+
+
+def test_run_follows_a_job_an_earlier_run_left_running_instead_of_submitting(azure, sample_files, tmp_path,
+                                                                             capsys):
+    azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
+    script = JobScript(["running", "succeeded"], [b"epoch 1 (before the reattach)\n", b"epoch 2\n"])
+    script_job(azure, script)
+
+    assert steps.run(azure_settings(download_dir=str(tmp_path / "outputs")), sleep=lambda seconds: None) == 0
+
+    out = capsys.readouterr().out
+    assert ("Job cntk_a from an earlier run is still running: following it instead of submitting another; "
+            "its output so far comes first") in out
+    assert "epoch 1 (before the reattach)\nepoch 2\n" in out
+    assert script.range_headers[0] == "bytes=0-"  # the output so far, from its first byte
+    for never in ("resource_groups.create_or_update", "files.create_file_from_path", "clusters.create",
+                  "jobs.create", "jobs.delete"):
+        assert never not in azure.call_names()
+    assert (tmp_path / "outputs" / "cntk_a" / "ConvNet_MNIST_1.dnn").exists()
+
+
+def test_ctrl_c_while_monitoring_says_the_job_keeps_running_and_how_to_come_back(azure, sample_files, capsys):
     allocating_cluster(azure)
-    azure.batchai.jobs.get.side_effect = KeyboardInterrupt
+    azure.batchai.jobs.get.side_effect = [cloud_error(404, "JobNotFound"), cloud_error(404, "JobNotFound"),
+                                          KeyboardInterrupt]
 
     assert steps.run(azure_settings(job="myjob"), sleep=lambda seconds: None) == 130
     out = capsys.readouterr().out
     assert "The job myjob keeps running in the cloud" in out
-    assert "python -m quickstart status --follow" in out and "python -m quickstart teardown" in out
+    assert "`python -m quickstart run` (or `status --follow`) reattaches to it" in out
+    assert "python -m quickstart teardown" in out
+    azure.batchai.jobs.delete.assert_not_called()
+
+
+def test_downloads_of_an_earlier_job_of_the_same_name_are_kept_aside(azure, tmp_path, capsys):
+    earlier = tmp_path / "myjob"
+    (earlier / "stdouterr").mkdir(parents=True)
+    (earlier / "ConvNet_MNIST_39.dnn").write_bytes(b"earlier model")
+    (tmp_path / "myjob.earlier").mkdir()  # taken already
+    script_job(azure, JobScript(["succeeded"], [b"done\n"]))
+    listing = {"MODEL": [output_file("ConvNet_MNIST_0.dnn", MODEL_URL.format("ConvNet_MNIST_0.dnn"))]}
+
+    steps.download_output_files(azure.http, azure_settings(download_dir=str(tmp_path)), "myjob", listing)
+
+    assert (tmp_path / "myjob.earlier-2" / "ConvNet_MNIST_39.dnn").read_bytes() == b"earlier model"
+    assert sorted(p.name for p in (tmp_path / "myjob").iterdir()) == ["ConvNet_MNIST_0.dnn"]
+    assert "Kept the earlier downloads of myjob in {}".format(tmp_path / "myjob.earlier-2") in \
+        capsys.readouterr().out
 
 
 # Teardown and status ------------------------------------------------------------------------------
@@ -515,13 +628,29 @@ def test_teardown_deletes_jobs_then_cluster_workspace_and_resource_group(azure, 
     azure.batchai.clusters.delete.assert_called_once_with("myresourcegroup", "myworkspace", "mycluster")
     azure.batchai.workspaces.delete.assert_called_once_with("myresourcegroup", "myworkspace")
     azure.resources.resource_groups.delete.assert_called_once_with("myresourcegroup")
-    azure.files.delete_share.assert_not_called()
+    azure.files.delete_share.assert_not_called()  # on Azure the share stays unless asked
     assert capsys.readouterr().out.splitlines()[1:] == [
         "Removed job cntk_1", "Removed job cntk_2", "Removed experiment myexperiment", "Removed cluster mycluster",
-        "Removed workspace myworkspace", "Removed resource group myresourcegroup"]
+        "Removed workspace myworkspace", "Removed resource group myresourcegroup",
+        "Kept file share batchaiquickstart (`teardown --delete-share` removes it)"]
 
 
-def test_teardown_tolerates_what_is_already_gone(azure, capsys):
+def test_teardown_on_the_local_cloud_removes_the_share_too_unless_kept(azure, capsys):
+    azure.batchai.jobs.list_by_experiment.return_value = iter([])
+    local = azure_settings(cloud="local", storage_connection_string="FileEndpoint=https://127.0.0.1/x")
+    azure.files.delete_share.return_value = True
+    steps.teardown(local)
+    azure.files.delete_share.assert_called_once_with("batchaiquickstart", fail_not_exist=False)
+    assert "Removed file share batchaiquickstart (the sample and every job's files on it)" in \
+        capsys.readouterr().out
+    for choice, setting in ((False, None), (None, False)):
+        steps.teardown(local.replace(delete_share=setting), delete_share=choice)
+    assert azure.files.delete_share.call_count == 1
+    steps.teardown(azure_settings(delete_share=True))
+    assert azure.files.delete_share.call_count == 2
+
+
+def test_teardown_says_when_there_is_nothing_to_remove(azure, capsys):
     gone = cloud_error(404, "ResourceGroupNotFound")
     azure.batchai.jobs.list_by_experiment.side_effect = gone
     for delete in (azure.batchai.experiments.delete, azure.batchai.clusters.delete,
@@ -532,10 +661,18 @@ def test_teardown_tolerates_what_is_already_gone(azure, capsys):
     assert steps.teardown(azure_settings(), delete_share=True) == 0
 
     assert capsys.readouterr().out.splitlines()[1:] == [
-        "Experiment myexperiment: already gone", "Cluster mycluster: already gone",
-        "Workspace myworkspace: already gone", "Resource group myresourcegroup: already gone",
-        "File share batchaiquickstart: already gone"]
+        "Nothing to remove: experiment myexperiment, cluster mycluster, workspace myworkspace, "
+        "resource group myresourcegroup, file share batchaiquickstart did not exist"]
     azure.files.delete_share.assert_called_once_with("batchaiquickstart", fail_not_exist=False)
+
+
+def test_teardown_names_what_was_already_gone(azure, capsys):
+    azure.batchai.jobs.list_by_experiment.return_value = iter([])
+    azure.batchai.clusters.delete.side_effect = cloud_error(404, "ClusterNotFound")
+    steps.teardown(azure_settings())
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "Already gone: cluster mycluster"
+    assert "Removed resource group myresourcegroup" in out
 
 
 def test_teardown_stops_on_errors_other_than_not_found(azure):
@@ -545,21 +682,26 @@ def test_teardown_stops_on_errors_other_than_not_found(azure):
     azure.batchai.workspaces.delete.assert_not_called()
 
 
-def test_status_shows_the_cluster_the_latest_job_and_its_files(azure, capsys):
+def test_status_shows_the_cluster_the_latest_job_its_output_so_far_and_its_files(azure, capsys):
     azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
     early, late = datetime(2018, 5, 1, tzinfo=timezone.utc), datetime(2018, 5, 2, tzinfo=timezone.utc)
     azure.batchai.jobs.list_by_experiment.return_value = iter([
         job("cntk_b", "succeeded", exit_code=0, created=early), job("cntk_a", "running", created=late)])
-    azure.batchai.jobs.list_output_files.side_effect = JobScript.list_output_files
+    script = JobScript(["running"], [])
+    script.content = "".join("Finished Epoch[{} of 40]\n".format(n) for n in range(1, 26)).encode()
+    script_job(azure, script)
 
     assert steps.status(azure_settings()) == 0
 
     out = capsys.readouterr().out
     assert "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 1;" in out
     assert "Job cntk_a: Job state: running" in out
+    assert "Output so far (last 20 of 25 lines of stderr.txt):\n  Finished Epoch[6 of 40]\n" in out
+    assert "  Finished Epoch[25 of 40]\nThe job is still running: `python -m quickstart status --follow`" in out
     assert "file: stderr.txt, download url: " in out
     assert azure.batchai.jobs.list_output_files.call_args.args[3] == "cntk_a"
     azure.batchai.clusters.create.assert_not_called()
+    azure.batchai.jobs.get.assert_not_called()
 
 
 def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
