@@ -537,8 +537,7 @@ class LocalCloud:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))
-            self._server = _Server(sock, LocalCloudApp(context), ssl_context,
-                                   bool(self.options["access_log"]))
+            self._server = _Server(sock, LocalCloudApp(context), ssl_context, access_log=False)
         finally:
             sock.close()  # the server holds its own duplicate of the descriptor
         for hook in context.start_hooks:
@@ -548,6 +547,7 @@ class LocalCloud:
                                         name=f"local-cloud-{port}", daemon=True)
         self._thread.start()
         self._wait_healthy(port, tls.ca_cert, timeout)
+        self._server.access_log = bool(self.options["access_log"])  # not our own startup probe
 
     def _wait_healthy(self, port: int, ca_cert: Path, timeout: float) -> None:
         context = ssl.create_default_context(cafile=str(ca_cert))

@@ -143,8 +143,13 @@ class Store:
         for folder in (self.state_dir, self.shares_root, self.tmp_root, self.trash_root):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        database = self.state_dir / DATABASE_FILE
+        # It holds the client secret, storage key and token signing key: owner-only, like
+        # connection.json (SQLite gives its -wal/-shm files the same mode).
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(database, 0o600)
         self._db = sqlite3.connect(
-            str(self.state_dir / DATABASE_FILE), check_same_thread=False, isolation_level=None
+            str(database), check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of this process (not of the OS) without fsync per commit.

@@ -247,3 +247,8 @@ def test_a_failing_start_hook_fails_start_cleanly(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "SURFACE_MODULES", server.SURFACE_MODULES[:-1])
     with LocalCloud(tmp_path / "state") as cloud:      # the state directory was released
         assert is_serving(cloud.connection)
+
+
+def test_state_files_holding_secrets_are_owner_only(local_cloud):
+    for name in ("localcloud.sqlite3", "connection.json", "tls/server-key.pem"):
+        assert stat.S_IMODE((local_cloud.state_dir / name).stat().st_mode) == 0o600, name
