@@ -43,10 +43,14 @@ running ``CloudContext`` before the server accepts requests. Through ``cloud`` i
 ``cloud.options``
     The option bag given to ``LocalCloud(state_dir, port, **options)``; unknown keys are kept, so
     a surface may read its own (``cluster_allocation_delay`` defaults to 1.0 seconds here).
-Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover jobs),
-    ``cloud.on_stop(fn)`` (fn() on stop; jobs must be left running),
+Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover jobs; an
+    exception aborts the start, after which the stop hooks run),
+    ``cloud.on_stop(fn)`` (fn() once per start, on stop or on a failed start; jobs must be left
+    running; the store closes after the stop hooks return),
     ``cloud.on_resource_group_delete(fn)`` (fn(subscription_id, resource_group_name) runs before
     the group's records go: stop its jobs, then the store drops every record under the group).
+Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/localcloud.log``
+    (SAS signatures redacted), not to the terminal of whoever embeds the cloud.
 
 Everything else (TLS, threads, logging without secrets) is this module's job.
 """
