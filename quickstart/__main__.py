@@ -51,7 +51,8 @@ def build_parser():
                             "on the local cloud; on Azure the share is kept unless asked)")
     share.add_argument("--keep-share", dest="delete_share", action="store_false",
                        help="keep the file share (the sample and the jobs' files on it)")
-    status = command("status", "Show the cluster's state, the latest job's state and its output files.")
+    status = command("status", "Show the cluster's state, the latest job's state (with the last lines of its "
+                               "output while it runs) and its output files.")
     status.add_argument("--follow", action="store_true",
                         help="watch a running job to its end, streaming its output; exit with its exit code")
     local = command("localcloud", "Serve the local cloud in the foreground until Ctrl-C, for any client; "

@@ -584,6 +584,21 @@ def test_run_follows_a_job_an_earlier_run_left_running_instead_of_submitting(azu
     assert (tmp_path / "outputs" / "cntk_a" / "ConvNet_MNIST_1.dnn").exists()
 
 
+def test_run_with_a_pinned_name_follows_that_job_while_it_runs_and_never_deletes_it(azure, sample_files,
+                                                                                    tmp_path, capsys):
+    states = iter(["running", "running", "succeeded"])
+    azure.batchai.jobs.get.side_effect = lambda *args, **kwargs: job("myjob", next(states), exit_code=0)
+    azure.batchai.jobs.list_output_files.side_effect = JobScript.list_output_files
+    azure.http.get.side_effect = JobScript([], []).http_get
+
+    assert steps.run(azure_settings(job="myjob", download_dir=str(tmp_path)), sleep=lambda seconds: None) == 0
+
+    assert "Job myjob from an earlier run is still running: following it" in capsys.readouterr().out
+    azure.batchai.jobs.delete.assert_not_called()
+    azure.batchai.jobs.create.assert_not_called()
+    azure.batchai.jobs.list_by_experiment.assert_not_called()
+
+
 def test_ctrl_c_while_monitoring_says_the_job_keeps_running_and_how_to_come_back(azure, sample_files, capsys):
     allocating_cluster(azure)
     azure.batchai.jobs.get.side_effect = [cloud_error(404, "JobNotFound"), cloud_error(404, "JobNotFound"),
