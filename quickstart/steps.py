@@ -519,11 +519,12 @@ def set_up_and_submit(clients, settings, clock, sleep=time.sleep):
     """Steps 2 to 7: everything from the resource group to the submitted job; returns its name."""
     with clock.step("resource group"):
         create_resource_group(clients.resources, settings)
-    with clock.step("sample"):
-        sample_files = prepare_sample_files(settings)
-    with clock.step("share and upload"):
+    with clock.step("share"):
         service = create_file_share(settings, clients.http)
         create_sample_directory(service, settings)
+    with clock.step("sample"):
+        sample_files = prepare_sample_files(settings)
+    with clock.step("upload"):
         upload_sample_files(service, settings, sample_files)
     with clock.step("workspace"):
         create_workspace(clients.batchai, settings)

@@ -552,7 +552,7 @@ def test_run_ends_with_the_test_error_from_the_jobs_output_and_the_time_of_each_
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2] == "Final test error: 1.25% on 10,000 test images"  # the last such line of the job
     assert re.fullmatch(r"Wall time: \d+\.\d s in all \(sign-in \d+\.\d s, resource group \d+\.\d s, "
-                        r"sample \d+\.\d s, share and upload \d+\.\d s, workspace \d+\.\d s, cluster \d+\.\d s, "
+                        r"share \d+\.\d s, sample \d+\.\d s, upload \d+\.\d s, workspace \d+\.\d s, cluster \d+\.\d s, "
                         r"experiment and job \d+\.\d s, training \d+\.\d s, output files \d+\.\d s, "
                         r"download \d+\.\d s\)", lines[-1]), lines[-1]
 
