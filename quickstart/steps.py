@@ -469,11 +469,15 @@ def download(http, url, path):
 
 
 def report_test_error(job_folder):
-    """Print the trained network's error on the test set: the last "Final Results" line the job
-    wrote to its stderr.txt (downloaded into job_folder/stdouterr). Returns it in percent, or None."""
+    """Print the trained network's error on the test set from the job's stderr.txt, downloaded
+    into job_folder/stdouterr. Returns it in percent, or None."""
     log = Path(job_folder) / "stdouterr" / STREAMED_FILE
-    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-    results = re.findall(FINAL_RESULTS, text, re.M)
+    return print_test_error(log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "")
+
+
+def print_test_error(output):
+    """Print the last "Final Results" line of the job's output as its test error; return the percent."""
+    results = re.findall(FINAL_RESULTS, output, re.M)
     if not results:
         print("Final test error: not reported (no 'Final Results' line in the job's {})".format(STREAMED_FILE))
         return None
@@ -612,7 +616,7 @@ def remove(what, delete, *args):
 
 def status(settings, follow=False, sleep=time.sleep):
     """Show what exists: the cluster's status line, the latest job's state and its output files;
-    for an unfinished job, its output so far. With follow, watch an unfinished job to its end
+    for a finished job, its test error; for an unfinished one, its output so far. With follow, watch an unfinished job to its end
     first (as `run` does) and return its exit status."""
     clients = create_clients(settings)
     rg, ws = settings.resource_group, settings.workspace
@@ -629,8 +633,10 @@ def status(settings, follow=False, sleep=time.sleep):
     print("Job {}: Job state: {}".format(job.name, plain(job.execution_state)))
     if follow and plain(job.execution_state) not in FINISHED:
         job = monitor_job(clients, settings, job.name, sleep)
+        print_test_error(OutputTail(clients, settings, job.name, STREAMED_FILE).read_all())
     elif plain(job.execution_state) in FINISHED:
         print_job_result(job)
+        print_test_error(OutputTail(clients, settings, job.name, STREAMED_FILE).read_all())
     else:
         print_output_so_far(clients, settings, job.name)
         print("The job is still {}: `python -m quickstart status --follow` streams it to its end, "

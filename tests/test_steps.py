@@ -719,6 +719,20 @@ def test_status_shows_the_cluster_the_latest_job_its_output_so_far_and_its_files
     azure.batchai.jobs.get.assert_not_called()
 
 
+def test_status_of_a_finished_job_shows_its_result_and_test_error(azure, capsys):
+    azure.batchai.clusters.get.return_value = cluster("steady", idle=1, current=1)
+    azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "succeeded", exit_code=0)])
+    script = JobScript(["succeeded"], [])
+    script.content = b"Finished Epoch[40 of 40]\n\nFinal Results: Minibatch[1-11]: errs = 0.58% * 10000\n\n"
+    script_job(azure, script)
+
+    assert steps.status(azure_settings()) == 0
+
+    out = capsys.readouterr().out
+    assert "Job cntk_a succeeded with exit code 0\nFinal test error: 0.58% on 10,000 test images\n" in out
+    assert "Output so far" not in out
+
+
 def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
     azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
     azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
@@ -729,6 +743,7 @@ def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
     out = capsys.readouterr().out
     assert "epoch 1\nepoch 2\n" in out
     assert "Job cntk_a failed with exit code 5" in out
+    assert "Final test error: not reported (no 'Final Results' line in the job's stderr.txt)" in out
     assert out.index("Job cntk_a failed") < out.index("file: stderr.txt")
 
 
