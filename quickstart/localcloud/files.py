@@ -574,7 +574,9 @@ class FileService:
                                        {"Content-Range": f"bytes */{size}"})
                 status, (start, stop) = 206, span
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-                headers.pop("Content-MD5", None)   # whole-file MD5 only goes with whole-file reads
+                whole_md5 = headers.pop("Content-MD5", None)  # a range carries the file's MD5 as
+                if whole_md5:                                 # x-ms-content-md5, as Azure does
+                    headers["x-ms-content-md5"] = whole_md5
                 if request.headers.get("x-ms-range-get-content-md5", "").lower() == "true":
                     if stop - start > MAX_RANGE:
                         raise StorageError(400, "OutOfRangeInput", "x-ms-range-get-content-md5 needs a "

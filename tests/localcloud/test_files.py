@@ -365,3 +365,18 @@ def test_share_sas_cannot_delete_its_share(local_cloud, file_service):
         holder.delete_share("keepme", fail_not_exist=True)
     assert caught.value.status_code == 403
     assert file_service.exists("keepme") is True
+
+
+def test_stored_content_md5_comes_back_on_whole_and_ranged_reads(file_service):
+    import base64
+    import hashlib
+
+    data = b"model weights" * 1000
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    file_service.create_share("md5s")
+    file_service.create_file_from_bytes("md5s", None, "w.bin", data)
+    file_service.set_file_properties("md5s", None, "w.bin", ContentSettings(content_md5=md5))
+    assert file_service.get_file_properties("md5s", None, "w.bin").properties.content_settings.content_md5 == md5
+    ranged = file_service.get_file_to_bytes("md5s", None, "w.bin")   # a ranged GET underneath
+    assert ranged.content == data
+    assert ranged.properties.content_settings.content_md5 == md5
