@@ -288,6 +288,18 @@ class FileService:
         """The key of a file's stored properties: its path as stored on disk (case as created)."""
         return target.relative_to(self._share_root(share)).as_posix()
 
+    def _load_props(self, share: str, target: Path, st: os.stat_result) -> dict:
+        """Content settings and metadata of the file now at ``target``. They belong to one file
+        (inode): if a job replaced the file directly on the share, the old ones no longer apply."""
+        props = self.store.get_file_props(share, self._props_key(share, target))
+        return props if props.get("inode") in (None, st.st_ino) else {}
+
+    def _save_props(self, share: str, target: Path, props: dict) -> None:
+        props = {k: v for k, v in props.items() if k != "inode"}
+        if props:
+            props["inode"] = target.stat().st_ino
+        self.store.set_file_props(share, self._props_key(share, target), props)
+
     @staticmethod
     def _metadata(request: Request) -> dict:
         raw = request.environ.get("localcloud.raw_headers") or request.headers.items()
@@ -453,7 +465,7 @@ class FileService:
             raise StorageError(409, "ResourceTypeMismatch",
                                "The specified resource name is an existing directory.")
         self.store.write_file_atomically(target, b"", size=size)
-        self.store.set_file_props(share, self._props_key(share, target), self._file_props_from_request(request))
+        self._save_props(share, target, self._file_props_from_request(request))
         return self._empty(201, self._smb_headers(target.stat(), False, target.parent))
 
     def _existing_file(self, share: str, parts) -> tuple[Path, os.stat_result]:
@@ -535,7 +547,7 @@ class FileService:
         return written
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
-        props = self.store.get_file_props(share, self._props_key(share, target))
+        props = self._load_props(share, target, st)
         headers = self._smb_headers(st, False, target.parent)
         headers["x-ms-type"] = "File"
         headers["Accept-Ranges"] = "bytes"
@@ -606,22 +618,20 @@ class FileService:
             new_size = self._content_length_header(request)
             with open(target, "r+b") as out:
                 out.truncate(new_size)
-        key = self._props_key(share, target)
-        props = self.store.get_file_props(share, key)
+        props = self._load_props(share, target, st)
         settings = {h: request.headers[h] for h in _CONTENT_SETTINGS if request.headers.get(h)}
-        props = {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings}
-        self.store.set_file_props(share, key, props)
+        self._save_props(share, target,
+                         {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings})
         st = target.stat()
         return self._empty(200, self._smb_headers(st, False, target.parent))
 
     def set_file_metadata(self, request: Request, share: str, parts) -> Response:
-        target, _ = self._existing_file(share, parts)
-        key = self._props_key(share, target)
-        props = {k: v for k, v in self.store.get_file_props(share, key).items() if k != "metadata"}
+        target, st = self._existing_file(share, parts)
+        props = {k: v for k, v in self._load_props(share, target, st).items() if k != "metadata"}
         metadata = self._metadata(request)
         if metadata:
             props["metadata"] = metadata
-        self.store.set_file_props(share, key, props)
+        self._save_props(share, target, props)
         return self._empty(200, {"ETag": _etag(target.stat())})
 
 

@@ -380,3 +380,18 @@ def test_stored_content_md5_comes_back_on_whole_and_ranged_reads(file_service):
     ranged = file_service.get_file_to_bytes("md5s", None, "w.bin")   # a ranged GET underneath
     assert ranged.content == data
     assert ranged.properties.content_settings.content_md5 == md5
+
+
+def test_properties_do_not_outlive_a_file_replaced_directly_on_the_share(local_cloud, file_service):
+    file_service.create_share("mounted")
+    file_service.create_file_from_bytes("mounted", None, "out.txt", b"v1",
+                                        content_settings=ContentSettings(content_type="text/plain",
+                                                                         content_md5="AAAAAAAAAAAAAAAAAAAAAA=="))
+    on_disk = local_cloud.context.share_path("mounted", "out.txt")
+    replacement = on_disk.with_name("out.txt.new")
+    replacement.write_bytes(b"v2 written by a job through the mount")
+    replacement.replace(on_disk)                      # what a job on the node does
+    props = file_service.get_file_properties("mounted", None, "out.txt").properties
+    assert props.content_length == len(b"v2 written by a job through the mount")
+    assert props.content_settings.content_md5 is None
+    assert props.content_settings.content_type == "application/octet-stream"
