@@ -73,3 +73,11 @@ def resource_client(local_cloud):
 @pytest.fixture
 def file_service(local_cloud):
     return make_file_service(local_cloud.connection)
+
+
+def clear_azure_environment(monkeypatch):
+    """Unset every environment variable the settings read, so a test sees only its own config."""
+    from quickstart.config import SCHEMA
+    for setting in SCHEMA:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)

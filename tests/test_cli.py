@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from quickstart import __main__ as cli
-from quickstart.config import SCHEMA
+from tests.conftest import clear_azure_environment
 from tests.fakes_azure import (ADMIN_PASSWORD, CLIENT_SECRET, STORAGE_KEY, SUBSCRIPTION, cloud_error, cluster, job,
                                patched_sdk)
 from tests.test_steps import JobScript, allocating_cluster, script_job
@@ -39,9 +39,7 @@ poll_interval = 0.01
 @pytest.fixture(autouse=True)
 def in_empty_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for setting in SCHEMA:
-        for name in setting.env:
-            monkeypatch.delenv(name, raising=False)
+    clear_azure_environment(monkeypatch)
     monkeypatch.delenv("QUICKSTART_DEBUG", raising=False)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from quickstart.config import (AZURE_CLOUDS, SCHEMA, ConfigError, Settings, load_settings)
+from tests.conftest import clear_azure_environment
 
 REPO = Path(__file__).resolve().parent.parent
 AZURE_INI = """\
@@ -28,9 +29,7 @@ admin_user_password = ADMIN-PASSWORD-value
 def in_empty_dir(tmp_path, monkeypatch):
     """Each test runs where no ./config.ini exists, with no Azure variables set."""
     monkeypatch.chdir(tmp_path)
-    for setting in SCHEMA:
-        for name in setting.env:
-            monkeypatch.delenv(name, raising=False)
+    clear_azure_environment(monkeypatch)
 
 
 def write(tmp_path, text, name="config.ini", mode=0o600):

@@ -36,6 +36,7 @@ import azure.mgmt.batchai.models as models  # noqa: E402
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
 from quickstart.localcloud.connection import requests_session  # noqa: E402
+from tests.localcloud.test_batchai import job_params  # noqa: E402
 from tests.conftest import (make_batchai_client, make_credentials, make_file_service,  # noqa: E402
                             make_resource_client)
 
@@ -59,22 +60,6 @@ def cluster_params(connection, files, nodes=1):
                 credentials=models.AzureStorageCredentialsInfo(account_key=connection["storage_key"]),
                 azure_file_url=f"https://{files.primary_endpoint}/{SHARE}", relative_mount_path=MOUNT)])),
         user_account_settings=models.UserAccountSettings(admin_user_name="u", admin_user_password="Pa55-word"))
-
-
-def job_params(cluster_id, command=None):
-    toolkit = ({"custom_toolkit_settings": models.CustomToolkitSettings(command_line=command)} if command else
-               {"cntk_settings": models.CNTKsettings(
-                   python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
-                   command_line_args="$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL")})
-    return models.JobCreateParameters(
-        cluster=models.ResourceId(id=cluster_id), node_count=1,
-        container_settings=models.ContainerSettings(image_source_registry=models.ImageSourceRegistry(
-            image="microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0")),
-        std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
-        input_directories=[models.InputDirectory(id="SAMPLE", path=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}/mnistcntksample")],
-        output_directories=[models.OutputDirectory(id="MODEL", path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
-                                                   path_suffix="Models")],
-        **toolkit)
 
 
 def tutorial(workdir: Path) -> dict:
