@@ -386,6 +386,31 @@ def define_convnet(torch):
     nn = torch.nn
     functional = torch.nn.functional
 
+    class TapsTimesKernels(torch.autograd.Function):
+        """conv1 as ``taps.t() @ kernels.t()`` with a backward suited to its shapes.
+
+        taps: [25, P] tap-major im2col columns of the (constant) input; kernels: [32, 25].
+        The kernels' gradient is a product with a long inner dimension (P = n*27*27) and a
+        tiny result; autograd's own mm for it runs at half this machine's rate. Here it is
+        ``taps @ grad``, split into two halves along P that a batched product runs on two
+        cores at once and then adds.
+        """
+
+        @staticmethod
+        def forward(ctx, taps, kernels):
+            ctx.save_for_backward(taps)
+            return torch.mm(taps.t(), kernels.t())
+
+        @staticmethod
+        def backward(ctx, grad):
+            taps, = ctx.saved_tensors
+            positions = taps.shape[1]
+            if positions % 2:
+                return None, torch.mm(taps, grad).t()
+            half = positions // 2
+            halves = torch.bmm(taps.view(25, 2, half).transpose(0, 1), grad.reshape(2, half, 32))
+            return None, halves.sum(0).t()
+
     class ConvNet(nn.Module):
         def __init__(self):
             super(ConvNet, self).__init__()
@@ -414,7 +439,8 @@ def define_convnet(torch):
               are built tap-major ([25, n*27*27]: one contiguous row per kernel tap, a copy
               with long contiguous runs, several times faster than position-major patches)
               and handed to the product transposed, which costs it nothing. The product is
-              [n*27*27, 32]: already the channels-last layout the later layers prefer.
+              [n*27*27, 32]: already the channels-last layout the later layers prefer. Its
+              backward is TapsTimesKernels'.
             - Only the 27x27 conv1 outputs that the first 3x3/2 max-pool reads: it never
               looks at row or column 27.
             - conv1's bias and every ReLU after the max-pool instead of before: max commutes
@@ -428,7 +454,7 @@ def define_convnet(torch):
             x = pixels.reshape(n, 28, 28).float().mul_(INPUT_SCALE)
             x = functional.pad(x, (2, 1, 2, 1))  # 31x31: the 5x5 windows of outputs 0..26
             taps = x.unfold(1, 5, 1).unfold(2, 5, 1).permute(3, 4, 0, 1, 2).reshape(25, n * 729)
-            h = torch.mm(taps.t(), self.conv1.weight.view(32, 25).t())
+            h = TapsTimesKernels.apply(taps, self.conv1.weight.view(32, 25))
             h = h.view(n, 27, 27, 32).permute(0, 3, 1, 2)
             h = functional.max_pool2d(h, 3, 2).add_(self.conv1.bias.view(1, 32, 1, 1)).relu_()
             h = functional.relu_(functional.max_pool2d(self.conv2(h), 3, 2))

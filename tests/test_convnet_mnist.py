@@ -120,11 +120,12 @@ def test_input_is_scaled_by_1_over_256_inside_the_model():
     assert torch.allclose(model(pixels), expected, atol=1e-6)
 
 
-def test_fast_cpu_forward_has_the_same_values_and_gradients():
+@pytest.mark.parametrize("batch", [37, 64])  # odd and even: conv1's gradient splits an even one
+def test_fast_cpu_forward_has_the_same_values_and_gradients(batch):
     torch.manual_seed(1)
-    pixels = torch.randint(0, 256, (37, 28, 28), dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8)
     pixels[:, :4] = 0  # blank rows, as in MNIST: ties among zeros inside pooling windows
-    labels = torch.randint(0, 10, (37,))
+    labels = torch.randint(0, 10, (batch,))
     reference = ConvNet().eval()  # eval: no dropout, so both compute the same function
     with torch.no_grad():  # non-zero biases, so a misplaced bias would show
         for parameter in reference.parameters():
