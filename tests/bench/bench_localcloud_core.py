@@ -7,7 +7,9 @@ and for one serving from its own process (as ``python -m quickstart localcloud``
 
 * upload of a SIZE MiB file with FileService.create_file_from_path (max_connections 2, the
   default, and 4), in MB/s, beside shutil.copyfile of the same file in the same run;
-* download of it with get_file_to_path (max_connections 2 and 4);
+* download of it with get_file_to_path (max_connections 2 and 4), and beside it what bounds
+  that figure: the SDK client alone (into a sink that discards), this disk's write rate, and
+  the server read through a SAS URL by a client that reads 4 MiB at a time;
 * resource group GET round trips through ResourceManagementClient: p50 and p99;
 * start to first 200 on the health URL: first start (certificate made) and later starts, both
   for LocalCloud.start() and for a fresh ``python -m quickstart localcloud`` process.
@@ -17,7 +19,9 @@ Goals: >= 200 MB/s up and down, p50 <= 5 ms, start <= 1.5 s.
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
+import io
 import os
 import shutil
 import signal
@@ -28,6 +32,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import requests
+from azure.storage.file import FilePermissions
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -79,7 +86,62 @@ def throughput(connection: dict, source: Path, work: Path, runs: int, label: str
               f"this process busy {cpu / seconds:.0%} of the time)")
     if target.read_bytes() != source.read_bytes():
         raise SystemExit("download differs from upload")
+    download_ceilings(connection, service, source, work, runs, label)
     service.delete_share("benchshare")
+
+
+class DiscardingSink(io.RawIOBase):
+    """A seekable writable file that keeps nothing: the SDK's download without the disk."""
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+def download_ceilings(connection: dict, service, source: Path, work: Path, runs: int, label: str) -> None:
+    """What bounds get_file_to_path, measured in the same run: the SDK client's own read path
+    (into a sink that discards), this disk's write rate (the same bytes from memory), and the
+    server (the same file read through a SAS URL in 4 MiB chunks, as a client that reads in
+    large pieces does)."""
+    size = source.stat().st_size
+    for connections in (2, 4):
+        seconds = best_of(runs, lambda: service.get_file_to_stream(
+            "benchshare", None, "big.bin", DiscardingSink(), max_connections=connections))
+        print(f"  [{label}]   ceiling: the SDK client alone (get_file_to_stream into a discarding "
+              f"sink) max_connections={connections}: {mb_per_s(size, seconds):7.1f} MB/s")
+    data = source.read_bytes()
+
+    def write_from_memory():
+        with open(work / "written.bin", "wb") as out:
+            for offset in range(0, size, 4 * 1024 * 1024):
+                out.write(data[offset:offset + 4 * 1024 * 1024])
+
+    print(f"  [{label}]   ceiling: this disk (the same bytes written from memory): "
+          f"{mb_per_s(size, best_of(runs, write_from_memory)):7.1f} MB/s")
+    token = service.generate_file_shared_access_signature(
+        "benchshare", None, "big.bin", permission=FilePermissions.READ,
+        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+    url = service.make_file_url("benchshare", None, "big.bin", sas_token=token)
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would replace verify=
+
+    def read_through_sas():
+        with session.get(url, stream=True, verify=connection["ca_cert"]) as response:
+            response.raise_for_status()
+            received = sum(len(piece) for piece in response.iter_content(4 * 1024 * 1024))
+        if received != size:
+            raise SystemExit(f"SAS download returned {received} bytes, not {size}")
+
+    print(f"  [{label}]   ceiling: the server (requests through a SAS URL, 4 MiB reads, one "
+          f"connection): {mb_per_s(size, best_of(runs, read_through_sas)):7.1f} MB/s")
 
 
 def latency(connection: dict, calls: int, label: str) -> None:
