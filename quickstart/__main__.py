@@ -156,8 +156,9 @@ def connected(settings, secrets, clock=None):
     For an Azure cloud, the settings as they are. For the local cloud: the one already serving from
     the state directory (connection.json answers its health probe), else one started here and
     stopped when the command ends (jobs keep running; the next command sees how they ended).
-    The bound settings' secrets are added to `secrets`, so error messages can hide them. With a
-    `clock`, starting the local cloud counts in its step "start-up".
+    If the command serving the borrowed one ends first, this command takes over serving it, at the
+    same URL (localcloud.Standby). The bound settings' secrets are added to `secrets`, so error
+    messages can hide them. With a `clock`, starting the local cloud counts in its step "start-up".
     """
     if not settings.is_local:
         yield settings
@@ -167,7 +168,8 @@ def connected(settings, secrets, clock=None):
     connection = read_connection(settings.state_dir)
     if connection and is_serving(connection):
         print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
-        yield bound(settings, connection, secrets)
+        with localcloud.Standby(settings.state_dir, on_take_over=announce_take_over):
+            yield bound(settings, connection, secrets)
         return
     with clock.step("start-up") if clock else contextlib.nullcontext():
         cloud = localcloud.LocalCloud(settings.state_dir).start()
@@ -177,6 +179,11 @@ def connected(settings, secrets, clock=None):
         yield bound(settings, cloud.connection, secrets)
     finally:
         cloud.stop()
+
+
+def announce_take_over(cloud):
+    print("The command that served the local cloud has ended; this command serves it now at {}".format(
+        cloud.connection["resource_manager_url"]), flush=True)
 
 
 def bound(settings, connection, secrets):

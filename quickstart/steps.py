@@ -25,7 +25,9 @@ from azure.mgmt.resource import ResourceManagementClient
 from azure.storage.file import ContentSettings, FileService
 from msrestazure import azure_cloud
 from msrestazure.azure_exceptions import CloudError
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.util.retry import Retry
 
 from quickstart.timing import StepClock
 
@@ -57,13 +59,23 @@ def create_clients(settings):
     base_url = cloud.endpoints.resource_manager
     batchai_client = batchai.BatchAIManagementClient(credentials, settings.subscription_id, base_url=base_url)
     resource_client = ResourceManagementClient(credentials, settings.subscription_id, base_url=base_url)
-    http = requests.Session()  # for storage, streaming and downloads
+    http = reconnecting_session()  # for storage, streaming and downloads
     for connection in (batchai_client.config.connection, resource_client.config.connection, http):
         connection.verify = verify
     if settings.ca_cert:  # else REQUESTS_CA_BUNDLE would override the session's verify
         http.trust_env = False
     print("Signed in as {} to {}".format(settings.client_id, cloud.name))
     return Clients(batchai_client, resource_client, http)
+
+
+def reconnecting_session():
+    """A requests session that retries a refused connection for about 6 s (0, 0.4, 0.8, 1.6 and
+    3.2 s apart), as the ARM clients' own policy does: long enough for a local cloud to change
+    hands (localcloud.Standby) without failing the command."""
+    session = requests.Session()
+    retry = Retry(total=5, connect=5, read=0, status=0, other=0, backoff_factor=0.2)
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
 
 
 def cloud_environment(settings):

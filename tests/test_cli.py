@@ -235,8 +235,20 @@ def fake_local_cloud(monkeypatch, tmp_path, serving):
         def stop(self):
             events.append("stop")
 
+    class Standby:
+        def __init__(self, state_dir, on_take_over=None):
+            self.state_dir = state_dir
+
+        def __enter__(self):
+            events.append(("standby", self.state_dir))
+            return self
+
+        def __exit__(self, *exc):
+            events.append("standby ends")
+
     package = types.ModuleType("quickstart.localcloud")
     package.LocalCloud = LocalCloud
+    package.Standby = Standby
     package.serve_forever = lambda state_dir, port: events.append(("serve", state_dir, port))
     module = types.ModuleType("quickstart.localcloud.connection")
     module.read_connection = lambda state_dir: connection if serving else None
@@ -273,7 +285,7 @@ def test_a_serving_local_cloud_is_reused(tmp_path, monkeypatch, capsys):
     with patched_sdk() as azure:
         azure.batchai.jobs.list_by_experiment.return_value = iter([])
         assert cli.main(["teardown"]) == 0
-    assert events == []
+    assert events == [("standby", "./.localcloud"), "standby ends"]  # none started, none stopped
     assert "Using the local cloud serving at https://127.0.0.1:4443/" in capsys.readouterr().out
 
 

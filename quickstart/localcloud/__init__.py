@@ -4,11 +4,13 @@
     with LocalCloud(".localcloud") as cloud:
         print(cloud.connection["resource_manager_url"])
 
-See server.py for the server and the extension API, connection.py for connection.json.
+See server.py for the server and the extension API, connection.py for connection.json, and
+standby.py for taking over a state directory when the command that served it ends.
 """
 from .connection import (CONNECTION_FILE, DEFAULT_STATE_DIR, azure_cloud, is_serving,
                          read_connection)
 from .server import LocalCloud, LocalCloudError, serve_forever
+from .standby import Standby
 
-__all__ = ["LocalCloud", "LocalCloudError", "serve_forever", "CONNECTION_FILE", "DEFAULT_STATE_DIR",
-           "read_connection", "azure_cloud", "is_serving"]
+__all__ = ["LocalCloud", "LocalCloudError", "serve_forever", "Standby", "CONNECTION_FILE",
+           "DEFAULT_STATE_DIR", "read_connection", "azure_cloud", "is_serving"]
