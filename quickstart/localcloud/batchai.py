@@ -45,6 +45,21 @@ JOB = EXP + "/jobs/{jobName}"
 OPS = SUB + "/providers/Microsoft.BatchAI/locations/{location}"
 OPERATION_WAIT = 1.0  # seconds a status poll may wait for an operation still in progress
 
+# GET /providers/Microsoft.BatchAI/operations: the operations this local cloud serves, named as
+# the resource provider names them (resource type, then read, write, delete or an action).
+SERVED_OPERATIONS = (
+    ("workspaces", "Workspace", ("read", "write", "delete")),
+    ("workspaces/clusters", "Cluster", ("read", "write", "delete")),
+    ("workspaces/clusters/remoteLoginInformation", "Cluster", ("action",)),
+    ("workspaces/experiments", "Experiment", ("read", "write", "delete")),
+    ("workspaces/experiments/jobs", "Job", ("read", "write", "delete")),
+    ("workspaces/experiments/jobs/terminate", "Job", ("action",)),
+    ("workspaces/experiments/jobs/listoutputfiles", "Job", ("action",)),
+    ("workspaces/experiments/jobs/remoteLoginInformation", "Job", ("action",)),
+    ("locations/operationresults", "Operation result", ("read",)),
+    ("locations/operationstatuses", "Operation status", ("read",)),
+)
+
 
 def install(cloud) -> None:
     """Plug Batch AI into a starting local cloud (see server.py's extension API)."""
@@ -90,6 +105,7 @@ class BatchAI:
         add("POST", JOB + "/terminate", self.terminate_job)
         add("POST", JOB + "/listOutputFiles", self.list_output_files)
         add("POST", JOB + "/listRemoteLoginInformation", self.job_remote_login)
+        add("GET", "/providers/Microsoft.BatchAI/operations", self.list_operations)
         add("GET", OPS + "/operationresults/{operationId}", self.operation_result)
         add("GET", OPS + "/operationstatuses/{operationId}", self.operation_status)
         add("GET", OPS + "/usages", self.not_emulated("usages (quota) reporting"))
@@ -526,6 +542,18 @@ class BatchAI:
         if op.status not in ("InProgress", "Succeeded"):
             body["error"] = op.body.get("error") or {"code": op.status, "message": f"The operation {op.status}."}
         return body
+
+    def list_operations(self, request: Request):
+        verbs = {"read": "List or get", "write": "Create or update", "delete": "Delete",
+                 "action": "Perform"}
+        value = [{"name": "Microsoft.BatchAI/{}/{}".format(path, verb),
+                  "display": {"provider": "Microsoft Batch AI", "resource": resource,
+                              "operation": "{} {}".format(verbs[verb], path.rsplit("/", 1)[-1]),
+                              "description": "{} {} (as the local cloud emulates it)".format(
+                                  verbs[verb], path)},
+                  "origin": "user,system"}
+                 for path, resource, served in SERVED_OPERATIONS for verb in served]
+        return arm_json(200, {"value": value})
 
     def operation_result(self, request: Request, subscriptionId, location, operationId):
         op = self._operation(operationId)

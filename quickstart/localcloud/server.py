@@ -199,7 +199,7 @@ class LocalCloudApp:
     def dispatch(self, request: Request) -> Response:
         segments = request.path.split("/")
         first = segments[1].lower() if len(segments) > 1 else ""
-        if first == "subscriptions":
+        if first in ("subscriptions", "providers"):
             return self.cloud.arm.dispatch(request)
         if first == self.account and self.cloud.storage_handler is not None:
             return self.cloud.storage_handler(request)
@@ -209,7 +209,7 @@ class LocalCloudApp:
                 and self.tokens.tenant_matches(segments[1]):
             return self.tokens.token(request)
         return arm_error(404, "NotFound", f"The local cloud serves no '{request.path}'. Known: "
-                         f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., "
+                         f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., /providers/..., "
                          f"/{self.cloud.credentials.storage_account}/<share>/...")
 
     def health(self, request: Request) -> Response:

@@ -314,6 +314,20 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
         client.clusters.create(RG, WS, "blobcluster", blob).result()
 
 
+def test_the_provider_lists_the_operations_it_serves(local_cloud):
+    client = make_batchai_client(local_cloud.connection)
+    names = {operation.name: operation for operation in client.operations.list()}
+    assert {"Microsoft.BatchAI/workspaces/clusters/write",
+            "Microsoft.BatchAI/workspaces/experiments/jobs/terminate/action",
+            "Microsoft.BatchAI/workspaces/experiments/jobs/listoutputfiles/action"} <= set(names)
+    assert not any("fileservers" in name.lower() for name in names)  # not emulated, not listed
+    job_write = names["Microsoft.BatchAI/workspaces/experiments/jobs/write"]
+    assert job_write.display.provider == "Microsoft Batch AI" and job_write.display.resource == "Job"
+    anonymous = requests_session(local_cloud.connection).get(
+        local_cloud.base_url + "/providers/Microsoft.BatchAI/operations", params={"api-version": "2018-05-01"})
+    assert anonymous.status_code == 401  # a token is needed, as on ARM
+
+
 def test_brainscript_job_fails_saying_only_python_cntk_runs(env):
     params = job_params(env.cluster.id, cntk_settings=models.CNTKsettings(
         language_type="BrainScript", config_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.cntk"))
