@@ -445,9 +445,10 @@ def define_convnet(torch):
               looks at row or column 27.
             - conv1's bias and every ReLU after the max-pool instead of before: max commutes
               with adding a per-channel constant and with a monotone function (in floating
-              point too, rounding being monotone), and the gradient reaches the same
-              element, so values and gradients are unchanged while the bias, ReLU and their
-              backward touch a quarter of the data.
+              point too, rounding being monotone), so the values are unchanged and the
+              gradient reaches the same element (but where adding the bias rounds two
+              different values to one, a tie the pool would have broken by position) while
+              the bias, ReLU and their backward touch a quarter of the data.
             - channels-last activations, where oneDNN's convolutions and pooling are fastest.
             """
             n = pixels.shape[0]
