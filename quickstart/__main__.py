@@ -12,12 +12,14 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 
 from quickstart.config import DEFAULT_CONFIG, ConfigError, load_settings
 
 USAGE_ERROR = 2
-INTERRUPTED = 130
+INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
+TERMINATED = 143   # 128 + SIGTERM
 
 
 class CommandError(Exception):
@@ -75,17 +77,41 @@ def main(argv=None):
             print("config error: " + problem, file=sys.stderr)
         return USAGE_ERROR
     secrets = settings.secret_values()  # the commands add the local cloud's as they bind them
+    with terminate_as_interrupt() as terminated:
+        try:
+            code = COMMANDS[args.command](args, settings, secrets)
+        except KeyboardInterrupt:
+            print("\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
+                  file=sys.stderr)
+            code = INTERRUPTED
+        except Exception as error:  # one line, never a traceback, never a secret
+            if os.environ.get("QUICKSTART_DEBUG"):
+                raise
+            print("error: " + describe(error, secrets), file=sys.stderr)
+            return 1
+    return TERMINATED if terminated and code == INTERRUPTED else code
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (`kill`, a closing session) ends a command as Ctrl-C does: the same closing line,
+    the embedded local cloud stopped in order, the job left running; exit status 143. Yields a
+    list that is non-empty once SIGTERM has arrived."""
+    terminated = []
+
+    def interrupt(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
     try:
-        return COMMANDS[args.command](args, settings, secrets)
-    except KeyboardInterrupt:
-        print("\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
-              file=sys.stderr)
-        return INTERRUPTED
-    except Exception as error:  # one line, never a traceback, never a secret
-        if os.environ.get("QUICKSTART_DEBUG"):
-            raise
-        print("error: " + describe(error, secrets), file=sys.stderr)
-        return 1
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield terminated
+        return
+    try:
+        yield terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def quiet_library_logs():

@@ -2,8 +2,10 @@
 secrets that never appear in any output."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -187,6 +189,27 @@ def test_ctrl_c_while_monitoring_exits_130_and_says_the_job_keeps_running(azure_
         allocating_cluster(azure)
         azure.batchai.jobs.get.side_effect = KeyboardInterrupt
         assert cli.main(["run", "--config", azure_config]) == 130
+    assert "keeps running in the cloud" in capsys.readouterr().out
+
+
+def test_sigterm_while_monitoring_ends_like_ctrl_c_with_status_143(azure_config, sample, capsys):
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill <pid>` while the job is being watched
+        time.sleep(1)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    def unhandled(signum, frame):  # what would otherwise have killed the whole test run
+        raise AssertionError("quickstart left SIGTERM to its default")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with patched_sdk() as azure:
+            allocating_cluster(azure)
+            azure.batchai.jobs.get.side_effect = terminated
+            assert cli.main(["run", "--config", azure_config]) == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # restored for whatever runs next
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert "keeps running in the cloud" in capsys.readouterr().out
 
 
