@@ -11,6 +11,9 @@ per-epoch figure of bench_training.py (around 10-15 min on 2 idle cores), so it 
 the test run.
 
     nice .venv/bin/python tests/bench/bench_accuracy.py [--max-epochs 40] [--seeds 0,1,2,3]
+
+The default test run's short training (and the error bound it asserts) is measured with
+``--max-epochs 3 --epoch-size 10000 --seeds 0,1,2,3,4,5,6,7``.
 """
 import argparse
 import re
@@ -28,10 +31,10 @@ EPOCH_LINE = re.compile(r"^Finished Epoch\[\d+ of \d+\]: .* (\d+\.\d+)s \(")
 FINAL_LINE = re.compile(r"^Final Results: Minibatch\[1-\d+\]: errs = (\d+\.\d+)% \* 10000$")
 
 
-def train_once(train_dir, model_dir, max_epochs, seed):
+def train_once(train_dir, model_dir, max_epochs, epoch_size, seed):
     """Run the script once, streaming its stderr; (final test error %, epoch seconds) or None."""
     command = [sys.executable, str(REPO / "ConvNet_MNIST.py"), str(train_dir), model_dir,
-               "--max-epochs", str(max_epochs), "--seed", str(seed)]
+               "--max-epochs", str(max_epochs), "--epoch-size", str(epoch_size), "--seed", str(seed)]
     process = subprocess.Popen(command, cwd=str(REPO), stderr=subprocess.PIPE, text=True)
     epoch_seconds, error = [], None
     for line in process.stderr:
@@ -52,8 +55,9 @@ def train_once(train_dir, model_dir, max_epochs, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=40)
+    parser.add_argument("--epoch-size", type=int, default=60000)
     parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds, each a full run one after another (default 0)")
+                        help="comma-separated seeds, each a training run one after another (default 0)")
     parser.add_argument("--model-dir", help="keep the model files here (default: a temp dir)")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -65,22 +69,25 @@ def main():
     for seed in seeds:
         started = time.time()
         with tempfile.TemporaryDirectory() as scratch:
-            outcome = train_once(Path(train).parent, args.model_dir or scratch, args.max_epochs, seed)
+            outcome = train_once(Path(train).parent, args.model_dir or scratch, args.max_epochs,
+                                 args.epoch_size, seed)
         if outcome is None:
             return 1
         error, epoch_seconds = outcome
         results.append(error)
         print("")
-        print("seed {}: test error after {} epochs {:.2f}%; mean {:.2f} s per epoch, {:.1f} min "
-              "in all".format(seed, args.max_epochs, error, statistics.mean(epoch_seconds),
-                              (time.time() - started) / 60))
+        print("seed {}: test error after {} epochs of {} {:.2f}%; mean {:.2f} s per epoch, {:.1f} "
+              "min in all".format(seed, args.max_epochs, args.epoch_size, error,
+                                  statistics.mean(epoch_seconds), (time.time() - started) / 60))
     mean = statistics.mean(results)
     print("")
-    print("test error after {} epochs over seeds {}: {}; mean {:.3f}%{}".format(
-        args.max_epochs, args.seeds, ", ".join("{:.2f}%".format(e) for e in results), mean,
+    print("test error after {} epochs of {} over seeds {}: {}; mean {:.3f}%, worst {:.2f}%{}".format(
+        args.max_epochs, args.epoch_size, args.seeds, ", ".join("{:.2f}%".format(e) for e in results),
+        mean, max(results),
         ", median {:.2f}%".format(statistics.median(results)) if len(results) > 1 else ""))
-    print("goal <= {:.2f}%: {}; the CNTK recipe logged {:.2f}% (one run)".format(
-        GOAL_PERCENT, "met" if mean <= GOAL_PERCENT else "NOT met", CNTK_RECIPE_PERCENT))
+    if (args.max_epochs, args.epoch_size) == (40, 60000):  # the goal is for the recipe's run
+        print("goal <= {:.2f}%: {}; the CNTK recipe logged {:.2f}% (one run)".format(
+            GOAL_PERCENT, "met" if mean <= GOAL_PERCENT else "NOT met", CNTK_RECIPE_PERCENT))
     return 0
 
 
