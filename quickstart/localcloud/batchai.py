@@ -59,6 +59,8 @@ SERVED_OPERATIONS = (
     ("locations/operationresults", "Operation result", ("read",)),
     ("locations/operationstatuses", "Operation status", ("read",)),
 )
+OPERATION_VERBS = {"read": "List or get", "write": "Create or update", "delete": "Delete",
+                   "action": "Perform"}
 
 
 def install(cloud) -> None:
@@ -544,13 +546,11 @@ class BatchAI:
         return body
 
     def list_operations(self, request: Request):
-        verbs = {"read": "List or get", "write": "Create or update", "delete": "Delete",
-                 "action": "Perform"}
         value = [{"name": "Microsoft.BatchAI/{}/{}".format(path, verb),
                   "display": {"provider": "Microsoft Batch AI", "resource": resource,
-                              "operation": "{} {}".format(verbs[verb], path.rsplit("/", 1)[-1]),
+                              "operation": "{} {}".format(OPERATION_VERBS[verb], path.rsplit("/", 1)[-1]),
                               "description": "{} {} (as the local cloud emulates it)".format(
-                                  verbs[verb], path)},
+                                  OPERATION_VERBS[verb], path)},
                   "origin": "user,system"}
                  for path, resource, served in SERVED_OPERATIONS for verb in served]
         return arm_json(200, {"value": value})

@@ -19,7 +19,8 @@ def local_settings(state_dir):
     return load_settings(environ={}, overrides={"cloud": "local", "state_dir": str(state_dir)})
 
 
-def test_a_borrowing_command_serves_the_cloud_when_its_owner_ends(tmp_path, capsys):
+def test_a_borrowing_command_serves_the_cloud_when_its_owner_ends(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no ./config.ini from the checkout reaches the settings
     state = tmp_path / "state"
     owner = LocalCloud(state).start()
     url = owner.connection["resource_manager_url"]
