@@ -46,12 +46,13 @@ def make_batchai_client(connection: dict, credentials=None):
     return client
 
 
-def make_file_service(connection: dict, connection_string: str | None = None):
-    """azure-storage-file's FileService via the connection string, trusting the local CA."""
+def make_file_service(connection: dict, connection_string: str | None = None, session=None):
+    """azure-storage-file's FileService via the connection string, trusting the local CA (through
+    ``requests_session`` unless another ``session`` is given)."""
     from azure.storage.file import FileService
 
     return FileService(connection_string=connection_string or connection["storage_connection_string"],
-                       request_session=requests_session(connection))
+                       request_session=session or requests_session(connection))
 
 
 @pytest.fixture
