@@ -5,6 +5,7 @@ code, read CNTK text strictly and quickly, and fail on bad input with one line, 
 """
 import ast
 import math
+import os
 import re
 import subprocess
 import sys
@@ -336,6 +337,14 @@ def test_garbled_data_gets_one_line_and_exit_status_2(tmp_path, data_dir):
     assert last.startswith("ConvNet_MNIST.py: error: ") and "Train-28x28_cntk_text.txt: line 2" in last
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("setting, threads", [
+    (None, "every core"), ("1", 1), ("3", 3), ("4,2", 4), ("0", "every core"), ("many", "every core")])
+def test_cpu_threads_are_every_core_unless_omp_num_threads_says_otherwise(setting, threads):
+    environ = {} if setting is None else {"OMP_NUM_THREADS": setting}
+    expected = len(os.sched_getaffinity(0)) if threads == "every core" else threads
+    assert ConvNet_MNIST.cpu_thread_count(environ) == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
