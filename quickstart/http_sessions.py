@@ -22,7 +22,7 @@ class WholeBodyAdapter(HTTPAdapter):
     """An HTTPAdapter that reads a non-streamed response body in ``BODY_PIECE`` pieces."""
 
     def send(self, request, stream=False, **kwargs):
-        response = super().send(request, stream=True, **kwargs)
+        response = super().send(request, stream=stream, **kwargs)
         if not stream:
             # What Response.content does, with a larger piece; requests then finds it read.
             response._content = b"".join(response.iter_content(BODY_PIECE))
