@@ -73,7 +73,7 @@ def make_our_step():
     import torch
     import torch.nn.functional as F
     ConvNet_MNIST._keep_freed_memory()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(ConvNet_MNIST.cpu_thread_count(os.environ))
     pixels, labels = load_training_set()
     torch.manual_seed(0)
     x = torch.from_numpy(pixels)
