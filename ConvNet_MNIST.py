@@ -371,6 +371,8 @@ def let_idle_threads_sleep():
     (OMP_WAIT_POLICY=PASSIVE) costs a wake-up per operation and made an idle machine 1.5 times
     slower. A short spin is the best of both in the same-run measurements on 2 cores:
     3,505 samples/s idle (PASSIVE 2,279) and 1,358 under a 2-process load (PASSIVE 1,070).
+    Beside a single busy process the longer spin did better (59 against 94-103 ms per step),
+    but there one thread beats both (23 ms): see cpu_thread_count.
     """
     if 'OMP_WAIT_POLICY' not in os.environ:
         os.environ.setdefault('GOMP_SPINCOUNT', '30000')
