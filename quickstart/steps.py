@@ -71,7 +71,7 @@ def reconnecting_session():
     """A requests session that retries a refused connection for about 6 s (0, 0.4, 0.8, 1.6 and
     3.2 s apart), as the ARM clients' own policy does: long enough for a local cloud to change
     hands (localcloud.Standby) without failing the command. It reads whole answers in large
-    pieces, which doubles the storage SDK's download rate (quickstart/http_sessions.py)."""
+    pieces, for 1.3-2 times the storage SDK's download rate (quickstart/http_sessions.py)."""
     retry = Retry(total=5, connect=5, read=0, status=0, other=0, backoff_factor=0.2)
     return whole_body_session(max_retries=retry)
 

@@ -126,7 +126,7 @@ def azure_cloud(connection: dict):
 
 def requests_session(connection: dict):
     """A requests Session that trusts the local cloud's CA, and reads whole answers in large
-    pieces (``quickstart.http_sessions``: twice the storage SDK's download rate).
+    pieces (``quickstart.http_sessions``: 1.3-2 times the storage SDK's download rate).
 
     ``trust_env`` is off because requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a
     session's ``verify`` (and proxy variables would route 127.0.0.1 elsewhere); pass this session
