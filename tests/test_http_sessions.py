@@ -1,7 +1,8 @@
 """The sessions that read whole answers in large pieces (quickstart/http_sessions.py).
 
 They must answer exactly as a plain requests session does (bytes, decoding, errors, streaming),
-and they must be the sessions the storage client gets, or downloads fall back to the SDK's 10 KB reads (1.3-2 times slower).
+and they must be the sessions the storage client gets, or downloads fall back to the SDK's 10 KB
+reads (1.3-2 times slower).
 """
 from __future__ import annotations
 
