@@ -86,11 +86,12 @@ def test_a_streamed_answer_is_handed_over_before_its_end_arrives(server):
             assert first + response.raw.read() == BODY
 
 
-def test_the_tutorial_and_the_local_cloud_clients_read_whole_answers(local_cloud):
+def test_the_tutorial_and_the_local_cloud_clients_read_whole_answers():
     """The sessions that the storage client gets: the tutorial's and the local cloud helper's."""
-    for session in (steps.reconnecting_session(), requests_session(local_cloud.connection)):
+    tutorials = steps.reconnecting_session()
+    for session in (tutorials, requests_session({"ca_cert": "/trusted/ca.pem"})):
         assert isinstance(session.get_adapter("https://127.0.0.1/"), WholeBodyAdapter)
-    assert steps.reconnecting_session().get_adapter("https://127.0.0.1/").max_retries.connect == 5
+    assert tutorials.get_adapter("https://127.0.0.1/").max_retries.connect == 5
 
 
 def test_a_download_through_the_storage_client_is_byte_exact(local_cloud, tmp_path):

@@ -6,9 +6,8 @@ prints the final test error beside the goal (0.60 %) and the CNTK recipe's own l
 (0.54 % on a Batch AI K80 node), plus the mean time per epoch. With several seeds it runs one
 after another and judges the goal on their mean: one run's error moves by a few hundredths of
 a percent with the seed alone, so a single run cannot tell a port that meets the goal from one
-that misses it. It takes about 40 times the
-per-epoch figure of bench_training.py (around 10-15 min on 2 idle cores), so it is not part of
-the test run.
+that misses it. A run takes about 40 times the per-epoch figure of bench_training.py (around
+10-15 min on 2 idle cores), so it is not part of the test run.
 
     nice .venv/bin/python tests/bench/bench_accuracy.py [--max-epochs 40] [--seeds 0,1,2,3]
 
@@ -58,7 +57,8 @@ def main():
     parser.add_argument("--epoch-size", type=int, default=60000)
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds, each a training run one after another (default 0)")
-    parser.add_argument("--model-dir", help="keep the model files here (default: a temp dir)")
+    parser.add_argument("--model-dir", help="keep the model files here, in seed-N folders "
+                        "(default: a temp dir)")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
 
@@ -69,7 +69,8 @@ def main():
     for seed in seeds:
         started = time.time()
         with tempfile.TemporaryDirectory() as scratch:
-            outcome = train_once(Path(train).parent, args.model_dir or scratch, args.max_epochs,
+            model_dir = Path(args.model_dir, "seed-{}".format(seed)) if args.model_dir else scratch
+            outcome = train_once(Path(train).parent, str(model_dir), args.max_epochs,
                                  args.epoch_size, seed)
         if outcome is None:
             return 1

@@ -76,9 +76,7 @@ def throughput(connection: dict, source: Path, work: Path, runs: int, label: str
         rate = mb_per_s(size, seconds)
         print(f"  [{label}] upload   create_file_from_path max_connections={connections}: "
               f"{rate:7.1f} MB/s  ({rate / copy_rate:.2f}x copyfile; goal 200: {rate / 200:.2f}x)")
-    plain = requests.Session()  # requests as the SDK gets it by default: bodies read 10 KB at a time
-    plain.verify, plain.trust_env = connection["ca_cert"], False
-    plain_service = make_file_service(connection, session=plain)
+    plain_service = make_file_service(connection, session=plain_session(connection))
     for session_label, client in (("whole-body session", service), ("plain session", plain_service)):
         for connections in (2, 4):
             target = work / "downloaded.bin"
@@ -95,6 +93,14 @@ def throughput(connection: dict, source: Path, work: Path, runs: int, label: str
                 raise SystemExit("download differs from upload")
     download_ceilings(connection, service, source, work, runs, label)
     service.delete_share("benchshare")
+
+
+def plain_session(connection: dict) -> requests.Session:
+    """requests as the SDK gets it by default (bodies read 10 KB at a time), trusting the local CA;
+    trust_env off, as REQUESTS_CA_BUNDLE in the environment would replace verify."""
+    session = requests.Session()
+    session.verify, session.trust_env = connection["ca_cert"], False
+    return session
 
 
 class DiscardingSink(io.RawIOBase):
@@ -122,8 +128,8 @@ def download_ceilings(connection: dict, service, source: Path, work: Path, runs:
     for connections in (2, 4):
         seconds = best_of(runs, lambda: service.get_file_to_stream(
             "benchshare", None, "big.bin", DiscardingSink(), max_connections=connections))
-        print(f"  [{label}]   ceiling: the SDK client alone (get_file_to_stream into a discarding "
-              f"sink) max_connections={connections}: {mb_per_s(size, seconds):7.1f} MB/s")
+        print(f"  [{label}]   ceiling: the SDK client alone (whole-body session, get_file_to_stream "
+              f"into a discarding sink) max_connections={connections}: {mb_per_s(size, seconds):7.1f} MB/s")
     data = source.read_bytes()
 
     def write_from_memory():
@@ -137,11 +143,10 @@ def download_ceilings(connection: dict, service, source: Path, work: Path, runs:
         "benchshare", None, "big.bin", permission=FilePermissions.READ,
         expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
     url = service.make_file_url("benchshare", None, "big.bin", sas_token=token)
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would replace verify=
+    session = plain_session(connection)
 
     def read_through_sas():
-        with session.get(url, stream=True, verify=connection["ca_cert"]) as response:
+        with session.get(url, stream=True) as response:
             response.raise_for_status()
             received = sum(len(piece) for piece in response.iter_content(4 * 1024 * 1024))
         if received != size:
