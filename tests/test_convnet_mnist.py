@@ -122,36 +122,78 @@ def test_input_is_scaled_by_1_over_256_inside_the_model():
     assert torch.allclose(model(pixels), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch", [37, 64])  # odd and even: conv1's gradient splits an even one
-def test_fast_cpu_forward_has_the_same_values_and_gradients(batch):
-    torch.manual_seed(1)
-    pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8)
-    pixels[:, :4] = 0  # blank rows, as in MNIST: ties among zeros inside pooling windows
-    labels = torch.randint(0, 10, (batch,))
-    reference = ConvNet().eval()  # eval: no dropout, so both compute the same function
-    with torch.no_grad():  # non-zero biases, so a misplaced bias would show
+def perturbed_pair():
+    """Two copies of one network, with non-zero biases so that a misplaced bias would show."""
+    reference = ConvNet()
+    with torch.no_grad():
         for parameter in reference.parameters():
             if parameter.dim() == 1:
                 parameter.add_(0.05 * torch.randn_like(parameter))
-    fast = ConvNet().eval()
+    fast = ConvNet()
     fast.load_state_dict(reference.state_dict())
+    return reference, fast
+
+
+def mnist_like_batch(batch):
+    pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8)
+    pixels[:, :4] = 0  # blank rows, as in MNIST: ties among zeros inside pooling windows
+    return pixels, torch.randint(0, 10, (batch,))
+
+
+@pytest.mark.parametrize("batch", [37, 64])  # odd and even: conv1's gradient splits an even one
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_cpu_training_step_has_autograds_values_and_gradients(batch, mode):
+    torch.manual_seed(1)
+    pixels, labels = mnist_like_batch(batch)
+    reference, fast = perturbed_pair()
+    reference.train(mode == "train")
+    fast.train(mode == "train")
+    torch.manual_seed(7)  # in training, both must draw the same dropout mask from it
     slow_logits = reference(pixels)
-    fast_logits = fast.forward_cpu_fast(pixels)
+    slow_loss = F.cross_entropy(slow_logits, labels)
+    slow_loss.backward()
+    torch.manual_seed(7)
+    fast_logits, fast_loss = fast.train_step_cpu(pixels, labels)
     assert torch.allclose(slow_logits, fast_logits, atol=1e-5)
-    F.cross_entropy(slow_logits, labels).backward()
-    F.cross_entropy(fast_logits, labels).backward()
+    assert fast_loss.item() == pytest.approx(slow_loss.item(), rel=1e-5)
     for (name, slow), quick in zip(reference.named_parameters(), fast.parameters()):
+        assert quick.grad.shape == slow.shape, name
         assert torch.allclose(slow.grad, quick.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_cpu_training_step_replaces_gradients_and_fills_the_optimizers_buffer():
+    torch.manual_seed(4)
+    pixels, labels = mnist_like_batch(16)
+    model = ConvNet().eval()
+    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    model.train_step_cpu(pixels, labels)
+    first = optimizer.gradients.clone()
+    assert first.abs().sum() > 0
+    model.train_step_cpu(pixels, labels)
+    assert torch.equal(optimizer.gradients, first)  # the same batch again: replaced, not added
+
+
+def test_fast_cpu_forward_has_forwards_values():
+    torch.manual_seed(5)
+    pixels, _ = mnist_like_batch(37)
+    reference, fast = perturbed_pair()
+    with torch.no_grad():
+        assert torch.allclose(reference.eval()(pixels), fast.eval().forward_cpu_fast(pixels),
+                              atol=1e-5)
 
 
 def test_dropout_is_active_in_training_and_off_in_eval():
     torch.manual_seed(2)
     model = ConvNet()
     pixels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
-    with torch.no_grad():
-        assert not torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
-        model.eval()
-        assert torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
+    labels = torch.zeros(8, dtype=torch.int64)
+    assert not torch.equal(model.train_step_cpu(pixels, labels)[0],
+                           model.train_step_cpu(pixels, labels)[0])
+    assert not torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
+    model.eval()
+    assert torch.equal(model.train_step_cpu(pixels, labels)[0],
+                       model.train_step_cpu(pixels, labels)[0])
+    assert torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
 
 
 # --- the schedule and the update --------------------------------------------------------------

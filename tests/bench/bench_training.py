@@ -6,7 +6,7 @@ already in memory:
 
 - baseline: the straightforward eager loop anyone would write first: ``model(x)`` on NCHW
   float tensors, ``torch.optim.SGD``, PyTorch's default threads and allocator;
-- ours: exactly what the script runs per step (``forward_cpu_fast``, the flat-buffer CNTK
+- ours: exactly what the script runs per step (``train_step_cpu``, the flat-buffer CNTK
   momentum SGD, the sample stream, all cores with OpenMP threads that sleep when idle, freed
   memory kept in the heap).
 
@@ -71,7 +71,6 @@ def make_our_step():
     import ConvNet_MNIST
     ConvNet_MNIST.let_idle_threads_sleep()  # before torch loads OpenMP, as the script does
     import torch
-    import torch.nn.functional as F
     ConvNet_MNIST._keep_freed_memory()
     torch.set_num_threads(ConvNet_MNIST.cpu_thread_count(os.environ))
     pixels, labels = load_training_set()
@@ -87,10 +86,7 @@ def make_our_step():
     def step(i):
         batch = stream.take(MINIBATCH)
         target = y[batch]
-        optimizer.zero_grad()
-        logits = model.forward_cpu_fast(x[batch])
-        loss = F.cross_entropy(logits, target)
-        loss.backward()
+        logits, loss = model.train_step_cpu(x[batch], target)
         optimizer.step(0.001, 1024, MINIBATCH)
         with torch.no_grad():  # the script's per-step loss/error bookkeeping
             loss.detach() * MINIBATCH
