@@ -269,6 +269,23 @@ def test_without_momentum_it_is_plain_sgd_with_lr_times_minibatch_size():
         assert torch.allclose(after, start - 0.016 * grad, atol=1e-7)
 
 
+def test_optimizer_buffers_keep_every_tensors_shape_values_and_update():
+    torch.manual_seed(6)
+    model = ConvNet()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    assert optimizer.parameters.numel() == 98778
+    for name, parameter in model.named_parameters():  # conv kernels are held channels-last
+        assert torch.equal(parameter.detach(), before[name]), name
+        assert parameter.grad.shape == parameter.shape, name
+        parameter.grad.copy_(torch.full_like(parameter, 2.0))
+    optimizer.step(0.001, 0, 10)
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.detach(), before[name] - 0.02, atol=1e-7), name
+    for name, saved in model.state_dict().items():
+        assert torch.equal(saved, dict(model.named_parameters())[name].detach()), name
+
+
 # --- the data order ---------------------------------------------------------------------------
 
 def _stream(seed, count=100):
