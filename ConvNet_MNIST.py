@@ -402,6 +402,7 @@ def define_convnet(torch):
             for module in (self.conv1, self.conv2, self.conv3, self.f4, self.z):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+            self.conv1_kernels = None  # a Conv1PoolKernels for the CPU step, when built
 
         def forward(self, pixels):
             """Logits for raw pixels 0-255, shaped [n, 784], [n, 28, 28] or [n, 1, 28, 28]."""
@@ -438,29 +439,15 @@ def define_convnet(torch):
         def _cpu_forward(self, pixels):
             """Logits, and the activations the backward pass needs.
 
-            - conv1 (one input channel) as a matrix product over im2col columns. The columns
-              are built tap-major ([25, n*27*27]: one contiguous row per kernel tap, a copy
-              with long contiguous runs, several times faster than position-major patches)
-              and handed to the product transposed, which costs it nothing. The product is
-              [n*27*27, 32]: already the channels-last layout the later layers prefer.
-            - Only the 27x27 conv1 outputs that the first 3x3/2 max-pool reads: it never
-              looks at row or column 27.
-            - conv1's bias and every ReLU after the max-pool instead of before: max commutes
-              with adding a per-channel constant and with a monotone function (in floating
-              point too, rounding being monotone), so the values are unchanged and the
-              gradient reaches the same element (but where adding the bias rounds two
-              different values to one, a tie the pool would have broken by position) while
-              the bias, ReLU and their backward touch a quarter of the data.
-            - channels-last activations, where oneDNN's convolutions and pooling are fastest.
+            conv1 with its pooling, bias and ReLU is the compiled Conv1PoolKernels when the
+            model has them (conv1_kernels), else _conv1_block's PyTorch operators. After it,
+            channels-last activations, where oneDNN's convolutions and pooling are fastest.
             """
-            n = pixels.shape[0]
-            x = pixels.reshape(n, 28, 28).float().mul_(INPUT_SCALE)
-            x = functional.pad(x, (2, 1, 2, 1))  # 31x31: the 5x5 windows of outputs 0..26
-            taps = x.unfold(1, 5, 1).unfold(2, 5, 1).permute(3, 4, 0, 1, 2).reshape(25, n * 729)
-            conv1 = torch.mm(taps.t(), self.conv1.weight.view(32, 25).t())
-            conv1 = conv1.view(n, 27, 27, 32).permute(0, 3, 1, 2)
-            pool1, pool1_at = aten.max_pool2d_with_indices(conv1, *pool_3_2)
-            relu1 = pool1.add_(self.conv1.bias.view(1, 32, 1, 1)).relu_()
+            if self.conv1_kernels is not None and pixels.dtype == torch.uint8:
+                relu1, conv1_backward = self.conv1_kernels.forward(
+                    pixels, self.conv1.weight, self.conv1.bias)
+            else:
+                relu1, conv1_backward = self._conv1_block(pixels)
             conv2 = functional.conv2d(relu1, self.conv2.weight, self.conv2.bias)
             pool2, pool2_at = aten.max_pool2d_with_indices(conv2, *pool_3_2)
             relu2 = pool2.relu_()
@@ -472,7 +459,7 @@ def define_convnet(torch):
                 keep4 = torch.empty_like(relu4).bernoulli_(0.5).div_(0.5)
                 drop4 = relu4 * keep4
             logits = torch.addmm(self.z.bias, drop4, self.z.weight.t())
-            return logits, (taps, conv1, pool1_at, relu1, conv2, pool2_at, relu2, relu3, flat3,
+            return logits, (conv1_backward, relu1, conv2, pool2_at, relu2, relu3, flat3,
                             relu4, keep4, drop4)
 
         def _cpu_backward(self, saved, labels, log_probs, loss, total_weight):
@@ -481,7 +468,7 @@ def define_convnet(torch):
             Each line is the formula autograd's generated backward uses for that forward call
             (a linear layer's weight gradient is grad.t() @ input, as for a transposed weight).
             """
-            (taps, conv1, pool1_at, relu1, conv2, pool2_at, relu2, relu3, flat3,
+            (conv1_backward, relu1, conv2, pool2_at, relu2, relu3, flat3,
              relu4, keep4, drop4) = saved
             n = relu1.shape[0]
             grad = aten.nll_loss_backward(torch.ones_like(loss), log_probs, labels, None, 1,
@@ -507,11 +494,45 @@ def define_convnet(torch):
                 grad, relu1, self.conv2.weight, [48], *conv_3_1, [True, True, True])
             _set_gradient(self.conv2.weight, weight)
             _set_gradient(self.conv2.bias, bias)
-            grad = aten.threshold_backward(grad, relu1, 0)
-            _set_gradient(self.conv1.bias, grad.sum([0, 2, 3], keepdim=True))
-            grad = aten.max_pool2d_with_indices_backward(grad, conv1, *pool_3_2, pool1_at)
-            grad = grad.permute(0, 2, 3, 1).reshape(n * 729, 32)
-            _set_gradient(self.conv1.weight, _taps_times_grad(taps, grad).t())
+            weight, bias = conv1_backward(grad)
+            _set_gradient(self.conv1.weight, weight)
+            _set_gradient(self.conv1.bias, bias)
+
+        def _conv1_block(self, pixels):
+            """ReLU(max-pool(conv1(pixels)) + bias) with PyTorch operators, channels-last, and
+            a function from the gradient there to conv1's kernel and bias gradients.
+
+            - conv1 (one input channel) as a matrix product over im2col columns. The columns
+              are built tap-major ([25, n*27*27]: one contiguous row per kernel tap, a copy
+              with long contiguous runs, several times faster than position-major patches)
+              and handed to the product transposed, which costs it nothing. The product is
+              [n*27*27, 32]: already the channels-last layout the later layers prefer.
+            - Only the 27x27 conv1 outputs that the first 3x3/2 max-pool reads: it never
+              looks at row or column 27.
+            - conv1's bias and the ReLU after the max-pool instead of before: max commutes
+              with adding a per-channel constant and with a monotone function (in floating
+              point too, rounding being monotone), so the values are unchanged and the
+              gradient reaches the same element (but where adding the bias rounds two
+              different values to one, a tie the pool would have broken by position) while
+              the bias, ReLU and their backward touch a quarter of the data.
+            """
+            n = pixels.shape[0]
+            x = pixels.reshape(n, 28, 28).float().mul_(INPUT_SCALE)
+            x = functional.pad(x, (2, 1, 2, 1))  # 31x31: the 5x5 windows of outputs 0..26
+            taps = x.unfold(1, 5, 1).unfold(2, 5, 1).permute(3, 4, 0, 1, 2).reshape(25, n * 729)
+            conv1 = torch.mm(taps.t(), self.conv1.weight.view(32, 25).t())
+            conv1 = conv1.view(n, 27, 27, 32).permute(0, 3, 1, 2)
+            pool1, pool1_at = aten.max_pool2d_with_indices(conv1, *pool_3_2)
+            relu1 = pool1.add_(self.conv1.bias.view(1, 32, 1, 1)).relu_()
+            return relu1, lambda grad: _conv1_block_backward(grad, relu1, taps, conv1, pool1_at)
+
+    def _conv1_block_backward(grad, relu1, taps, conv1, pool1_at):
+        """conv1's kernel and bias gradients through _conv1_block, as autograd takes them."""
+        grad = aten.threshold_backward(grad, relu1, 0)
+        bias = grad.sum([0, 2, 3], keepdim=True)
+        grad = aten.max_pool2d_with_indices_backward(grad, conv1, *pool_3_2, pool1_at)
+        grad = grad.permute(0, 2, 3, 1).reshape(-1, 32)
+        return _taps_times_grad(taps, grad).t(), bias
 
     def _taps_times_grad(taps, grad):
         """conv1's kernel gradient ``taps @ grad`` ([25, P] @ [P, 32]).
@@ -536,6 +557,297 @@ def define_convnet(torch):
 
     return ConvNet
 
+
+# --- conv1 and its pooling as compiled C (the CPU step's hottest, most memory-bound part) -----
+
+CONV1_POOL_C_SOURCE = r'''
+/* conv1 (5x5, 1 -> 32 channels, pad 2) at the 27x27 positions the first max-pool reads, the
+   3x3/2 max-pool (first maximum wins ties, NaN wins, as PyTorch's), conv1's bias and the ReLU,
+   one image at a time so that its 93 KB of conv1 outputs never leave the core's cache; and the
+   backward pass of the same into conv1's kernel and bias gradients. Activations are
+   channels-last: [image][13*13 positions][32 channels]. AVX2 + FMA; OpenMP over images. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CH 32
+#define TAPS 25
+
+int conv1_kernels_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int conv1_kernels_threads(void) { return omp_get_max_threads(); }
+
+/* The image scaled and zero-padded to 31x31 (2 before, 1 after: the 27x27 output windows). */
+static void pad_and_scale(const uint8_t *pixels, float scale, float *padded) {
+    memset(padded, 0, 31 * 31 * sizeof(float));
+    for (int y = 0; y < 28; y++)
+        for (int x = 0; x < 28; x++)
+            padded[(y + 2) * 31 + x + 2] = (float)pixels[y * 28 + x] * scale;
+}
+
+/* conv1 without bias into conv[729][CH], two positions at a time so that every kernel row
+   loaded feeds 8 fused multiply-adds; the taps are summed in order from zero. */
+static void conv1_image(const float *padded, const float *kernels /* [TAPS][CH] */,
+                        float *conv) {
+    for (int p = 0; p < 729; p += 2) {
+        int q = p + 1 < 729 ? p + 1 : p;
+        const float *x0 = padded + (p / 27) * 31 + p % 27, *x1 = padded + (q / 27) * 31 + q % 27;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int t = 0; t < TAPS; t++) {
+            const float *k = kernels + t * CH;
+            int at = (t / 5) * 31 + t % 5;
+            __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8);
+            __m256 k2 = _mm256_loadu_ps(k + 16), k3 = _mm256_loadu_ps(k + 24);
+            __m256 u = _mm256_broadcast_ss(x0 + at), v = _mm256_broadcast_ss(x1 + at);
+            a0 = _mm256_fmadd_ps(u, k0, a0); a1 = _mm256_fmadd_ps(u, k1, a1);
+            a2 = _mm256_fmadd_ps(u, k2, a2); a3 = _mm256_fmadd_ps(u, k3, a3);
+            b0 = _mm256_fmadd_ps(v, k0, b0); b1 = _mm256_fmadd_ps(v, k1, b1);
+            b2 = _mm256_fmadd_ps(v, k2, b2); b3 = _mm256_fmadd_ps(v, k3, b3);
+        }
+        float *o = conv + p * CH;
+        _mm256_storeu_ps(o, a0); _mm256_storeu_ps(o + 8, a1);
+        _mm256_storeu_ps(o + 16, a2); _mm256_storeu_ps(o + 24, a3);
+        o = conv + q * CH;  /* the same position again (and values) after the last odd one */
+        _mm256_storeu_ps(o, b0); _mm256_storeu_ps(o + 8, b1);
+        _mm256_storeu_ps(o + 16, b2); _mm256_storeu_ps(o + 24, b3);
+    }
+}
+
+void conv1_pool_forward(const uint8_t *pixels /* [n][784] */, const float *kernels,
+                        const float *bias, float scale, int n,
+                        float *relu /* [n][169][CH] */, uint8_t *argmax /* [n][169][CH] */) {
+    #pragma omp parallel for schedule(static)
+    for (int image = 0; image < n; image++) {
+        float padded[31 * 31], conv[729 * CH];
+        int32_t window[CH];
+        const __m256 lowest = _mm256_set1_ps(-__builtin_inff()), zero = _mm256_setzero_ps();
+        pad_and_scale(pixels + (size_t)image * 784, scale, padded);
+        conv1_image(padded, kernels, conv);
+        float *out = relu + (size_t)image * 169 * CH;
+        uint8_t *arg = argmax + (size_t)image * 169 * CH;
+        for (int i = 0; i < 13; i++) {
+            for (int j = 0; j < 13; j++) {
+                for (int c = 0; c < CH; c += 8) {
+                    __m256 best = lowest;
+                    __m256 which = _mm256_setzero_ps();
+                    for (int w = 0; w < 9; w++) {
+                        __m256 v = _mm256_loadu_ps(
+                            conv + ((2 * i + w / 3) * 27 + 2 * j + w % 3) * CH + c);
+                        __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                                   _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                        best = _mm256_blendv_ps(best, v, take);
+                        which = _mm256_blendv_ps(
+                            which, _mm256_castsi256_ps(_mm256_set1_epi32(w)), take);
+                    }
+                    __m256 biased = _mm256_add_ps(best, _mm256_loadu_ps(bias + c));
+                    _mm256_storeu_ps(out + (i * 13 + j) * CH + c, _mm256_max_ps(biased, zero));
+                    _mm256_storeu_si256((__m256i *)(window + c), _mm256_castps_si256(which));
+                }
+                for (int c = 0; c < CH; c++) arg[(i * 13 + j) * CH + c] = (uint8_t)window[c];
+            }
+        }
+    }
+}
+
+/* Three taps' kernel gradients at once: 12 accumulators over the 729 positions. */
+static void kernel_gradient_taps(const float *padded, const float *grad27, int first,
+                                 int count, float *kernel_grad) {
+    __m256 acc[3][4];
+    int at[3];
+    for (int u = 0; u < 3; u++) {
+        int t = first + (u < count ? u : 0);
+        at[u] = (t / 5) * 31 + t % 5;
+        for (int c = 0; c < 4; c++) acc[u][c] = _mm256_setzero_ps();
+    }
+    for (int y = 0; y < 27; y++) {
+        for (int x = 0; x < 27; x++) {
+            const float *g = grad27 + (y * 27 + x) * CH;
+            __m256 g0 = _mm256_loadu_ps(g), g1 = _mm256_loadu_ps(g + 8);
+            __m256 g2 = _mm256_loadu_ps(g + 16), g3 = _mm256_loadu_ps(g + 24);
+            const float *window = padded + y * 31 + x;
+            for (int u = 0; u < 3; u++) {
+                __m256 v = _mm256_broadcast_ss(window + at[u]);
+                acc[u][0] = _mm256_fmadd_ps(v, g0, acc[u][0]);
+                acc[u][1] = _mm256_fmadd_ps(v, g1, acc[u][1]);
+                acc[u][2] = _mm256_fmadd_ps(v, g2, acc[u][2]);
+                acc[u][3] = _mm256_fmadd_ps(v, g3, acc[u][3]);
+            }
+        }
+    }
+    for (int u = 0; u < count; u++)
+        for (int c = 0; c < 4; c++) {
+            float *d = kernel_grad + (first + u) * CH + c * 8;
+            _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[u][c]));
+        }
+}
+
+/* grad: the loss's gradient at the ReLU's output. Each thread adds into its own row of
+   kernel_grad [threads][TAPS][CH] and bias_grad [threads][CH] (zeroed by the caller), in a
+   fixed order, so the result depends only on the thread count. */
+void conv1_pool_backward(const uint8_t *pixels, const float *grad, const float *relu,
+                         const uint8_t *argmax, float scale, int n,
+                         float *kernel_grad, float *bias_grad) {
+    #pragma omp parallel
+    {
+        float *my_kernel_grad = kernel_grad + omp_get_thread_num() * TAPS * CH;
+        float *my_bias_grad = bias_grad + omp_get_thread_num() * CH;
+        float padded[31 * 31], grad27[729 * CH], masked[CH];
+        int offset[9];
+        const __m256 zero = _mm256_setzero_ps();
+        __m256 bias_sum[4] = {zero, zero, zero, zero};
+        for (int w = 0; w < 9; w++) offset[w] = ((w / 3) * 27 + w % 3) * CH;
+        #pragma omp for schedule(static)
+        for (int image = 0; image < n; image++) {
+            const float *g = grad + (size_t)image * 169 * CH, *r = relu + (size_t)image * 169 * CH;
+            const uint8_t *arg = argmax + (size_t)image * 169 * CH;
+            pad_and_scale(pixels + (size_t)image * 784, scale, padded);
+            memset(grad27, 0, sizeof grad27);
+            for (int i = 0; i < 13; i++) {
+                for (int j = 0; j < 13; j++) {
+                    int p = (i * 13 + j) * CH;
+                    for (int c = 0; c < 4; c++) {
+                        __m256 on = _mm256_cmp_ps(_mm256_loadu_ps(r + p + c * 8), zero, _CMP_GT_OQ);
+                        __m256 v = _mm256_and_ps(on, _mm256_loadu_ps(g + p + c * 8));
+                        bias_sum[c] = _mm256_add_ps(bias_sum[c], v);
+                        _mm256_storeu_ps(masked + c * 8, v);
+                    }
+                    float *window = grad27 + ((2 * i) * 27 + 2 * j) * CH;
+                    for (int c = 0; c < CH; c++) window[offset[arg[p + c]] + c] += masked[c];
+                }
+            }
+            for (int t = 0; t < TAPS; t += 3)
+                kernel_gradient_taps(padded, grad27, t, TAPS - t < 3 ? TAPS - t : 3,
+                                     my_kernel_grad);
+        }
+        for (int c = 0; c < 4; c++) _mm256_storeu_ps(my_bias_grad + c * 8, bias_sum[c]);
+    }
+}
+'''
+
+CONV1_POOL_C_FLAGS = ['-O3', '-march=native', '-fopenmp', '-fPIC', '-shared', '-std=gnu99']
+
+
+class KernelsUnavailable(Exception):
+    """The compiled conv1 kernels cannot run here (the message says why)."""
+
+
+class Conv1PoolKernels(object):
+    """conv1, the first max-pool, conv1's bias and the ReLU as compiled C, forward and backward.
+
+    The PyTorch operators for this part write and read back several megabytes a step (the
+    tap-major im2col columns, conv1's 27x27 outputs, 64-bit pooling indices, the gradient
+    scattered back onto 27x27) and were a quarter of the step; done one image at a time in
+    the core's cache it takes a third of that, and the whole step 13-15% less time. The
+    forward values are the same as the operators' (the taps are summed in the same order);
+    conv1's kernel and bias gradients are summed in another order, so their last bits differ.
+
+    Built at start-up with the C compiler (``CC``, else ``cc``; well under a second) into a
+    private temporary folder that is removed once loaded. It needs Linux on x86-64 with AVX2
+    and FMA, and PyTorch on GNU OpenMP: the kernels join PyTorch's own OpenMP threads (the
+    same libgomp), so they never compete with them. Anything missing raises
+    KernelsUnavailable, and the model then uses the PyTorch operators.
+    """
+
+    def __init__(self, torch, library):
+        import ctypes
+        self._torch = torch
+        self._library = library
+        pointer, count, scale = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+        library.conv1_pool_forward.argtypes = [pointer, pointer, pointer, scale, count,
+                                               pointer, pointer]
+        library.conv1_pool_backward.argtypes = [pointer, pointer, pointer, pointer, scale,
+                                                count, pointer, pointer]
+
+    @classmethod
+    def build(cls, torch):
+        import ctypes
+        import platform
+        import shutil
+        import subprocess
+        import tempfile
+        if not sys.platform.startswith('linux') or platform.machine() not in ('x86_64', 'AMD64'):
+            raise KernelsUnavailable('they need Linux on x86-64')
+        if not torch.backends.openmp.is_available():
+            raise KernelsUnavailable('this PyTorch does not use OpenMP')
+        compiler = os.environ.get('CC', 'cc')
+        folder = tempfile.mkdtemp(prefix='ConvNet_MNIST-')
+        try:
+            source = os.path.join(folder, 'conv1_pool.c')
+            library_path = os.path.join(folder, 'conv1_pool.so')
+            with open(source, 'w') as stream:
+                stream.write(CONV1_POOL_C_SOURCE)
+            try:
+                build = subprocess.Popen([compiler] + CONV1_POOL_C_FLAGS +
+                                         ['-o', library_path, source],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         universal_newlines=True)
+                _, errors = build.communicate(timeout=120)
+            except OSError as error:
+                raise KernelsUnavailable('no C compiler {!r} ({})'.format(
+                    compiler, error.strerror or error))
+            except subprocess.TimeoutExpired:
+                build.kill()
+                raise KernelsUnavailable('{} took over 120 s'.format(compiler))
+            if build.returncode != 0:
+                first = (errors.strip().splitlines() or ['exit status {}'.format(
+                    build.returncode)])[0]
+                raise KernelsUnavailable('{} failed: {}'.format(compiler, first[:200]))
+            openmp_before = _loaded_openmp_runtimes()
+            library = ctypes.CDLL(library_path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if not library.conv1_kernels_supported():
+            raise KernelsUnavailable('this CPU lacks AVX2 or FMA')
+        if len(_loaded_openmp_runtimes() | openmp_before) > 1:
+            raise KernelsUnavailable('they would bring a second OpenMP runtime beside '
+                                     "PyTorch's")
+        return cls(torch, library)
+
+    def forward(self, pixels, weight, bias):
+        """ReLU(max-pool(conv1(pixels / 256)) + bias) as [n, 32, 13, 13] channels-last, and
+        a function from the gradient there to conv1's kernel and bias gradients."""
+        torch = self._torch
+        n = pixels.shape[0]
+        pixels = pixels.reshape(n, INPUT_DIM).contiguous()
+        kernels = weight.detach().reshape(32, 25).t().contiguous()
+        bias = bias.detach().contiguous()
+        relu = torch.empty(n, 13, 13, 32)
+        argmax = torch.empty(n, 13, 13, 32, dtype=torch.uint8)
+        self._library.conv1_pool_forward(pixels.data_ptr(), kernels.data_ptr(),
+                                         bias.data_ptr(), INPUT_SCALE, n, relu.data_ptr(),
+                                         argmax.data_ptr())
+        return relu.permute(0, 3, 1, 2), lambda grad: self._backward(grad, pixels, relu, argmax)
+
+    def _backward(self, grad, pixels, relu, argmax):
+        torch = self._torch
+        n = pixels.shape[0]
+        grad = grad.permute(0, 2, 3, 1).contiguous()  # a view when already channels-last
+        threads = self._library.conv1_kernels_threads()
+        kernel_grad = torch.zeros(threads, 25, 32)
+        bias_grad = torch.zeros(threads, 32)
+        self._library.conv1_pool_backward(pixels.data_ptr(), grad.data_ptr(), relu.data_ptr(),
+                                          argmax.data_ptr(), INPUT_SCALE, n,
+                                          kernel_grad.data_ptr(), bias_grad.data_ptr())
+        return kernel_grad.sum(0).t().reshape(32, 1, 5, 5), bias_grad.sum(0)
+
+
+def _loaded_openmp_runtimes():
+    """The files of the OpenMP runtimes mapped into this process (Linux)."""
+    try:
+        with open('/proc/self/maps') as maps:
+            paths = set(line.split()[-1] for line in maps if '/' in line)
+    except OSError:
+        return set()
+    return set(os.path.realpath(path) for path in paths
+               if os.path.basename(path).startswith(('libgomp', 'libomp', 'libiomp')))
+
+
+# --- PyTorch training: the update, the data order, the loop ---------------------------------
 
 class CntkMomentumSGD(object):
     """CNTK's momentum_sgd (unit gain) on one flat buffer holding every parameter.
@@ -673,6 +985,13 @@ def train_with_pytorch(torch, args):
     model = define_convnet(torch)().to(device)
     if device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
+    else:
+        try:
+            model.conv1_kernels = Conv1PoolKernels.build(torch)
+            log('conv1 and its max-pool run as compiled C kernels (AVX2).')
+        except KernelsUnavailable as reason:
+            log('conv1 and its max-pool run as PyTorch operators: the compiled kernels '
+                'are unavailable ({}).'.format(reason))
     forward = model.forward_cpu_fast if device.type == 'cpu' else model.forward
     optimizer = CntkMomentumSGD(torch, model.parameters())
     order = torch.Generator()

@@ -182,6 +182,87 @@ def test_fast_cpu_forward_has_forwards_values():
                               atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def conv1_kernels():
+    try:
+        return ConvNet_MNIST.Conv1PoolKernels.build(torch)
+    except ConvNet_MNIST.KernelsUnavailable as reason:
+        pytest.skip("compiled conv1 kernels unavailable here: {}".format(reason))
+
+
+@pytest.mark.parametrize("batch", [1, 37, 64])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_kernels, batch,
+                                                                        mode):
+    torch.manual_seed(8)
+    pixels, labels = mnist_like_batch(batch)  # blank rows: ties inside pooling windows
+    operators, compiled = perturbed_pair()
+    compiled.conv1_kernels = conv1_kernels
+    for model in (operators, compiled):
+        model.train(mode == "train")
+        ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    torch.manual_seed(9)
+    expected_logits, expected_loss = operators.train_step_cpu(pixels, labels)
+    torch.manual_seed(9)
+    logits, loss = compiled.train_step_cpu(pixels, labels)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)
+    for (name, expected), got in zip(operators.named_parameters(), compiled.parameters()):
+        assert torch.allclose(got.grad, expected.grad, rtol=1e-4, atol=1e-7), name
+    with torch.no_grad():
+        assert torch.allclose(compiled.eval().forward_cpu_fast(pixels),
+                              operators.eval().forward_cpu_fast(pixels), atol=1e-5)
+
+
+def test_compiled_conv1_kernels_route_each_gradient_to_the_pools_maximum(conv1_kernels):
+    """One image, one channel's gradient at one pooled output: exactly the kernel taps over
+    the winning input window receive it."""
+    torch.manual_seed(10)
+    pixels = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    model = ConvNet()
+    with torch.no_grad():
+        model.conv1.bias.fill_(1.0)  # every pooled output positive: the ReLU passes all
+    relu1, backward = conv1_kernels.forward(pixels, model.conv1.weight, model.conv1.bias)
+    _, backward_ops = model._conv1_block(pixels)
+    grad = torch.zeros(1, 13, 13, 32)
+    grad[0, 6, 4, 5] = 1.0
+    grad = grad.permute(0, 3, 1, 2)
+    for got, expected in zip(backward(grad), backward_ops(grad)):
+        assert torch.allclose(got, expected.reshape(got.shape), atol=1e-7)
+    assert backward(grad)[1].nonzero().flatten().tolist() == [5]
+
+
+def test_compiled_conv1_kernels_break_pooling_ties_as_pytorch_does(conv1_kernels):
+    """Two equal conv1 outputs in one pooling window: the first in scan order wins, so the
+    kernel gradient comes from its input window, not from its neighbour's."""
+    model = ConvNet()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[:, 0, 2, 2] = 1.0  # conv1's output is the pixel under the centre
+        model.conv1.bias.fill_(1.0)
+    pixels = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    pixels[0, 1, 1] = pixels[0, 1, 2] = 200  # tied, in pooled output (0, 0)'s window
+    pixels[0, 1, 3] = 50  # but their right-hand neighbours differ
+    grad = torch.zeros(1, 13, 13, 32)
+    grad[0, 0, 0, :] = 1.0
+    grad = grad.permute(0, 3, 1, 2)
+    got = conv1_kernels.forward(pixels, model.conv1.weight, model.conv1.bias)[1](grad)[0]
+    expected = model._conv1_block(pixels)[1](grad)[0].reshape(got.shape)
+    assert torch.equal(got, expected)
+    assert got[0, 0, 2, 3].item() == 200 / 256  # the right neighbour of pixel (1, 1)
+
+
+def test_without_a_c_compiler_the_script_trains_with_the_operators(tmp_path, data_dir):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), data_dir, str(tmp_path / "models"), "--max-epochs", "1",
+         "--epoch-size", "640"], cwd=str(REPO), capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, CC=str(tmp_path / "no-such-compiler")))
+    assert result.returncode == 0, result.stderr
+    assert ("conv1 and its max-pool run as PyTorch operators: the compiled kernels are "
+            "unavailable (no C compiler") in result.stderr
+    assert (tmp_path / "models" / "ConvNet_MNIST_0.pt").is_file()
+
+
 def test_dropout_is_active_in_training_and_off_in_eval():
     torch.manual_seed(2)
     model = ConvNet()
