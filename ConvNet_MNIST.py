@@ -422,12 +422,13 @@ def define_convnet(torch):
             """One minibatch on a CPU: returns (logits, mean cross-entropy loss) and leaves the
             loss's gradient in every parameter's .grad (replacing what was there).
 
-            The same maths as autograd on forward(), arranged to run about twice as fast as
-            that on a CPU: _cpu_forward's layout, and a backward pass written out here. The
-            backward makes the very calls autograd would make for _cpu_forward, so the
-            gradients are bit for bit autograd's, without building the graph, saving tensors
-            for it or accumulating into .grad (8% of a step). The dropout mask comes from the
-            global generator exactly as functional.dropout draws it.
+            The same maths as autograd on forward(), arranged to run more than twice as fast
+            as that on a CPU: _cpu_forward's layout, and a backward pass written out here.
+            Past conv1's block, the backward makes the very calls autograd would make for
+            _cpu_forward, so those gradients are bit for bit autograd's (and conv1's too with
+            the PyTorch operators), without building the graph, saving tensors for it or
+            accumulating into .grad (8% of a step). The dropout mask comes from the global
+            generator exactly as functional.dropout draws it.
             """
             with torch.no_grad():
                 logits, saved = self._cpu_forward(pixels)
