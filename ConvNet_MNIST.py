@@ -769,39 +769,22 @@ class Conv1PoolKernels(object):
         import ctypes
         import platform
         import shutil
-        import subprocess
         import tempfile
         if not sys.platform.startswith('linux') or platform.machine() not in ('x86_64', 'AMD64'):
             raise KernelsUnavailable('they need Linux on x86-64')
         if not torch.backends.openmp.is_available():
             raise KernelsUnavailable('this PyTorch does not use OpenMP')
-        compiler = os.environ.get('CC', 'cc')
-        folder = tempfile.mkdtemp(prefix='ConvNet_MNIST-')
+        openmp_before = _loaded_openmp_runtimes()
+        folder = None
         try:
-            source = os.path.join(folder, 'conv1_pool.c')
-            library_path = os.path.join(folder, 'conv1_pool.so')
-            with open(source, 'w') as stream:
-                stream.write(CONV1_POOL_C_SOURCE)
-            try:
-                build = subprocess.Popen([compiler] + CONV1_POOL_C_FLAGS +
-                                         ['-o', library_path, source],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         universal_newlines=True)
-                _, errors = build.communicate(timeout=120)
-            except OSError as error:
-                raise KernelsUnavailable('no C compiler {!r} ({})'.format(
-                    compiler, error.strerror or error))
-            except subprocess.TimeoutExpired:
-                build.kill()
-                raise KernelsUnavailable('{} took over 120 s'.format(compiler))
-            if build.returncode != 0:
-                first = (errors.strip().splitlines() or ['exit status {}'.format(
-                    build.returncode)])[0]
-                raise KernelsUnavailable('{} failed: {}'.format(compiler, first[:200]))
-            openmp_before = _loaded_openmp_runtimes()
-            library = ctypes.CDLL(library_path)
+            folder = tempfile.mkdtemp(prefix='ConvNet_MNIST-')
+            library = ctypes.CDLL(_compile_conv1_kernels(folder))
+        except OSError as error:
+            raise KernelsUnavailable('cannot build or load them in {} ({})'.format(
+                folder or tempfile.gettempdir(), error.strerror or error))
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
         if not library.conv1_kernels_supported():
             raise KernelsUnavailable('this CPU lacks AVX2 or FMA')
         if len(_loaded_openmp_runtimes() | openmp_before) > 1:
@@ -835,6 +818,33 @@ class Conv1PoolKernels(object):
                                           argmax.data_ptr(), INPUT_SCALE, n,
                                           kernel_grad.data_ptr(), bias_grad.data_ptr())
         return kernel_grad.sum(0).t().reshape(32, 1, 5, 5), bias_grad.sum(0)
+
+
+def _compile_conv1_kernels(folder):
+    """Compile CONV1_POOL_C_SOURCE in ``folder`` with ``$CC`` (else ``cc``); the library's path."""
+    import subprocess
+    compiler = os.environ.get('CC', 'cc')
+    source = os.path.join(folder, 'conv1_pool.c')
+    library = os.path.join(folder, 'conv1_pool.so')
+    with open(source, 'w') as stream:
+        stream.write(CONV1_POOL_C_SOURCE)
+    try:
+        build = subprocess.Popen([compiler] + CONV1_POOL_C_FLAGS + ['-o', library, source],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 universal_newlines=True)
+    except OSError as error:
+        raise KernelsUnavailable('no C compiler {!r} ({})'.format(
+            compiler, error.strerror or error))
+    try:
+        _, errors = build.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        build.communicate()
+        raise KernelsUnavailable('{} took over 120 s'.format(compiler))
+    if build.returncode != 0:
+        first = (errors.strip().splitlines() or ['exit status {}'.format(build.returncode)])[0]
+        raise KernelsUnavailable('{} failed: {}'.format(compiler, first[:200]))
+    return library
 
 
 def _loaded_openmp_runtimes():

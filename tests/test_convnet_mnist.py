@@ -252,6 +252,12 @@ def test_compiled_conv1_kernels_break_pooling_ties_as_pytorch_does(conv1_kernels
     assert got[0, 0, 2, 3].item() == 200 / 256  # the right neighbour of pixel (1, 1)
 
 
+def test_a_failing_compiler_makes_the_kernels_unavailable_with_its_reason(monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that exits with status 1
+    with pytest.raises(ConvNet_MNIST.KernelsUnavailable, match="^false failed: exit status 1$"):
+        ConvNet_MNIST.Conv1PoolKernels.build(torch)
+
+
 def test_without_a_c_compiler_the_script_trains_with_the_operators(tmp_path, data_dir):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), data_dir, str(tmp_path / "models"), "--max-epochs", "1",
