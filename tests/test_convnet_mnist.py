@@ -254,6 +254,22 @@ def test_compiled_conv1_kernels_break_pooling_ties_as_pytorch_does(conv1_kernels
     assert got[0, 0, 2, 3].item() == 200 / 256  # the right neighbour of pixel (1, 1)
 
 
+def test_training_with_the_kernels_is_reproducible_from_the_seed(conv1_kernels):
+    def train(seed):
+        torch.manual_seed(seed)
+        model = ConvNet()
+        model.conv1_kernels = conv1_kernels
+        optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+        for step in range(4):
+            pixels, labels = mnist_like_batch(64)
+            model.train_step_cpu(pixels, labels)
+            optimizer.step(0.001, 1024, 64)
+        return optimizer.parameters.clone()
+
+    assert torch.equal(train(11), train(11))
+    assert not torch.equal(train(11), train(12))
+
+
 def test_a_failing_compiler_makes_the_kernels_unavailable_with_its_reason(monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that exits with status 1
     with pytest.raises(ConvNet_MNIST.KernelsUnavailable, match="^false failed: exit status 1$"):
