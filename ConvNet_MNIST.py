@@ -743,7 +743,7 @@ class Conv1PoolKernels(object):
     The PyTorch operators for this part write and read back several megabytes a step (the
     tap-major im2col columns, conv1's 27x27 outputs, 64-bit pooling indices, the gradient
     scattered back onto 27x27) and were a quarter of the step; done one image at a time in
-    the core's cache it takes a third of that, and the whole step 13-15% less time. The
+    the core's cache it takes under half of that, and the whole step 13% less time. The
     forward values are the same as the operators' (the taps are summed in the same order);
     conv1's kernel and bias gradients are summed in another order, so their last bits differ.
 
