@@ -957,8 +957,8 @@ def cpu_thread_count(environ):
 
     OMP_NUM_THREADS is the usual way to leave cores to other work, and here it matters: the
     threads meet at the end of every operation, so while another program keeps one of two
-    cores busy, two threads ran 60-100 ms per step and one thread 23 ms (15 ms for two threads
-    on an idle machine).
+    cores busy, two threads ran 46-54 ms per step and one thread 21 ms (13-15 ms for two threads
+    on an idle machine, 18.5 ms for one).
     """
     requested = environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
     if requested.isdigit() and int(requested) > 0:
