@@ -842,8 +842,9 @@ def _compile_conv1_kernels(folder):
         build.communicate()
         raise KernelsUnavailable('{} took over 120 s'.format(compiler))
     if build.returncode != 0:
-        first = (errors.strip().splitlines() or ['exit status {}'.format(build.returncode)])[0]
-        raise KernelsUnavailable('{} failed: {}'.format(compiler, first[:200]))
+        lines = errors.strip().splitlines() or ['exit status {}'.format(build.returncode)]
+        first_error = next((line for line in lines if 'error' in line), lines[0])
+        raise KernelsUnavailable('{} failed: {}'.format(compiler, first_error.strip()[:200]))
     return library
 
 

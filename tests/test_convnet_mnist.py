@@ -276,6 +276,21 @@ def test_a_failing_compiler_makes_the_kernels_unavailable_with_its_reason(monkey
         ConvNet_MNIST.Conv1PoolKernels.build(torch)
 
 
+def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(conv1_kernels, tmp_path,
+                                                                     monkeypatch):
+    """As on a CPU without AVX2: the compile fails, and the reason is the compiler's error line,
+    not the first line of its output."""
+    compiler = tmp_path / "cc-without-avx2"
+    compiler.write_text('#!/bin/sh\nexec {} "$@" -mno-avx2 -mno-fma\n'.format(
+        os.environ.get("CC", "cc")))
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    with pytest.raises(ConvNet_MNIST.KernelsUnavailable) as raised:
+        ConvNet_MNIST.Conv1PoolKernels.build(torch)
+    reason = str(raised.value)
+    assert reason.startswith(str(compiler) + " failed: ") and "error" in reason, reason
+
+
 def test_without_a_c_compiler_the_script_trains_with_the_operators(tmp_path, data_dir):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), data_dir, str(tmp_path / "models"), "--max-epochs", "1",
