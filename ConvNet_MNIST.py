@@ -787,7 +787,7 @@ class Conv1PoolKernels(object):
                 shutil.rmtree(folder, ignore_errors=True)
         if not library.conv1_kernels_supported():
             raise KernelsUnavailable('this CPU lacks AVX2 or FMA')
-        if len(_loaded_openmp_runtimes() | openmp_before) > 1:
+        if _loaded_openmp_runtimes() - openmp_before:
             raise KernelsUnavailable('they would bring a second OpenMP runtime beside '
                                      "PyTorch's")
         return cls(torch, library)
@@ -818,6 +818,17 @@ class Conv1PoolKernels(object):
                                           argmax.data_ptr(), INPUT_SCALE, n,
                                           kernel_grad.data_ptr(), bias_grad.data_ptr())
         return kernel_grad.sum(0).t().reshape(32, 1, 5, 5), bias_grad.sum(0)
+
+
+def use_conv1_kernels(torch, model):
+    """Give ``model`` the compiled conv1 kernels where they build; the line that says which
+    conv1 the CPU step runs, and why not the kernels."""
+    try:
+        model.conv1_kernels = Conv1PoolKernels.build(torch)
+        return 'conv1 and its max-pool run as compiled C kernels (AVX2).'
+    except KernelsUnavailable as reason:
+        return ('conv1 and its max-pool run as PyTorch operators: the compiled kernels are '
+                'unavailable ({}).'.format(reason))
 
 
 def _compile_conv1_kernels(folder):
@@ -998,12 +1009,7 @@ def train_with_pytorch(torch, args):
     if device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last)
     else:
-        try:
-            model.conv1_kernels = Conv1PoolKernels.build(torch)
-            log('conv1 and its max-pool run as compiled C kernels (AVX2).')
-        except KernelsUnavailable as reason:
-            log('conv1 and its max-pool run as PyTorch operators: the compiled kernels '
-                'are unavailable ({}).'.format(reason))
+        log(use_conv1_kernels(torch, model))
     forward = model.forward_cpu_fast if device.type == 'cpu' else model.forward
     optimizer = CntkMomentumSGD(torch, model.parameters())
     order = torch.Generator()

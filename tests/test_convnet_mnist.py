@@ -389,7 +389,7 @@ def test_without_momentum_it_is_plain_sgd_with_lr_times_minibatch_size():
         assert torch.allclose(after, start - 0.016 * grad, atol=1e-7)
 
 
-def test_optimizer_buffers_keep_every_tensors_shape_values_and_update():
+def test_optimizer_buffers_keep_every_tensors_shape_values_and_update(tmp_path):
     torch.manual_seed(6)
     model = ConvNet()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -402,8 +402,14 @@ def test_optimizer_buffers_keep_every_tensors_shape_values_and_update():
     optimizer.step(0.001, 0, 10)
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter.detach(), before[name] - 0.02, atol=1e-7), name
-    for name, saved in model.state_dict().items():
-        assert torch.equal(saved, dict(model.named_parameters())[name].detach()), name
+    path = str(tmp_path / "model.pt")  # the model file: plain tensors, whatever the layout
+    ConvNet_MNIST.save_state_dict(torch, model, path)
+    saved = torch.load(path)
+    assert all(tensor.is_contiguous() for tensor in saved.values())
+    fresh = ConvNet()
+    fresh.load_state_dict(saved)
+    for (name, trained), loaded in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(loaded, trained.detach()), name
 
 
 # --- the data order ---------------------------------------------------------------------------
