@@ -1,4 +1,5 @@
 """Package metadata for the Azure Batch AI CNTK quickstart and its local cloud."""
+
 from setuptools import find_packages, setup
 
 setup(

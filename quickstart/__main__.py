@@ -6,6 +6,7 @@ local cloud are imported when a command needs them, so `--help` answers at once.
 Every failure ends in one line on stderr and a non-zero status, never a traceback (set
 QUICKSTART_DEBUG=1 to see one), and no secret from the settings ever reaches the output.
 """
+
 import argparse
 import contextlib
 import importlib
@@ -19,7 +20,7 @@ from quickstart.config import DEFAULT_CONFIG, ConfigError, load_settings
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
-TERMINATED = 143   # 128 + SIGTERM
+TERMINATED = 143  # 128 + SIGTERM
 
 
 class CommandError(Exception):
@@ -30,48 +31,92 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="quickstart",
         description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local cloud "
-                    "or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
-                    "environment variables; without a config file everything runs on the local cloud.")
+        "or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
+        "environment variables; without a config file everything runs on the local cloud.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", metavar="FILE", default=None,
-                         help="settings file (default: ./{} when it exists)".format(DEFAULT_CONFIG))
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help=f"settings file (default: ./{DEFAULT_CONFIG} when it exists)",
+        )
         return sub
 
-    run = command("run", "Walk every step of the quickstart: upload the sample, create the workspace, "
-                         "cluster and experiment, run the CNTK job, stream its output, download the models. "
-                         "Exits 0 when the job succeeds, else with the job's exit code.")
-    run.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (appends --max-epochs N "
-                                                              "to the job's command line)")
-    teardown = command("teardown", "Delete the jobs, experiment, cluster, workspace and resource group, and "
-                                   "on the local cloud the file share; what is already gone is skipped.")
+    run = command(
+        "run",
+        "Walk every step of the quickstart: upload the sample, create the workspace, "
+        "cluster and experiment, run the CNTK job, stream its output, download the models. "
+        "Exits 0 when the job succeeds, else with the job's exit code.",
+    )
+    run.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="train for N epochs (appends --max-epochs N to the job's command line)",
+    )
+    teardown = command(
+        "teardown",
+        "Delete the jobs, experiment, cluster, workspace and resource group, and "
+        "on the local cloud the file share; what is already gone is skipped.",
+    )
     share = teardown.add_mutually_exclusive_group()
-    share.add_argument("--delete-share", dest="delete_share", action="store_true", default=None,
-                       help="also delete the file share with the sample data and the jobs' files (the default "
-                            "on the local cloud; on Azure the share is kept unless asked)")
-    share.add_argument("--keep-share", dest="delete_share", action="store_false",
-                       help="keep the file share (the sample and the jobs' files on it)")
-    status = command("status", "Show the cluster's state, the latest job's state (with the last lines of its "
-                               "output while it runs) and its output files.")
-    status.add_argument("--follow", action="store_true",
-                        help="watch a running job to its end, streaming its output; exit with its exit code")
-    local = command("localcloud", "Serve the local cloud in the foreground until Ctrl-C, for any client; "
-                                  "connection details go to <state_dir>/connection.json.")
-    local.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)")
-    local.add_argument("--state-dir", metavar="DIR", default=None,
-                       help="where the local cloud keeps its state and connection.json (default: the "
-                            "state_dir setting, ./.localcloud)")
+    share.add_argument(
+        "--delete-share",
+        dest="delete_share",
+        action="store_true",
+        default=None,
+        help="also delete the file share with the sample data and the jobs' files (the default "
+        "on the local cloud; on Azure the share is kept unless asked)",
+    )
+    share.add_argument(
+        "--keep-share",
+        dest="delete_share",
+        action="store_false",
+        help="keep the file share (the sample and the jobs' files on it)",
+    )
+    status = command(
+        "status",
+        "Show the cluster's state, the latest job's state (with the last lines of its "
+        "output while it runs) and its output files.",
+    )
+    status.add_argument(
+        "--follow",
+        action="store_true",
+        help="watch a running job to its end, streaming its output; exit with its exit code",
+    )
+    local = command(
+        "localcloud",
+        "Serve the local cloud in the foreground until Ctrl-C, for any client; "
+        "connection details go to <state_dir>/connection.json.",
+    )
+    local.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)"
+    )
+    local.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=None,
+        help="where the local cloud keeps its state and connection.json (default: the "
+        "state_dir setting, ./.localcloud)",
+    )
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_library_logs()
-    overrides = {"epochs": getattr(args, "epochs", None), "state_dir": getattr(args, "state_dir", None)}
+    overrides = {
+        "epochs": getattr(args, "epochs", None),
+        "state_dir": getattr(args, "state_dir", None),
+    }
     try:
-        settings = load_settings(args.config, overrides=overrides, warn=lambda line: print(line, file=sys.stderr))
+        settings = load_settings(
+            args.config, overrides=overrides, warn=lambda line: print(line, file=sys.stderr)
+        )
     except ConfigError as error:
         for problem in error.problems:
             print("config error: " + problem, file=sys.stderr)
@@ -81,8 +126,10 @@ def main(argv=None):
         try:
             code = COMMANDS[args.command](args, settings, secrets)
         except KeyboardInterrupt:
-            print("\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
-                  file=sys.stderr)
+            print(
+                "\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
+                file=sys.stderr,
+            )
             code = INTERRUPTED
         except Exception as error:  # one line, never a traceback, never a secret
             if os.environ.get("QUICKSTART_DEBUG"):
@@ -126,7 +173,7 @@ def describe(error, secrets):
     """One line for an exception: the SDKs' messages span lines and may quote a request."""
     text = " ".join(str(error).split()) or type(error).__name__
     if type(error).__name__ not in ("CommandError", "StepFailed"):
-        text = "{}: {}".format(type(error).__name__, text)
+        text = f"{type(error).__name__}: {text}"
     for secret in secrets:
         text = text.replace(secret, "***")
     text = re.sub(r"([?&]sig=)[^&\s]+", r"\1***", text)  # SAS signatures in URLs
@@ -136,6 +183,7 @@ def describe(error, secrets):
 
 def run_command(args, settings, secrets):
     from quickstart.timing import StepClock
+
     clock = StepClock()  # its summary line covers loading the SDKs and starting the local cloud too
     with clock.step("start-up"):
         from quickstart import steps
@@ -147,6 +195,7 @@ def teardown_command(args, settings, secrets):
     if never_ran_here(settings):
         return 0
     from quickstart import steps
+
     with connected(settings, secrets) as settings:
         return steps.teardown(settings, delete_share=args.delete_share)
 
@@ -155,6 +204,7 @@ def status_command(args, settings, secrets):
     if never_ran_here(settings):
         return 0
     from quickstart import steps
+
     with connected(settings, secrets) as settings:
         return steps.status(settings, follow=args.follow)
 
@@ -164,14 +214,18 @@ def never_ran_here(settings):
     reason to create one."""
     if not settings.is_local or os.path.isdir(settings.state_dir):
         return False
-    print("The local cloud has no state in {} yet: nothing exists. Start with `python -m quickstart run`."
-          .format(settings.state_dir))
+    print(
+        f"The local cloud has no state in {settings.state_dir} yet: nothing exists. Start with `python -m quickstart run`."
+    )
     return True
 
 
 def localcloud_command(args, settings, secrets):
     localcloud = import_local_cloud()
-    print("Serving the local cloud from {} (Ctrl-C to stop)".format(os.path.abspath(settings.state_dir)), flush=True)
+    print(
+        f"Serving the local cloud from {os.path.abspath(settings.state_dir)} (Ctrl-C to stop)",
+        flush=True,
+    )
     return localcloud.serve_forever(settings.state_dir, args.port) or 0  # 2: port or state dir busy
 
 
@@ -191,6 +245,7 @@ def connected(settings, secrets, clock=None):
         return
     localcloud = import_local_cloud()
     from quickstart.localcloud.connection import is_serving, read_connection
+
     connection = read_connection(settings.state_dir)
     if connection and is_serving(connection):
         print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
@@ -200,16 +255,23 @@ def connected(settings, secrets, clock=None):
     with clock.step("start-up") if clock else contextlib.nullcontext():
         cloud = localcloud.LocalCloud(settings.state_dir).start()
     try:
-        print("Started the local cloud at {} for this command (state in {})".format(
-            cloud.connection["resource_manager_url"], settings.state_dir))
+        print(
+            "Started the local cloud at {} for this command (state in {})".format(
+                cloud.connection["resource_manager_url"], settings.state_dir
+            )
+        )
         yield bound(settings, cloud.connection, secrets)
     finally:
         cloud.stop()
 
 
 def announce_take_over(cloud):
-    print("The command that served the local cloud has ended; this command serves it now at {}".format(
-        cloud.connection["resource_manager_url"]), flush=True)
+    print(
+        "The command that served the local cloud has ended; this command serves it now at {}".format(
+            cloud.connection["resource_manager_url"]
+        ),
+        flush=True,
+    )
 
 
 def bound(settings, connection, secrets):
@@ -223,13 +285,19 @@ def import_local_cloud():
         localcloud = importlib.import_module("quickstart.localcloud")
         localcloud.LocalCloud, localcloud.serve_forever  # noqa: B018  (the package may predate its server)
     except (ImportError, AttributeError):
-        raise CommandError("cloud = local: the local cloud is not available yet in this checkout; "
-                           "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure")
+        raise CommandError(
+            "cloud = local: the local cloud is not available yet in this checkout; "
+            "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure"
+        )
     return localcloud
 
 
-COMMANDS = {"run": run_command, "teardown": teardown_command, "status": status_command,
-            "localcloud": localcloud_command}
+COMMANDS = {
+    "run": run_command,
+    "teardown": teardown_command,
+    "status": status_command,
+    "localcloud": localcloud_command,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

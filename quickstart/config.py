@@ -10,6 +10,7 @@ message: problems name the setting, never its value, and `Settings` hides secret
 
 This module imports nothing heavy (no SDK), so `python -m quickstart --help` stays fast.
 """
+
 import configparser
 import dataclasses
 import os
@@ -18,7 +19,6 @@ import secrets as _secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 PLACEHOLDER = "FILL-IN-HERE"
 LOCAL = "local"
@@ -30,9 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Setting:
     """One key of the ini file: where it lives, its default, and who may override it."""
+
     section: str
     key: str
-    default: Optional[str] = None
+    default: str | None = None
     env: tuple = ()
     secret: bool = False
     azure_only: bool = False  # taken from the local cloud's connection when cloud = local
@@ -43,12 +44,25 @@ SCHEMA = (
     Setting("cloud", "state_dir", "./.localcloud", ("QUICKSTART_STATE_DIR",)),
     Setting("credentials", "tenant_id", None, ("AZURE_TENANT_ID",), azure_only=True),
     Setting("credentials", "client_id", None, ("AZURE_CLIENT_ID",), azure_only=True),
-    Setting("credentials", "client_secret", None, ("AZURE_CLIENT_SECRET",), secret=True, azure_only=True),
+    Setting(
+        "credentials", "client_secret", None, ("AZURE_CLIENT_SECRET",), secret=True, azure_only=True
+    ),
     Setting("credentials", "subscription_id", None, ("AZURE_SUBSCRIPTION_ID",), azure_only=True),
-    Setting("storage", "storage_account", None,
-            ("AZURE_STORAGE_ACCOUNT", "AZURE_BATCHAI_STORAGE_ACCOUNT"), azure_only=True),
-    Setting("storage", "storage_key", None,
-            ("AZURE_STORAGE_KEY", "AZURE_BATCHAI_STORAGE_KEY"), secret=True, azure_only=True),
+    Setting(
+        "storage",
+        "storage_account",
+        None,
+        ("AZURE_STORAGE_ACCOUNT", "AZURE_BATCHAI_STORAGE_ACCOUNT"),
+        azure_only=True,
+    ),
+    Setting(
+        "storage",
+        "storage_key",
+        None,
+        ("AZURE_STORAGE_KEY", "AZURE_BATCHAI_STORAGE_KEY"),
+        secret=True,
+        azure_only=True,
+    ),
     Setting("resources", "location", "eastus", ("AZURE_DEFAULTS_LOCATION",)),
     Setting("resources", "resource_group", "myresourcegroup", ("AZURE_DEFAULTS_GROUP",)),
     Setting("resources", "workspace", "myworkspace", ("QUICKSTART_WORKSPACE",)),
@@ -62,8 +76,12 @@ SCHEMA = (
     Setting("cluster", "admin_user_name", "demouser", ("QUICKSTART_ADMIN_USER_NAME",)),
     Setting("cluster", "admin_user_password", "", ("QUICKSTART_ADMIN_USER_PASSWORD",), secret=True),
     Setting("cluster", "admin_ssh_public_key", "", ("QUICKSTART_ADMIN_SSH_PUBLIC_KEY",)),
-    Setting("job", "container_image", "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0",
-            ("QUICKSTART_CONTAINER_IMAGE",)),
+    Setting(
+        "job",
+        "container_image",
+        "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0",
+        ("QUICKSTART_CONTAINER_IMAGE",),
+    ),
     Setting("job", "extra_args", "", ("QUICKSTART_EXTRA_ARGS",)),
     Setting("job", "epochs", "", ("QUICKSTART_EPOCHS",)),
     Setting("job", "poll_interval", "2", ("QUICKSTART_POLL_INTERVAL",)),
@@ -76,26 +94,57 @@ SECRET_KEYS = tuple(s.key for s in SCHEMA if s.secret)
 
 # Name rules of the services (Batch AI 2018-05-01 swagger, ARM, Azure Files).
 NAME_RULES = {
-    "resource_group": (re.compile(r"^[-\w.()]{1,90}$"), lambda v: not v.endswith("."),
-                       "1-90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'"),
+    "resource_group": (
+        re.compile(r"^[-\w.()]{1,90}$"),
+        lambda v: not v.endswith("."),
+        "1-90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'",
+    ),
     "workspace": (re.compile(r"^[-\w]{1,64}$"), None, "1-64 letters, digits, '-' or '_'"),
     "cluster": (re.compile(r"^[-\w]{1,64}$"), None, "1-64 letters, digits, '-' or '_'"),
     "experiment": (re.compile(r"^[-\w]{1,64}$"), None, "1-64 letters, digits, '-' or '_'"),
-    "job": (re.compile(r"^[-\w]{1,64}$"), None, "1-64 letters, digits, '-' or '_' (empty: a timestamped name)"),
-    "share": (re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$"), None,
-              "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit"),
-    "directory": (re.compile(r'^[^"\\/:|<>*?\x00-\x1f]{1,255}$'), lambda v: v.strip(" .") != "",
-                  "1-255 characters, none of \" \\ / : | < > * ?"),
+    "job": (
+        re.compile(r"^[-\w]{1,64}$"),
+        None,
+        "1-64 letters, digits, '-' or '_' (empty: a timestamped name)",
+    ),
+    "share": (
+        re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$"),
+        None,
+        "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+    ),
+    "directory": (
+        re.compile(r'^[^"\\/:|<>*?\x00-\x1f]{1,255}$'),
+        lambda v: v.strip(" .") != "",
+        '1-255 characters, none of " \\ / : | < > * ?',
+    ),
     "location": (re.compile(r"^[a-z0-9]{2,40}$"), None, "an Azure region name such as eastus"),
-    "vm_size": (re.compile(r"^standard_[a-z0-9]+(?:_[a-z0-9]+)*$", re.I), None,
-                "a VM size such as STANDARD_NC6 (Standard_<family><size>[_<version>])"),
-    "admin_user_name": (re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.I), None,
-                        "1-32 characters: letters, digits, '_', '.', '-', starting with a letter or '_'"),
+    "vm_size": (
+        re.compile(r"^standard_[a-z0-9]+(?:_[a-z0-9]+)*$", re.I),
+        None,
+        "a VM size such as STANDARD_NC6 (Standard_<family><size>[_<version>])",
+    ),
+    "admin_user_name": (
+        re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.I),
+        None,
+        "1-32 characters: letters, digits, '_', '.', '-', starting with a letter or '_'",
+    ),
     "storage_account": (re.compile(r"^[a-z0-9]{3,24}$"), None, "3-24 lowercase letters and digits"),
-    "subscription_id": (re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I),
-                        None, "a GUID such as 00000000-0000-0000-0000-000000000000"),
+    "subscription_id": (
+        re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I),
+        None,
+        "a GUID such as 00000000-0000-0000-0000-000000000000",
+    ),
 }
-BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+BOOLEANS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
 
 
 class ConfigError(Exception):
@@ -109,6 +158,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     """Everything the tutorial needs, validated. Secret fields are hidden from repr."""
+
     cloud: str = LOCAL
     state_dir: str = "./.localcloud"
     tenant_id: str = ""
@@ -132,11 +182,11 @@ class Settings:
     admin_ssh_public_key: str = ""
     container_image: str = "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
     extra_args: str = ""
-    epochs: Optional[int] = None
+    epochs: int | None = None
     poll_interval: float = 2.0
     data_dir: str = str(REPO_ROOT / "data")
     download_dir: str = "./outputs"
-    delete_share: Optional[bool] = None  # None: yes on the local cloud, no on Azure
+    delete_share: bool | None = None  # None: yes on the local cloud, no on Azure
     # Filled from the local cloud's connection (cloud = local) or left empty for Azure clouds.
     resource_manager_url: str = ""
     active_directory_url: str = ""
@@ -208,31 +258,33 @@ def _read_ini(path):
     file = Path(path) if path is not None else Path(DEFAULT_CONFIG)
     if not file.exists():
         if path is not None:
-            problems.append("--config: {} does not exist; copy config.example.ini to make one".format(file))
+            problems.append(f"--config: {file} does not exist; copy config.example.ini to make one")
         return {}, problems
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(file, encoding="utf-8")
     except configparser.MissingSectionHeaderError as error:
-        return {}, ["{}: line {}: settings must follow a [section] header".format(file, error.lineno)]
+        return {}, [f"{file}: line {error.lineno}: settings must follow a [section] header"]
     except configparser.ParsingError as error:
         lines = ", ".join(str(lineno) for lineno, _ in error.errors)
-        return {}, ["{}: line {}: not a 'key = value' line or [section] header".format(file, lines)]
+        return {}, [f"{file}: line {lines}: not a 'key = value' line or [section] header"]
     except configparser.DuplicateOptionError as error:
-        return {}, ["{}: line {}: [{}] {} is set twice".format(file, error.lineno, error.section, error.option)]
+        return {}, [f"{file}: line {error.lineno}: [{error.section}] {error.option} is set twice"]
     except configparser.DuplicateSectionError as error:
-        return {}, ["{}: line {}: section [{}] appears twice".format(file, error.lineno, error.section)]
+        return {}, [f"{file}: line {error.lineno}: section [{error.section}] appears twice"]
     except (configparser.Error, UnicodeDecodeError, OSError) as error:
-        return {}, ["{}: not a readable UTF-8 ini file ({})".format(file, type(error).__name__)]
+        return {}, [f"{file}: not a readable UTF-8 ini file ({type(error).__name__})"]
     raw = {}
     for section in parser.sections():
         for key, value in parser.items(section):
             setting = SCHEMA_BY_KEY.get(key)
-            where = "[{}] {}".format(section, key)
+            where = f"[{section}] {key}"
             if setting is None:
-                problems.append("{}: unknown setting; see config.example.ini for the settings".format(where))
+                problems.append(
+                    f"{where}: unknown setting; see config.example.ini for the settings"
+                )
             elif setting.section != section:
-                problems.append("{}: belongs in section [{}]".format(where, setting.section))
+                problems.append(f"{where}: belongs in section [{setting.section}]")
             else:
                 raw[key] = (value.strip(), where)
     return raw, problems
@@ -244,8 +296,10 @@ def _warn_if_exposed(file, raw, warn):
     holds_secret = any(raw.get(k, ("",))[0] not in ("", PLACEHOLDER) for k in SECRET_KEYS)
     mode = file.stat().st_mode
     if holds_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn("warning: {} holds secrets and is readable by group or others (mode {:o}); "
-             "run: chmod 600 {}".format(file, stat.S_IMODE(mode), file))
+        warn(
+            f"warning: {file} holds secrets and is readable by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {file}"
+        )
 
 
 def _validate(raw):
@@ -256,13 +310,13 @@ def _validate(raw):
 
     def where(key):
         setting = SCHEMA_BY_KEY[key]
-        return raw.get(key, (None, None))[1] or "[{}] {}".format(setting.section, key)
+        return raw.get(key, (None, None))[1] or f"[{setting.section}] {key}"
 
     flagged = set()
 
     def problem(key, rule):
         flagged.add(key)
-        problems.append("{}: {}".format(where(key), rule))
+        problems.append(f"{where(key)}: {rule}")
 
     for setting in SCHEMA:
         value = raw.get(setting.key, (setting.default, None))[0]
@@ -276,7 +330,10 @@ def _validate(raw):
             continue
         if setting.azure_only and not value:
             env = " or environment variable " + setting.env[0] if setting.env else ""
-            problem(setting.key, "missing; required when cloud = {} (set it in the config file{})".format(cloud, env))
+            problem(
+                setting.key,
+                f"missing; required when cloud = {cloud} (set it in the config file{env})",
+            )
             continue
         values[setting.key] = value
 
@@ -286,19 +343,32 @@ def _validate(raw):
         value = values.get(key)
         if key == "job" and not value:
             continue
-        if value is not None and not (pattern.match(value) and (extra_check is None or extra_check(value))):
+        if value is not None and not (
+            pattern.match(value) and (extra_check is None or extra_check(value))
+        ):
             problem(key, "must be " + rule)
     values["node_count"] = _integer(values.get("node_count"), "node_count", 1, problem)
-    values["epochs"] = None if not values.get("epochs") else _integer(values["epochs"], "epochs", 1, problem)
+    values["epochs"] = (
+        None if not values.get("epochs") else _integer(values["epochs"], "epochs", 1, problem)
+    )
     values["poll_interval"] = _number(values.get("poll_interval"), "poll_interval", problem)
     delete_share = values.get("delete_share", "").lower()
     if delete_share and delete_share not in BOOLEANS:
-        problem("delete_share", "must be yes, no or empty (empty: yes on the local cloud, no on Azure)")
+        problem(
+            "delete_share", "must be yes, no or empty (empty: yes on the local cloud, no on Azure)"
+        )
     values["delete_share"] = BOOLEANS.get(delete_share)
-    if cloud != LOCAL and not values.get("admin_user_password") and not values.get("admin_ssh_public_key") \
-            and not flagged & {"admin_user_password", "admin_ssh_public_key"}:
-        problem("admin_user_password", "neither admin_user_password nor admin_ssh_public_key is set; "
-                "the cluster needs one of them")
+    if (
+        cloud != LOCAL
+        and not values.get("admin_user_password")
+        and not values.get("admin_ssh_public_key")
+        and not flagged & {"admin_user_password", "admin_ssh_public_key"}
+    ):
+        problem(
+            "admin_user_password",
+            "neither admin_user_password nor admin_ssh_public_key is set; "
+            "the cluster needs one of them",
+        )
     key = values.get("admin_ssh_public_key")
     if key and not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+", key):
         problem("admin_ssh_public_key", "must be an OpenSSH public key line (ssh-rsa AAAA...)")
@@ -316,10 +386,10 @@ def _integer(value, key, minimum, problem):
     try:
         number = int(value)
     except (TypeError, ValueError):
-        problem(key, "must be a whole number of at least {}".format(minimum))
+        problem(key, f"must be a whole number of at least {minimum}")
         return minimum
     if number < minimum:
-        problem(key, "must be at least {}".format(minimum))
+        problem(key, f"must be at least {minimum}")
     return number
 
 

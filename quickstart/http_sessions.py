@@ -10,6 +10,7 @@ with 1 MiB pieces (``tests/bench/bench_localcloud_core.py`` prints both).
 ``iter_content`` in 1 MiB pieces: the same bytes, decoding and exceptions as requests gives, in
 fewer steps. Streamed responses (``stream=True``) are left to the caller as before.
 """
+
 from __future__ import annotations
 
 import requests

@@ -13,6 +13,7 @@ files every time (cheap, and it is what catches a corrupt checkout) but rewrites
 only when it is missing or stale: its size or SHA-256 differs from what the idx content
 determines, so a truncated or hand-edited file is rebuilt and a good one is left alone.
 """
+
 import argparse
 import gzip
 import hashlib
@@ -49,12 +50,14 @@ _SPLITS = (
 # the raw SHA-256 of (images, labels). Pinning it makes "fresh" mean byte-identical to CNTK's
 # output; tests check the writer against an independent port of mnist_utils.savetxt.
 _KNOWN_TEXT_SHA256 = {
-    ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-     "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"):
-        "1fe3f142b2c57adcc0af07cfa8c3a8e9cd715454cbcf1bf1253f7e91e59b5c99",
-    ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-     "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"):
-        "8c73d178916570468976394c028443fd6b06ddaa85175c4560a7f9daf00e329e",
+    (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ): "1fe3f142b2c57adcc0af07cfa8c3a8e9cd715454cbcf1bf1253f7e91e59b5c99",
+    (
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ): "8c73d178916570468976394c028443fd6b06ddaa85175c4560a7f9daf00e329e",
 }
 
 
@@ -79,11 +82,15 @@ def build_ctf_files(data_dir=DEFAULT_DATA_DIR):
     mnist_dir = data_dir / MNIST_SUBDIR
     manifest = read_manifest(mnist_dir / MANIFEST_FILE)
     # Verify all four files before writing anything, so bad data never leaves one new file.
-    splits = [(data_dir / text_name,
-               load_idx(mnist_dir, images_name, manifest, IMAGE_MAGIC, count),
-               load_idx(mnist_dir, labels_name, manifest, LABEL_MAGIC, count),
-               (manifest[images_name], manifest[labels_name]))
-              for text_name, images_name, labels_name, count in _SPLITS]
+    splits = [
+        (
+            data_dir / text_name,
+            load_idx(mnist_dir, images_name, manifest, IMAGE_MAGIC, count),
+            load_idx(mnist_dir, labels_name, manifest, LABEL_MAGIC, count),
+            (manifest[images_name], manifest[labels_name]),
+        )
+        for text_name, images_name, labels_name, count in _SPLITS
+    ]
     for text_path, images, labels, key in splits:
         if not _is_fresh(text_path, images, labels, _KNOWN_TEXT_SHA256.get(key)):
             write_ctf(text_path, images, labels)
@@ -96,16 +103,16 @@ def read_manifest(path):
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise SampleDataError("{}: missing; restore data/mnist from the repository".format(path))
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
     except (OSError, UnicodeDecodeError) as error:
-        raise SampleDataError("{}: unreadable ({})".format(path, _reason(error)))
+        raise SampleDataError(f"{path}: unreadable ({_reason(error)})")
     manifest = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or len(parts[0]) != 64 or not _is_hex(parts[0]):
-            raise SampleDataError("{}: line {} is not '<sha256> <file name>'".format(path, number))
+            raise SampleDataError(f"{path}: line {number} is not '<sha256> <file name>'")
         manifest[parts[1].lstrip("*")] = parts[0].lower()
     needed = [name for _, images, labels, _ in _SPLITS for name in (images, labels)]
     absent = [name for name in needed if name not in manifest]
@@ -123,26 +130,28 @@ def load_idx(mnist_dir, raw_name, manifest, magic, count):
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
-        raise SampleDataError("{}: missing; restore data/mnist from the repository".format(path))
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
     except (OSError, EOFError, zlib.error) as error:
-        raise SampleDataError("{}: not a readable gzip file ({})".format(path, _reason(error)))
+        raise SampleDataError(f"{path}: not a readable gzip file ({_reason(error)})")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != manifest[raw_name]:
         raise SampleDataError(
-            "{}: corrupt: SHA-256 of its content is {}, {} says {}".format(
-                path, digest, MANIFEST_FILE, manifest[raw_name]))
+            f"{path}: corrupt: SHA-256 of its content is {digest}, {MANIFEST_FILE} says {manifest[raw_name]}"
+        )
     dims = 3 if magic == IMAGE_MAGIC else 1
-    header = np.frombuffer(raw[:4 + 4 * dims], dtype=">u4") if len(raw) >= 4 + 4 * dims else ()
+    header = np.frombuffer(raw[: 4 + 4 * dims], dtype=">u4") if len(raw) >= 4 + 4 * dims else ()
     shape = (count, IMAGE_ROWS, IMAGE_COLS) if dims == 3 else (count,)
     if len(header) != 1 + dims or header[0] != magic or tuple(header[1:]) != shape:
-        raise SampleDataError("{}: not an MNIST idx file of shape {} (header {})".format(
-            path, shape, [int(v) for v in header]))
+        raise SampleDataError(
+            f"{path}: not an MNIST idx file of shape {shape} (header {[int(v) for v in header]})"
+        )
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
     if body.size != int(np.prod(shape)):
-        raise SampleDataError("{}: holds {} bytes of data, expected {}".format(
-            path, body.size, int(np.prod(shape))))
+        raise SampleDataError(
+            f"{path}: holds {body.size} bytes of data, expected {int(np.prod(shape))}"
+        )
     if dims == 1 and body.max() >= NUM_CLASSES:
-        raise SampleDataError("{}: label {} is not a digit".format(path, int(body.max())))
+        raise SampleDataError(f"{path}: label {int(body.max())} is not a digit")
     return body.reshape(shape)
 
 
@@ -158,18 +167,26 @@ _PIXEL_TOKENS = np.zeros((256, 4), dtype=np.uint8)
 _PIXEL_TOKEN_MASK = np.zeros((256, 4), dtype=bool)
 for _value in range(256):
     _token = b"%d " % _value
-    _PIXEL_TOKENS[_value, :len(_token)] = np.frombuffer(_token, dtype=np.uint8)
-    _PIXEL_TOKEN_MASK[_value, :len(_token)] = True
+    _PIXEL_TOKENS[_value, : len(_token)] = np.frombuffer(_token, dtype=np.uint8)
+    _PIXEL_TOKEN_MASK[_value, : len(_token)] = True
 _PIXEL_TOKEN_LENGTHS = _PIXEL_TOKEN_MASK.sum(axis=1)
 # The same tables as one 4-byte word per value: a 1-D gather of words is far faster than a
 # 2-D gather of byte rows.
 _PIXEL_TOKEN_WORDS = _PIXEL_TOKENS.view(np.uint32).ravel()
 _PIXEL_TOKEN_MASK_WORDS = _PIXEL_TOKEN_MASK.view(np.uint32).ravel()
-_LABEL_PREFIXES = np.array([
-    np.frombuffer(
-        ("|labels " + " ".join("1" if k == digit else "0" for k in range(NUM_CLASSES))
-         + " |features ").encode("ascii"), dtype=np.uint8)
-    for digit in range(NUM_CLASSES)])
+_LABEL_PREFIXES = np.array(
+    [
+        np.frombuffer(
+            (
+                "|labels "
+                + " ".join("1" if k == digit else "0" for k in range(NUM_CLASSES))
+                + " |features "
+            ).encode("ascii"),
+            dtype=np.uint8,
+        )
+        for digit in range(NUM_CLASSES)
+    ]
+)
 assert _LABEL_PREFIXES.shape == (NUM_CLASSES, _PREFIX_LEN)
 _CHUNK_LINES = 4000  # keeps the per-chunk scratch arrays (about 13 MB each) in cache range
 
@@ -229,9 +246,10 @@ def _is_fresh(path, images, labels, known_sha256):
 
 
 def _encode_all(images, labels):
-    return b"".join(encode_ctf_lines(images[start:start + _CHUNK_LINES],
-                                     labels[start:start + _CHUNK_LINES])
-                    for start in range(0, len(labels), _CHUNK_LINES))
+    return b"".join(
+        encode_ctf_lines(images[start : start + _CHUNK_LINES], labels[start : start + _CHUNK_LINES])
+        for start in range(0, len(labels), _CHUNK_LINES)
+    )
 
 
 def _file_sha256(path):
@@ -258,15 +276,20 @@ def main(argv=None):
     """``python -m quickstart.sample [DATA_DIR]``: build the text files, print their paths."""
     parser = argparse.ArgumentParser(
         prog="python -m quickstart.sample",
-        description="Verify data/mnist and write the CNTK text files the sample job reads.")
-    parser.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA_DIR),
-                        help="folder holding mnist/ (default: %(default)s)")
+        description="Verify data/mnist and write the CNTK text files the sample job reads.",
+    )
+    parser.add_argument(
+        "data_dir",
+        nargs="?",
+        default=str(DEFAULT_DATA_DIR),
+        help="folder holding mnist/ (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         for path in build_ctf_files(args.data_dir):
             print(path)
     except SampleDataError as error:
-        print("error: {}".format(error), file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

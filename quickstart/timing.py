@@ -4,6 +4,7 @@ A user who waited several minutes wants to know where they went (starting the lo
 uploading, allocating the cluster, training, downloading) without a profiler, and the README's
 figures are taken from the same line.
 """
+
 import contextlib
 import time
 
@@ -28,13 +29,13 @@ class StepClock:
     def summary(self):
         """One line: the total since the clock was made, then each step's share of it."""
         total = self.clock() - self.started
-        parts = ", ".join("{} {}".format(name, format_seconds(s)) for name, s in self.seconds.items())
-        return "Wall time: {} in all ({})".format(format_seconds(total), parts)
+        parts = ", ".join(f"{name} {format_seconds(s)}" for name, s in self.seconds.items())
+        return f"Wall time: {format_seconds(total)} in all ({parts})"
 
 
 def format_seconds(seconds):
     """1.2 s, 12.3 s, 4m05.1s: short, and the same at every size so lines compare at a glance."""
     if seconds < 60:
-        return "{:.1f} s".format(seconds)
+        return f"{seconds:.1f} s"
     minutes, rest = divmod(seconds, 60)
-    return "{:d}m{:04.1f}s".format(int(minutes), rest)
+    return f"{int(minutes):d}m{rest:04.1f}s"

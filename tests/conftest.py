@@ -6,6 +6,7 @@ stops it after the test. ``make_resource_client`` / ``make_file_service`` /
 ServicePrincipalCredentials through an msrestazure Cloud, FileService through the connection
 string, both trusting ``ca_cert``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,18 +20,23 @@ def make_credentials(connection: dict, secret: str | None = None):
     from msrestazure.azure_active_directory import ServicePrincipalCredentials
 
     return ServicePrincipalCredentials(
-        connection["client_id"], secret if secret is not None else connection["client_secret"],
-        tenant=connection["tenant"], cloud_environment=azure_cloud(connection),
-        verify=connection["ca_cert"])
+        connection["client_id"],
+        secret if secret is not None else connection["client_secret"],
+        tenant=connection["tenant"],
+        cloud_environment=azure_cloud(connection),
+        verify=connection["ca_cert"],
+    )
 
 
 def make_resource_client(connection: dict, credentials=None):
     """azure-mgmt-resource's ResourceManagementClient against the local cloud."""
     from azure.mgmt.resource import ResourceManagementClient
 
-    client = ResourceManagementClient(credentials or make_credentials(connection),
-                                      connection["subscription_id"],
-                                      base_url=connection["resource_manager_url"])
+    client = ResourceManagementClient(
+        credentials or make_credentials(connection),
+        connection["subscription_id"],
+        base_url=connection["resource_manager_url"],
+    )
     client.config.connection.verify = connection["ca_cert"]
     return client
 
@@ -39,9 +45,11 @@ def make_batchai_client(connection: dict, credentials=None):
     """azure-mgmt-batchai's BatchAIManagementClient against the local cloud."""
     from azure.mgmt.batchai import BatchAIManagementClient
 
-    client = BatchAIManagementClient(credentials or make_credentials(connection),
-                                     connection["subscription_id"],
-                                     base_url=connection["resource_manager_url"])
+    client = BatchAIManagementClient(
+        credentials or make_credentials(connection),
+        connection["subscription_id"],
+        base_url=connection["resource_manager_url"],
+    )
     client.config.connection.verify = connection["ca_cert"]
     return client
 
@@ -51,8 +59,10 @@ def make_file_service(connection: dict, connection_string: str | None = None, se
     ``requests_session`` unless another ``session`` is given)."""
     from azure.storage.file import FileService
 
-    return FileService(connection_string=connection_string or connection["storage_connection_string"],
-                       request_session=session or requests_session(connection))
+    return FileService(
+        connection_string=connection_string or connection["storage_connection_string"],
+        request_session=session or requests_session(connection),
+    )
 
 
 @pytest.fixture
@@ -79,6 +89,7 @@ def file_service(local_cloud):
 def clear_azure_environment(monkeypatch):
     """Unset every environment variable the settings read, so a test sees only its own config."""
     from quickstart.config import SCHEMA
+
     for setting in SCHEMA:
         for name in setting.env:
             monkeypatch.delenv(name, raising=False)

@@ -3,14 +3,19 @@
 Every stand-in is `unittest.mock.create_autospec` of the real SDK class, so a call with a wrong
 name or signature fails the test just as it would fail against Azure.
 """
+
 import contextlib
 import json
 from unittest.mock import Mock, create_autospec, patch
 
 import requests
 from azure.mgmt.batchai import BatchAIManagementClient, models
-from azure.mgmt.batchai.operations import (ClustersOperations, ExperimentsOperations, JobsOperations,
-                                           WorkspacesOperations)
+from azure.mgmt.batchai.operations import (
+    ClustersOperations,
+    ExperimentsOperations,
+    JobsOperations,
+    WorkspacesOperations,
+)
 from azure.mgmt.resource import ResourceManagementClient
 from azure.mgmt.resource.resources.v2021_04_01.operations import ResourceGroupsOperations
 from azure.storage.file import FileService
@@ -19,8 +24,10 @@ from msrestazure.azure_exceptions import CloudError
 from quickstart.config import Settings
 
 SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
-CLUSTER_ID = ("/subscriptions/{}/resourceGroups/myresourcegroup/providers/Microsoft.BatchAI/"
-              "workspaces/myworkspace/clusters/mycluster".format(SUBSCRIPTION))
+CLUSTER_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/myresourcegroup/providers/Microsoft.BatchAI/"
+    "workspaces/myworkspace/clusters/mycluster"
+)
 # Recognisable secrets: tests assert they never reach any output.
 CLIENT_SECRET = "CLIENT-SECRET-d41d8cd98f"
 STORAGE_KEY = "U1RPUkFHRUtFWWQ0MWQ4Y2Q5OGY="
@@ -28,10 +35,18 @@ ADMIN_PASSWORD = "ADMIN-PASSWORD-8f00b204e9"
 
 
 def azure_settings(**changes):
-    settings = Settings(cloud="AzureCloud", tenant_id="mytenant", client_id="myclient",
-                        client_secret=CLIENT_SECRET, subscription_id=SUBSCRIPTION, storage_account="mystorage",
-                        storage_key=STORAGE_KEY, admin_user_name="demouser", admin_user_password=ADMIN_PASSWORD,
-                        poll_interval=0.01)
+    settings = Settings(
+        cloud="AzureCloud",
+        tenant_id="mytenant",
+        client_id="myclient",
+        client_secret=CLIENT_SECRET,
+        subscription_id=SUBSCRIPTION,
+        storage_account="mystorage",
+        storage_key=STORAGE_KEY,
+        admin_user_name="demouser",
+        admin_user_password=ADMIN_PASSWORD,
+        poll_interval=0.01,
+    )
     return settings.replace(**changes)
 
 
@@ -55,8 +70,12 @@ def http_response(status, content=b"", headers=None):
 
 
 def cluster(allocation="steady", idle=0, preparing=0, running=0, current=0, errors=None, target=1):
-    result = models.Cluster(vm_size="STANDARD_NC6", scale_settings=models.ScaleSettings(
-        manual=models.ManualScaleSettings(target_node_count=target)))
+    result = models.Cluster(
+        vm_size="STANDARD_NC6",
+        scale_settings=models.ScaleSettings(
+            manual=models.ManualScaleSettings(target_node_count=target)
+        ),
+    )
     result.id = CLUSTER_ID
     result.name = "mycluster"
     result.allocation_state = allocation
@@ -64,7 +83,11 @@ def cluster(allocation="steady", idle=0, preparing=0, running=0, current=0, erro
     result.errors = errors
     result.node_state_counts = models.NodeStateCounts()
     counts = result.node_state_counts
-    counts.idle_node_count, counts.running_node_count, counts.preparing_node_count = idle, running, preparing
+    counts.idle_node_count, counts.running_node_count, counts.preparing_node_count = (
+        idle,
+        running,
+        preparing,
+    )
     counts.unusable_node_count = counts.leaving_node_count = 0
     return result
 
@@ -106,15 +129,25 @@ class FakeAzure:
         self.files.primary_endpoint = "mystorage.file.core.windows.net"
         self.http = create_autospec(requests.Session, instance=True)
         self.calls = Mock()
-        for group, operations in (("resource_groups", self.resources.resource_groups),
-                                  ("workspaces", self.batchai.workspaces), ("clusters", self.batchai.clusters),
-                                  ("experiments", self.batchai.experiments), ("jobs", self.batchai.jobs)):
+        for group, operations in (
+            ("resource_groups", self.resources.resource_groups),
+            ("workspaces", self.batchai.workspaces),
+            ("clusters", self.batchai.clusters),
+            ("experiments", self.batchai.experiments),
+            ("jobs", self.batchai.jobs),
+        ):
             real_class = operations._spec_class
             for name in dir(real_class):
                 if not name.startswith("_") and callable(getattr(real_class, name)):
-                    self.calls.attach_mock(getattr(operations, name), "{}.{}".format(group, name))
-        for name in ("create_share", "create_directory", "get_file_properties", "create_file_from_path",
-                     "set_file_properties", "delete_share"):
+                    self.calls.attach_mock(getattr(operations, name), f"{group}.{name}")
+        for name in (
+            "create_share",
+            "create_directory",
+            "get_file_properties",
+            "create_file_from_path",
+            "set_file_properties",
+            "delete_share",
+        ):
             self.calls.attach_mock(getattr(self.files, name), "files." + name)
 
     def call_names(self):
@@ -133,11 +166,17 @@ class FakeAzure:
 def patched_sdk():
     """Every SDK constructor the tutorial calls, patched to hand out one FakeAzure's clients."""
     fake = FakeAzure()
-    with patch("quickstart.steps.ServicePrincipalCredentials", autospec=True) as credentials, \
-            patch("azure.mgmt.batchai.BatchAIManagementClient", return_value=fake.batchai) as batchai_client, \
-            patch("quickstart.steps.ResourceManagementClient", return_value=fake.resources) as resource_client, \
-            patch("quickstart.steps.FileService", return_value=fake.files) as file_service, \
-            patch("quickstart.steps.whole_body_session", return_value=fake.http):
+    with (
+        patch("quickstart.steps.ServicePrincipalCredentials", autospec=True) as credentials,
+        patch(
+            "azure.mgmt.batchai.BatchAIManagementClient", return_value=fake.batchai
+        ) as batchai_client,
+        patch(
+            "quickstart.steps.ResourceManagementClient", return_value=fake.resources
+        ) as resource_client,
+        patch("quickstart.steps.FileService", return_value=fake.files) as file_service,
+        patch("quickstart.steps.whole_body_session", return_value=fake.http),
+    ):
         fake.credentials_class, fake.batchai_class = credentials, batchai_client
         fake.resource_class, fake.file_service_class = resource_client, file_service
         yield fake

@@ -3,13 +3,13 @@
 The script must also stay valid Python 3.5 (the CNTK 2.1 container), keep the recipe's CNTK
 code, read CNTK text strictly and quickly, and fail on bad input with one line, no traceback.
 """
+
 import ast
 import math
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,8 @@ SHORT_RUN_ERROR_BOUND = 4.5  # percent
 
 FINISHED = re.compile(
     r"^Finished Epoch\[(\d+) of (\d+)\]: \[Training\] loss = (\d+\.\d{6}) \* (\d+), "
-    r"metric = (\d+\.\d{2})% \* (\d+) (\d+\.\d{3})s \( *\d+\.\d samples/s\);$")
+    r"metric = (\d+\.\d{2})% \* (\d+) (\d+\.\d{3})s \( *\d+\.\d samples/s\);$"
+)
 FINAL = re.compile(r"^Final Results: Minibatch\[1-(\d+)\]: errs = (\d+\.\d{2})% \* 10000$")
 
 
@@ -51,11 +52,17 @@ def data_dir():
 
 
 def run_script(*args, timeout=300):
-    return subprocess.run([sys.executable, str(SCRIPT)] + [str(a) for a in args],
-                          cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT)] + [str(a) for a in args],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --- the file itself --------------------------------------------------------------------------
+
 
 def test_whole_script_is_python_3_5_syntax():
     ast.parse(SCRIPT.read_text(encoding="utf-8"), feature_version=(3, 5))
@@ -63,16 +70,23 @@ def test_whole_script_is_python_3_5_syntax():
 
 def test_cntk_branch_is_the_recipe_against_the_cntk_2_1_api():
     source = SCRIPT.read_text(encoding="utf-8")
-    for call in ("cntk.io.CTFDeserializer(", "cntk.io.INFINITELY_REPEAT",
-                 "cntk.layers.Convolution2D((5, 5), 32, pad=True)",
-                 "cntk.layers.MaxPooling((3, 3), (2, 2))", "cntk.layers.Dropout(0.5)",
-                 "cntk.losses.cross_entropy_with_softmax(", "cntk.metrics.classification_error(",
-                 "cntk.learning_rate_schedule(LR_PER_SAMPLE, cntk.learners.UnitType.sample",
-                 "cntk.learners.momentum_as_time_constant_schedule(MOMENTUM_TIME_CONSTANT",
-                 "cntk.learners.momentum_sgd(z.parameters, lr_schedule, mm_schedule)",
-                 "cntk.logging.ProgressPrinter(tag='Training', num_epochs=max_epochs)",
-                 "trainer.summarize_training_progress()", "'ConvNet_MNIST_{}.dnn'",
-                 "trainer.test_minibatch(data)", "cntk.logging.log_number_of_parameters(z)"):
+    for call in (
+        "cntk.io.CTFDeserializer(",
+        "cntk.io.INFINITELY_REPEAT",
+        "cntk.layers.Convolution2D((5, 5), 32, pad=True)",
+        "cntk.layers.MaxPooling((3, 3), (2, 2))",
+        "cntk.layers.Dropout(0.5)",
+        "cntk.losses.cross_entropy_with_softmax(",
+        "cntk.metrics.classification_error(",
+        "cntk.learning_rate_schedule(LR_PER_SAMPLE, cntk.learners.UnitType.sample",
+        "cntk.learners.momentum_as_time_constant_schedule(MOMENTUM_TIME_CONSTANT",
+        "cntk.learners.momentum_sgd(z.parameters, lr_schedule, mm_schedule)",
+        "cntk.logging.ProgressPrinter(tag='Training', num_epochs=max_epochs)",
+        "trainer.summarize_training_progress()",
+        "'ConvNet_MNIST_{}.dnn'",
+        "trainer.test_minibatch(data)",
+        "cntk.logging.log_number_of_parameters(z)",
+    ):
         assert call in source, call
     assert ConvNet_MNIST.LR_PER_SAMPLE == [0.001] * 10 + [0.0005] * 10 + [0.0001]
     assert ConvNet_MNIST.MOMENTUM_TIME_CONSTANT == [0] * 5 + [1024]
@@ -81,11 +95,22 @@ def test_cntk_branch_is_the_recipe_against_the_cntk_2_1_api():
 
 # --- the network ------------------------------------------------------------------------------
 
+
 def test_network_has_the_recipes_98778_parameters_in_10_tensors():
     model = ConvNet()
     shapes = [tuple(p.shape) for p in model.parameters()]
-    assert shapes == [(32, 1, 5, 5), (32,), (48, 32, 3, 3), (48,), (64, 48, 3, 3), (64,),
-                      (96, 576), (96,), (10, 96), (10,)]
+    assert shapes == [
+        (32, 1, 5, 5),
+        (32,),
+        (48, 32, 3, 3),
+        (48,),
+        (64, 48, 3, 3),
+        (64,),
+        (96, 576),
+        (96,),
+        (10, 96),
+        (10,),
+    ]
     assert sum(p.numel() for p in model.parameters()) == 98778
 
 
@@ -119,8 +144,21 @@ def test_input_is_scaled_by_1_over_256_inside_the_model():
     model = ConvNet().eval()
     pixels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     scaled = pixels.float().reshape(4, 1, 28, 28) / 256
-    expected = model.z(F.relu(model.f4(F.relu(model.conv3(F.max_pool2d(F.relu(model.conv2(
-        F.max_pool2d(F.relu(model.conv1(scaled)), 3, 2))), 3, 2))).flatten(1))))
+    expected = model.z(
+        F.relu(
+            model.f4(
+                F.relu(
+                    model.conv3(
+                        F.max_pool2d(
+                            F.relu(model.conv2(F.max_pool2d(F.relu(model.conv1(scaled)), 3, 2))),
+                            3,
+                            2,
+                        )
+                    )
+                ).flatten(1)
+            )
+        )
+    )
     assert torch.allclose(model(pixels), expected, atol=1e-6)
 
 
@@ -158,7 +196,7 @@ def test_cpu_training_step_has_autograds_values_and_gradients(batch, mode):
     fast_logits, fast_loss = fast.train_step_cpu(pixels, labels)
     assert torch.allclose(slow_logits, fast_logits, atol=1e-5)
     assert fast_loss.item() == pytest.approx(slow_loss.item(), rel=1e-5)
-    for (name, slow), quick in zip(reference.named_parameters(), fast.parameters()):
+    for (name, slow), quick in zip(reference.named_parameters(), fast.parameters(), strict=False):
         assert quick.grad.shape == slow.shape, name
         assert torch.allclose(slow.grad, quick.grad, rtol=1e-4, atol=1e-6), name
 
@@ -180,8 +218,9 @@ def test_fast_cpu_forward_has_forwards_values():
     pixels, _ = mnist_like_batch(37)
     reference, fast = perturbed_pair()
     with torch.no_grad():
-        assert torch.allclose(reference.eval()(pixels), fast.eval().forward_cpu_fast(pixels),
-                              atol=1e-5)
+        assert torch.allclose(
+            reference.eval()(pixels), fast.eval().forward_cpu_fast(pixels), atol=1e-5
+        )
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +228,12 @@ def conv1_kernels():
     try:
         return ConvNet_MNIST.Conv1PoolKernels.build(torch)
     except ConvNet_MNIST.KernelsUnavailable as reason:
-        pytest.skip("compiled conv1 kernels unavailable here: {}".format(reason))
+        pytest.skip(f"compiled conv1 kernels unavailable here: {reason}")
 
 
 @pytest.mark.parametrize("batch", [1, 37, 64])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_kernels, batch,
-                                                                        mode):
+def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_kernels, batch, mode):
     torch.manual_seed(8)
     pixels, labels = mnist_like_batch(batch)  # blank rows: ties inside pooling windows
     operators, compiled = perturbed_pair()
@@ -209,11 +247,16 @@ def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_ke
     logits, loss = compiled.train_step_cpu(pixels, labels)
     assert torch.allclose(logits, expected_logits, atol=1e-5)
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)
-    for (name, expected), got in zip(operators.named_parameters(), compiled.parameters()):
+    for (name, expected), got in zip(
+        operators.named_parameters(), compiled.parameters(), strict=False
+    ):
         assert torch.allclose(got.grad, expected.grad, rtol=1e-4, atol=1e-7), name
     with torch.no_grad():
-        assert torch.allclose(compiled.eval().forward_cpu_fast(pixels),
-                              operators.eval().forward_cpu_fast(pixels), atol=1e-5)
+        assert torch.allclose(
+            compiled.eval().forward_cpu_fast(pixels),
+            operators.eval().forward_cpu_fast(pixels),
+            atol=1e-5,
+        )
 
 
 def test_compiled_conv1_kernels_route_each_gradient_to_the_pools_maximum(conv1_kernels):
@@ -229,7 +272,7 @@ def test_compiled_conv1_kernels_route_each_gradient_to_the_pools_maximum(conv1_k
     grad = torch.zeros(1, 13, 13, 32)
     grad[0, 6, 4, 5] = 1.0
     grad = grad.permute(0, 3, 1, 2)
-    for got, expected in zip(backward(grad), backward_ops(grad)):
+    for got, expected in zip(backward(grad), backward_ops(grad), strict=False):
         assert torch.allclose(got, expected.reshape(got.shape), atol=1e-7)
     assert backward(grad)[1].nonzero().flatten().tolist() == [5]
 
@@ -260,7 +303,7 @@ def test_training_with_the_kernels_is_reproducible_from_the_seed(conv1_kernels):
         model = ConvNet()
         model.conv1_kernels = conv1_kernels
         optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
-        for step in range(4):
+        for _step in range(4):
             pixels, labels = mnist_like_batch(64)
             model.train_step_cpu(pixels, labels)
             optimizer.step(0.001, 1024, 64)
@@ -276,13 +319,15 @@ def test_a_failing_compiler_makes_the_kernels_unavailable_with_its_reason(monkey
         ConvNet_MNIST.Conv1PoolKernels.build(torch)
 
 
-def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(conv1_kernels, tmp_path,
-                                                                     monkeypatch):
+def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(
+    conv1_kernels, tmp_path, monkeypatch
+):
     """As on a CPU without AVX2: the compile fails, and the reason is the compiler's error line,
     not the first line of its output."""
     compiler = tmp_path / "cc-without-avx2"
-    compiler.write_text('#!/bin/sh\nexec {} "$@" -mno-avx2 -mno-fma\n'.format(
-        os.environ.get("CC", "cc")))
+    compiler.write_text(
+        '#!/bin/sh\nexec {} "$@" -mno-avx2 -mno-fma\n'.format(os.environ.get("CC", "cc"))
+    )
     compiler.chmod(0o755)
     monkeypatch.setenv("CC", str(compiler))
     with pytest.raises(ConvNet_MNIST.KernelsUnavailable) as raised:
@@ -293,12 +338,27 @@ def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(conv1_kerne
 
 def test_without_a_c_compiler_the_script_trains_with_the_operators(tmp_path, data_dir):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), data_dir, str(tmp_path / "models"), "--max-epochs", "1",
-         "--epoch-size", "640"], cwd=str(REPO), capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, CC=str(tmp_path / "no-such-compiler")))
+        [
+            sys.executable,
+            str(SCRIPT),
+            data_dir,
+            str(tmp_path / "models"),
+            "--max-epochs",
+            "1",
+            "--epoch-size",
+            "640",
+        ],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, CC=str(tmp_path / "no-such-compiler")),
+    )
     assert result.returncode == 0, result.stderr
-    assert ("conv1 and its max-pool run as PyTorch operators: the compiled kernels are "
-            "unavailable (no C compiler") in result.stderr
+    assert (
+        "conv1 and its max-pool run as PyTorch operators: the compiled kernels are "
+        "unavailable (no C compiler"
+    ) in result.stderr
     assert (tmp_path / "models" / "ConvNet_MNIST_0.pt").is_file()
 
 
@@ -307,22 +367,24 @@ def test_dropout_is_active_in_training_and_off_in_eval():
     model = ConvNet()
     pixels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
     labels = torch.zeros(8, dtype=torch.int64)
-    assert not torch.equal(model.train_step_cpu(pixels, labels)[0],
-                           model.train_step_cpu(pixels, labels)[0])
+    assert not torch.equal(
+        model.train_step_cpu(pixels, labels)[0], model.train_step_cpu(pixels, labels)[0]
+    )
     assert not torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
     model.eval()
-    assert torch.equal(model.train_step_cpu(pixels, labels)[0],
-                       model.train_step_cpu(pixels, labels)[0])
+    assert torch.equal(
+        model.train_step_cpu(pixels, labels)[0], model.train_step_cpu(pixels, labels)[0]
+    )
     assert torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
 
 
 # --- the schedule and the update --------------------------------------------------------------
 
+
 def test_schedules_by_epoch():
     lr = [ConvNet_MNIST.schedule_value(ConvNet_MNIST.LR_PER_SAMPLE, e) for e in range(40)]
     assert lr == [0.001] * 10 + [0.0005] * 10 + [0.0001] * 20
-    tau = [ConvNet_MNIST.schedule_value(ConvNet_MNIST.MOMENTUM_TIME_CONSTANT, e)
-           for e in range(40)]
+    tau = [ConvNet_MNIST.schedule_value(ConvNet_MNIST.MOMENTUM_TIME_CONSTANT, e) for e in range(40)]
     assert tau == [0] * 5 + [1024] * 35
 
 
@@ -368,12 +430,13 @@ def test_full_minibatches_match_torch_sgd_with_lr_times_b_and_dampening_mu():
             optimizer.step(0.0005, 1024, b)
             for parameter in theirs.parameters():
                 reference.state[parameter]["momentum_buffer"] = (1 - mu) * parameter.grad.clone()
-                parameter.data.add_(reference.state[parameter]["momentum_buffer"],
-                                    alpha=-0.0005 * b)
+                parameter.data.add_(
+                    reference.state[parameter]["momentum_buffer"], alpha=-0.0005 * b
+                )
             continue
         optimizer.step(0.0005, 1024, b)
         reference.step()
-        for mine, torchs in zip(ours.parameters(), theirs.parameters()):
+        for mine, torchs in zip(ours.parameters(), theirs.parameters(), strict=False):
             assert torch.allclose(mine, torchs, atol=1e-6), step
 
 
@@ -385,7 +448,7 @@ def test_without_momentum_it_is_plain_sgd_with_lr_times_minibatch_size():
     _gradients(model, 0, 16)
     grads = [p.grad.clone() for p in model.parameters()]
     optimizer.step(0.001, 0, 16)
-    for start, grad, after in zip(before, grads, model.parameters()):
+    for start, grad, after in zip(before, grads, model.parameters(), strict=False):
         assert torch.allclose(after, start - 0.016 * grad, atol=1e-7)
 
 
@@ -408,11 +471,12 @@ def test_optimizer_buffers_keep_every_tensors_shape_values_and_update(tmp_path):
     assert all(tensor.is_contiguous() for tensor in saved.values())
     fresh = ConvNet()
     fresh.load_state_dict(saved)
-    for (name, trained), loaded in zip(model.named_parameters(), fresh.parameters()):
+    for (name, trained), loaded in zip(model.named_parameters(), fresh.parameters(), strict=False):
         assert torch.equal(loaded, trained.detach()), name
 
 
 # --- the data order ---------------------------------------------------------------------------
+
 
 def _stream(seed, count=100):
     generator = torch.Generator()
@@ -437,7 +501,8 @@ def test_order_is_reproducible_from_the_seed():
 # --- the CNTK text reader ---------------------------------------------------------------------
 
 GOOD_LINE = "|labels 0 0 1 0 0 0 0 0 0 0 |features " + " ".join(
-    str(v) for v in ([0] * 700 + [255, 17, 3] + [0] * 81))
+    str(v) for v in ([0] * 700 + [255, 17, 3] + [0] * 81)
+)
 
 
 def _read(tmp_path, lines, end="\n"):
@@ -447,8 +512,7 @@ def _read(tmp_path, lines, end="\n"):
 
 
 def test_reader_parses_values_and_one_hot_labels(tmp_path):
-    features, labels = _read(tmp_path, [GOOD_LINE, GOOD_LINE.replace("0 0 1 0", "0 0 0 1")],
-                             end="")
+    features, labels = _read(tmp_path, [GOOD_LINE, GOOD_LINE.replace("0 0 1 0", "0 0 0 1")], end="")
     assert features.dtype == np.uint8 and features.shape == (2, 784)
     assert features[0, 700:703].tolist() == [255, 17, 3] and features[0].sum() == 275
     assert labels.tolist() == [2, 3]
@@ -459,22 +523,25 @@ def test_reader_accepts_windows_line_ends_and_tabs(tmp_path):
     assert labels.tolist() == [2, 2] and features[1, 701] == 17
 
 
-@pytest.mark.parametrize("line,what", [
-    (GOOD_LINE + " 0", "785 feature values"),
-    (GOOD_LINE.rsplit(" ", 1)[0], "783 feature values"),
-    (GOOD_LINE.replace("|labels 0 0 1", "|labels 0 1"), "9 label values"),
-    (GOOD_LINE.replace("|features", "|featurez"), 'field "|featurez" is not "|features"'),
-    (GOOD_LINE.replace(" 17 ", " 1x7 "), "unexpected character 'x'"),
-    (GOOD_LINE.replace(" 17 ", " 0.5 "), "unexpected character '.'"),
-    (GOOD_LINE.replace(" 17 ", " -17 "), "unexpected character '-'"),
-    (GOOD_LINE.replace(" 17 ", " 256 "), "a pixel value is above 255"),
-    (GOOD_LINE.replace(" 17 ", " 0017 "), "a value has more than 3 digits"),
-    (GOOD_LINE.replace("0 0 1 0", "0 1 1 0"), "labels are not one-hot"),
-    (GOOD_LINE.replace("0 0 1 0", "0 0 2 0"), "labels are not one-hot"),
-    (GOOD_LINE.replace("|labels ", ""), "1 fields instead of 2"),
-    ("", "0 fields instead of 2"),
-    ("7 " + GOOD_LINE, 'it does not start with "|labels"'),
-])
+@pytest.mark.parametrize(
+    "line,what",
+    [
+        (GOOD_LINE + " 0", "785 feature values"),
+        (GOOD_LINE.rsplit(" ", 1)[0], "783 feature values"),
+        (GOOD_LINE.replace("|labels 0 0 1", "|labels 0 1"), "9 label values"),
+        (GOOD_LINE.replace("|features", "|featurez"), 'field "|featurez" is not "|features"'),
+        (GOOD_LINE.replace(" 17 ", " 1x7 "), "unexpected character 'x'"),
+        (GOOD_LINE.replace(" 17 ", " 0.5 "), "unexpected character '.'"),
+        (GOOD_LINE.replace(" 17 ", " -17 "), "unexpected character '-'"),
+        (GOOD_LINE.replace(" 17 ", " 256 "), "a pixel value is above 255"),
+        (GOOD_LINE.replace(" 17 ", " 0017 "), "a value has more than 3 digits"),
+        (GOOD_LINE.replace("0 0 1 0", "0 1 1 0"), "labels are not one-hot"),
+        (GOOD_LINE.replace("0 0 1 0", "0 0 2 0"), "labels are not one-hot"),
+        (GOOD_LINE.replace("|labels ", ""), "1 fields instead of 2"),
+        ("", "0 fields instead of 2"),
+        ("7 " + GOOD_LINE, 'it does not start with "|labels"'),
+    ],
+)
 def test_reader_names_the_line_and_the_problem(tmp_path, line, what):
     with pytest.raises(ConvNet_MNIST.InputError) as caught:
         _read(tmp_path, [GOOD_LINE, line, GOOD_LINE])
@@ -490,18 +557,22 @@ def test_reader_rejects_an_empty_file(tmp_path):
 
 # --- the command line -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,what", [
-    ([], "the following arguments are required: DATA_DIR, MODEL_DIR"),
-    (["{data}", "{out}", "--max-epochs", "0"], "argument --max-epochs: 0 must be at least 1"),
-    (["{data}", "{out}", "--minibatch-size", "x"], "'x' is not a whole number"),
-    (["{data}", "{out}", "--epoch-size", "-5"], "-5 must be at least 1"),
-    (["{data}", "{out}", "--learning-rate", "1"], "unrecognized arguments: --learning-rate"),
-    (["{data}", "{out}", "--device", "tpu"], "invalid choice: 'tpu'"),
-    (["{data}", "{out}", "--seed", "-1"], "-1 is not in 0..2**63-1"),
-    (["{tmp}/nowhere", "{out}"], "data folder {tmp}/nowhere does not exist"),
-    (["{tmp}", "{out}"], "{tmp}/Train-28x28_cntk_text.txt is missing"),
-    (["{data}", "{tmp}/file"], "model folder {tmp}/file is a file, not a folder"),
-])
+
+@pytest.mark.parametrize(
+    "args,what",
+    [
+        ([], "the following arguments are required: DATA_DIR, MODEL_DIR"),
+        (["{data}", "{out}", "--max-epochs", "0"], "argument --max-epochs: 0 must be at least 1"),
+        (["{data}", "{out}", "--minibatch-size", "x"], "'x' is not a whole number"),
+        (["{data}", "{out}", "--epoch-size", "-5"], "-5 must be at least 1"),
+        (["{data}", "{out}", "--learning-rate", "1"], "unrecognized arguments: --learning-rate"),
+        (["{data}", "{out}", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["{data}", "{out}", "--seed", "-1"], "-1 is not in 0..2**63-1"),
+        (["{tmp}/nowhere", "{out}"], "data folder {tmp}/nowhere does not exist"),
+        (["{tmp}", "{out}"], "{tmp}/Train-28x28_cntk_text.txt is missing"),
+        (["{data}", "{tmp}/file"], "model folder {tmp}/file is a file, not a folder"),
+    ],
+)
 def test_bad_arguments_get_one_line_and_exit_status_2(tmp_path, data_dir, args, what):
     (tmp_path / "file").write_text("x")
     values = dict(data=data_dir, out=tmp_path / "out", tmp=tmp_path)
@@ -519,13 +590,24 @@ def test_garbled_data_gets_one_line_and_exit_status_2(tmp_path, data_dir):
     result = run_script(tmp_path, tmp_path / "models", timeout=120)
     assert result.returncode == 2, result.stderr
     last = result.stderr.splitlines()[-1]
-    assert last.startswith("ConvNet_MNIST.py: error: ") and "Train-28x28_cntk_text.txt: line 2" in last
+    assert (
+        last.startswith("ConvNet_MNIST.py: error: ") and "Train-28x28_cntk_text.txt: line 2" in last
+    )
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "models").iterdir())
 
 
-@pytest.mark.parametrize("setting, threads", [
-    (None, "every core"), ("1", 1), ("3", 3), ("4,2", 4), ("0", "every core"), ("many", "every core")])
+@pytest.mark.parametrize(
+    "setting, threads",
+    [
+        (None, "every core"),
+        ("1", 1),
+        ("3", 3),
+        ("4,2", 4),
+        ("0", "every core"),
+        ("many", "every core"),
+    ],
+)
 def test_cpu_threads_are_every_core_unless_omp_num_threads_says_otherwise(setting, threads):
     environ = {} if setting is None else {"OMP_NUM_THREADS": setting}
     expected = len(os.sched_getaffinity(0)) if threads == "every core" else threads
@@ -537,24 +619,36 @@ def test_asking_for_a_gpu_where_there_is_none_is_one_line(tmp_path, data_dir):
     result = run_script(data_dir, tmp_path / "out", "--device", "cuda", timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        "ConvNet_MNIST.py: error: --device cuda: no CUDA GPU is available to PyTorch here")
+        "ConvNet_MNIST.py: error: --device cuda: no CUDA GPU is available to PyTorch here"
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_help_describes_the_arguments():
     result = run_script("--help", timeout=60)
     assert result.returncode == 0
-    for option in ("DATA_DIR", "MODEL_DIR", "--max-epochs", "--minibatch-size", "--epoch-size",
-                   "--seed", "--device"):
+    for option in (
+        "DATA_DIR",
+        "MODEL_DIR",
+        "--max-epochs",
+        "--minibatch-size",
+        "--epoch-size",
+        "--seed",
+        "--device",
+    ):
         assert option in result.stderr
 
 
 def test_short_training_streams_the_recipes_lines_and_learns(tmp_path, data_dir):
     """3 epochs of 10,000 samples: the recipe's output, model files, and a test error bound."""
     models = tmp_path / "models"
-    process = subprocess.Popen([sys.executable, str(SCRIPT), data_dir, str(models)] + SHORT_RUN,
-                               cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), data_dir, str(models)] + SHORT_RUN,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines, alive_at_first_epoch = [], None
     for line in process.stderr:  # stderr as the job streams it, line by line
         lines.append(line.rstrip("\n"))
@@ -569,21 +663,25 @@ def test_short_training_streams_the_recipes_lines_and_learns(tmp_path, data_dir)
     assert "Momentum per 1 samples: 0.0" in lines
     epochs = [FINISHED.match(line) for line in lines if line.startswith("Finished Epoch")]
     assert [m and (m.group(1), m.group(2), m.group(4), m.group(6)) for m in epochs] == [
-        (str(k), "3", "10000", "10000") for k in (1, 2, 3)]
+        (str(k), "3", "10000", "10000") for k in (1, 2, 3)
+    ]
     losses = [float(m.group(3)) for m in epochs]
     assert losses[0] > losses[1] > losses[2]
     finals = [FINAL.match(line) for line in lines if line.startswith("Final Results")]
     assert len(finals) == 1 and finals[0], lines[-3:]
     assert finals[0].group(1) == "11"  # the recipe's own off-by-one, kept as it printed
     error = float(finals[0].group(2))
-    assert error <= SHORT_RUN_ERROR_BOUND, "test error {}% over the bound".format(error)
+    assert error <= SHORT_RUN_ERROR_BOUND, f"test error {error}% over the bound"
 
     assert sorted(p.name for p in models.iterdir()) == [
-        "ConvNet_MNIST_0.pt", "ConvNet_MNIST_1.pt", "ConvNet_MNIST_2.pt"]
+        "ConvNet_MNIST_0.pt",
+        "ConvNet_MNIST_1.pt",
+        "ConvNet_MNIST_2.pt",
+    ]
     model = ConvNet()
     model.load_state_dict(torch.load(str(models / "ConvNet_MNIST_2.pt")))  # the README's line
     model.eval()
     features, labels = ConvNet_MNIST.read_ctf(str(Path(data_dir) / "Test-28x28_cntk_text.txt"))
     with torch.no_grad():
         predicted = model(torch.from_numpy(features)).argmax(1).numpy()
-    assert "{:0.2f}".format(100.0 * (predicted != labels).mean()) == finals[0].group(2)
+    assert f"{100.0 * (predicted != labels).mean():0.2f}" == finals[0].group(2)

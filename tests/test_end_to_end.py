@@ -7,6 +7,7 @@ exists and uploads nothing, watched by `status` from another terminal and stoppe
 third run that reattaches to the job left running instead of starting another; teardown twice;
 then nothing left: no resource in the local cloud and no process of ours.
 """
+
 import json
 import os
 import re
@@ -36,7 +37,7 @@ def workdir(tmp_path):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert not leftovers, "processes left running: {}".format(leftovers)
+    assert not leftovers, f"processes left running: {leftovers}"
 
 
 def processes_under(folder):
@@ -61,15 +62,26 @@ def user_env():
     """The environment of a user with no quickstart or Azure settings; output unbuffered."""
     names = {name for setting in SCHEMA for name in setting.env} | {"QUICKSTART_DEBUG"}
     env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", QUICKSTART_POLL_INTERVAL="0.2",
-               QUICKSTART_EXTRA_ARGS=TINY_TRAINING)
+    env.update(
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        QUICKSTART_POLL_INTERVAL="0.2",
+        QUICKSTART_EXTRA_ARGS=TINY_TRAINING,
+    )
     return env
 
 
 def quickstart(workdir, *args):
     """Run one command to its end; returns (exit status, stdout + stderr)."""
-    result = subprocess.run([sys.executable, "-m", "quickstart"] + list(args), cwd=str(workdir), env=user_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=COMMAND_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "quickstart"] + list(args),
+        cwd=str(workdir),
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
     return result.returncode, result.stdout
 
 
@@ -94,15 +106,26 @@ def submitted_job(output):
 def assert_trained_and_downloaded(output, workdir, job):
     assert re.search(r"^\d\d:\d\d:\d\d Job state: running$", output, re.M)
     assert "Finished Epoch[1 of 1]" in output
-    assert "Job {} succeeded with exit code 0".format(job) in output
-    assert re.search(r"^file: ConvNet_MNIST_0\.(pt|dnn), download url: https://127\.0\.0\.1:\d+/.*&sig=\*\*\*&",
-                     output, re.M)
+    assert f"Job {job} succeeded with exit code 0" in output
+    assert re.search(
+        r"^file: ConvNet_MNIST_0\.(pt|dnn), download url: https://127\.0\.0\.1:\d+/.*&sig=\*\*\*&",
+        output,
+        re.M,
+    )
     assert re.search(r"^Final test error: \d+\.\d\d% on 10,000 test images$", output, re.M)
-    assert re.search(r"^Wall time: .* in all \(start-up .*, training .*, download .*\)$", output, re.M)
+    assert re.search(
+        r"^Wall time: .* in all \(start-up .*, training .*, download .*\)$", output, re.M
+    )
     folder = workdir / "outputs" / job
     models = {p.name for p in folder.iterdir() if p.is_file()}
-    assert models & {"ConvNet_MNIST_0.pt", "ConvNet_MNIST_0.dnn"} and not any(m.endswith(".partial") for m in models)
-    assert sorted(p.name for p in (folder / "stdouterr").iterdir()) == ["execution.log", "stderr.txt", "stdout.txt"]
+    assert models & {"ConvNet_MNIST_0.pt", "ConvNet_MNIST_0.dnn"} and not any(
+        m.endswith(".partial") for m in models
+    )
+    assert sorted(p.name for p in (folder / "stdouterr").iterdir()) == [
+        "execution.log",
+        "stderr.txt",
+        "stdout.txt",
+    ]
     assert "Final Results: Minibatch[" in (folder / "stdouterr" / "stderr.txt").read_text()
 
 
@@ -110,21 +133,33 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
     # 1. A fresh directory, no config file: every step, to the downloaded models.
     code, first = quickstart(workdir, "run", "--epochs", "1")
     assert code == 0, first
-    assert re.search(r"^Started the local cloud at https://127\.0\.0\.1:\d+/ for this command", first, re.M)
+    assert re.search(
+        r"^Started the local cloud at https://127\.0\.0\.1:\d+/ for this command", first, re.M
+    )
     for name in ("Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
-        assert re.search(r"^Uploaded {} \([\d,]+ bytes\)$".format(re.escape(name)), first, re.M)
+        assert re.search(rf"^Uploaded {re.escape(name)} \([\d,]+ bytes\)$", first, re.M)
     assert "Cluster mycluster created: 1 x STANDARD_NC6" in first
-    assert re.search(r"^Cluster state: steady Target: 1; Allocated: 1; Idle: 1; Unusable: 0; Running: 0; "
-                     r"Preparing: 0; Leaving: 0$", first, re.M)
+    assert re.search(
+        r"^Cluster state: steady Target: 1; Allocated: 1; Idle: 1; Unusable: 0; Running: 0; "
+        r"Preparing: 0; Leaving: 0$",
+        first,
+        re.M,
+    )
     first_job = submitted_job(first)
     assert_trained_and_downloaded(first, workdir, first_job)
     connection = json.loads((workdir / ".localcloud" / "connection.json").read_text())
 
     # 2. Again: everything reused, nothing uploaded, a new job; `status` from another terminal sees
     # it running; Ctrl-C stops the watching, not the job.
-    second = subprocess.Popen([sys.executable, "-m", "quickstart", "run", "--epochs", "1"], cwd=str(workdir),
-                              env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "quickstart", "run", "--epochs", "1"],
+        cwd=str(workdir),
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         so_far = read_until(second, r"Job state: running", time.monotonic() + COMMAND_TIMEOUT)
         code, watching = quickstart(workdir, "status")
@@ -138,42 +173,58 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
     interrupted = so_far + rest
     assert second.returncode == 130, interrupted
     for name in ("Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
-        assert "Unchanged on the share, not uploaded: {} (".format(name) in interrupted
+        assert f"Unchanged on the share, not uploaded: {name} (" in interrupted
     assert "Uploaded" not in interrupted
     assert "Cluster mycluster exists; reusing it" in interrupted
     second_job = submitted_job(interrupted)
     assert second_job != first_job
-    assert "Stopped watching. The job {} keeps running in the cloud: `python -m quickstart run`".format(
-        second_job) in interrupted
+    assert (
+        f"Stopped watching. The job {second_job} keeps running in the cloud: `python -m quickstart run`"
+        in interrupted
+    )
     assert "Using the local cloud serving at " + connection["resource_manager_url"] in watching
-    assert "Job {}: Job state: running".format(second_job) in watching
+    assert f"Job {second_job}: Job state: running" in watching
     assert "Output so far" in watching
 
     # 3. A later run reattaches to the job still running: its output from the start, no new job.
     code, third = quickstart(workdir, "run", "--epochs", "1")
     assert code == 0, third
-    assert "Job {} from an earlier run is still running: following it instead of submitting another".format(
-        second_job) in third
+    assert (
+        f"Job {second_job} from an earlier run is still running: following it instead of submitting another"
+        in third
+    )
     assert " submitted" not in third and "Uploaded" not in third
     assert third.index("Training 98778 parameters") < third.index("Finished Epoch[1 of 1]")
     assert_trained_and_downloaded(third, workdir, second_job)
-    assert sorted(p.name for p in (workdir / "outputs").iterdir()) == sorted([first_job, second_job])
+    assert sorted(p.name for p in (workdir / "outputs").iterdir()) == sorted(
+        [first_job, second_job]
+    )
 
     # 4. Teardown says what it removed; a second one finds nothing.
     code, removed = quickstart(workdir, "teardown")
     assert code == 0, removed
-    for line in ("Removed job " + first_job, "Removed job " + second_job, "Removed experiment myexperiment",
-                 "Removed cluster mycluster", "Removed workspace myworkspace", "Removed resource group myresourcegroup",
-                 "Removed file share batchaiquickstart (the sample and every job's files on it)"):
-        assert re.search("^{}$".format(re.escape(line)), removed, re.M), removed
+    for line in (
+        "Removed job " + first_job,
+        "Removed job " + second_job,
+        "Removed experiment myexperiment",
+        "Removed cluster mycluster",
+        "Removed workspace myworkspace",
+        "Removed resource group myresourcegroup",
+        "Removed file share batchaiquickstart (the sample and every job's files on it)",
+    ):
+        assert re.search(f"^{re.escape(line)}$", removed, re.M), removed
     code, again = quickstart(workdir, "teardown")
     assert code == 0, again
-    assert again.splitlines()[-1] == ("Nothing to remove: experiment myexperiment, cluster mycluster, workspace "
-                                      "myworkspace, resource group myresourcegroup, file share batchaiquickstart "
-                                      "did not exist")
+    assert again.splitlines()[-1] == (
+        "Nothing to remove: experiment myexperiment, cluster mycluster, workspace "
+        "myworkspace, resource group myresourcegroup, file share batchaiquickstart "
+        "did not exist"
+    )
     code, after = quickstart(workdir, "status")
-    assert code == 0 and after.splitlines()[-2:] == ["Cluster mycluster: not found",
-                                                     "Job: none in experiment myexperiment"], after
+    assert code == 0 and after.splitlines()[-2:] == [
+        "Cluster mycluster: not found",
+        "Job: none in experiment myexperiment",
+    ], after
 
     # 5. Nothing left: no resource (asked through the SDKs), no process; the downloads stay.
     assert_local_cloud_is_empty(workdir / ".localcloud")
@@ -187,6 +238,7 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
 def assert_local_cloud_is_empty(state_dir):
     from quickstart.localcloud import LocalCloud
     from tests.conftest import make_batchai_client, make_file_service, make_resource_client
+
     with LocalCloud(state_dir) as cloud:
         assert list(make_resource_client(cloud.connection).resource_groups.list()) == []
         assert list(make_batchai_client(cloud.connection).workspaces.list()) == []

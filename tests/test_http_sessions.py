@@ -4,6 +4,7 @@ They must answer exactly as a plain requests session does (bytes, decoding, erro
 and they must be the sessions the storage client gets, or downloads fall back to the SDK's 10 KB
 reads (1.3-2 times slower).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,10 +39,10 @@ class Answers(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
         self.end_headers()
         if path == "/stream":
-            self.wfile.write(body[:len(body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.release.wait(10)
-            self.wfile.write(body[len(body) // 2:])
+            self.wfile.write(body[len(body) // 2 :])
         else:
             self.wfile.write(body)
         if path == "/cut":
@@ -56,7 +57,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield "http://127.0.0.1:{}".format(httpd.server_address[1])
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
     Answers.release.set()
     httpd.shutdown()
     httpd.server_close()

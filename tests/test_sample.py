@@ -3,6 +3,7 @@
 The text must be what CNTK's own installer (``mnist_utils.savetxt``) wrote, byte for byte, so
 the expected lines here come from a straight port of that function, not from our writer.
 """
+
 import gzip
 import hashlib
 import os
@@ -24,8 +25,10 @@ TRAIN_LINES, TEST_LINES = 60000, 10000
 def savetxt_lines(images, labels):
     """CNTK's Examples/Image/DataSets/MNIST/mnist_utils.savetxt, line by line."""
     one_hot = list(map(" ".join, np.eye(10, dtype=np.uint).astype(str)))
-    return ["|labels {} |features {}\n".format(one_hot[label], " ".join(row.astype(str)))
-            for row, label in zip(images.reshape(len(images), -1), labels)]
+    return [
+        "|labels {} |features {}\n".format(one_hot[label], " ".join(row.astype(str)))
+        for row, label in zip(images.reshape(len(images), -1), labels, strict=False)
+    ]
 
 
 def raw_idx(name):
@@ -50,10 +53,13 @@ def test_build_returns_the_two_text_files_in_data(built):
     assert Path(test) == REPO / "data" / "Test-28x28_cntk_text.txt"
 
 
-@pytest.mark.parametrize("index,images,labels,count", [
-    (0, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", TRAIN_LINES),
-    (1, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", TEST_LINES),
-])
+@pytest.mark.parametrize(
+    "index,images,labels,count",
+    [
+        (0, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", TRAIN_LINES),
+        (1, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", TEST_LINES),
+    ],
+)
 def test_text_is_cntk_installers_output_line_for_line(built, index, images, labels, count):
     pixels = np.frombuffer(raw_idx(images), np.uint8, offset=16).reshape(count, 28, 28)
     digits = np.frombuffer(raw_idx(labels), np.uint8, offset=8)
@@ -74,11 +80,13 @@ def test_first_training_line_is_a_five(built):
 def test_the_script_reads_back_exactly_the_idx_content(built):
     sys.path.insert(0, str(REPO))
     import ConvNet_MNIST
+
     features, labels = ConvNet_MNIST.read_ctf(built[1])
     pixels = np.frombuffer(raw_idx("t10k-images-idx3-ubyte"), np.uint8, offset=16)
     assert np.array_equal(features.ravel(), pixels)
-    assert np.array_equal(labels, np.frombuffer(raw_idx("t10k-labels-idx1-ubyte"), np.uint8,
-                                                offset=8))
+    assert np.array_equal(
+        labels, np.frombuffer(raw_idx("t10k-labels-idx1-ubyte"), np.uint8, offset=8)
+    )
 
 
 def test_fresh_files_are_left_alone(built):
@@ -97,9 +105,15 @@ def test_git_ignores_the_built_files(built):
 def test_missing_files_are_written_and_stale_ones_rebuilt(data_copy):
     train, test = build_ctf_files(data_copy)
     expected = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (train, test)}
-    assert expected[train] == sample._KNOWN_TEXT_SHA256[
-        ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5")]
+    assert (
+        expected[train]
+        == sample._KNOWN_TEXT_SHA256[
+            (
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            )
+        ]
+    )
 
     with open(train, "r+b") as stream:  # same size, one value changed: stale by content
         stream.seek(50)
@@ -108,8 +122,9 @@ def test_missing_files_are_written_and_stale_ones_rebuilt(data_copy):
         stream.write(b"|labels 1\n")
     untouched_inode = os.stat(train).st_ino
     assert build_ctf_files(data_copy) == (train, test)
-    assert {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            for path in (train, test)} == expected
+    assert {
+        path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in (train, test)
+    } == expected
     assert os.stat(train).st_ino != untouched_inode  # replaced by rename, not patched in place
     assert not [p for p in os.listdir(str(data_copy)) if p.startswith(".")]  # no temp files left
 
@@ -158,8 +173,7 @@ def test_content_that_does_not_match_the_manifest_is_named(data_copy):
     raw = bytearray(raw_idx("t10k-images-idx3-ubyte"))
     raw[5000] ^= 0xFF  # one pixel of one test image
     (data_copy / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
-    _one_line_error(data_copy, "t10k-images-idx3-ubyte.gz", "corrupt", "SHA-256",
-                    "SHA256SUMS.raw")
+    _one_line_error(data_copy, "t10k-images-idx3-ubyte.gz", "corrupt", "SHA-256", "SHA256SUMS.raw")
 
 
 def test_bad_header_is_named_even_when_the_manifest_agrees(data_copy):
@@ -167,9 +181,12 @@ def test_bad_header_is_named_even_when_the_manifest_agrees(data_copy):
     raw[3] = 0x03  # the image magic number on a labels file
     (data_copy / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
     manifest = data_copy / "mnist" / "SHA256SUMS.raw"
-    manifest.write_text(manifest.read_text().replace(
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        hashlib.sha256(bytes(raw)).hexdigest()))
+    manifest.write_text(
+        manifest.read_text().replace(
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            hashlib.sha256(bytes(raw)).hexdigest(),
+        )
+    )
     _one_line_error(data_copy, "t10k-labels-idx1-ubyte.gz", "not an MNIST idx file")
 
 
@@ -183,14 +200,24 @@ def test_missing_or_incomplete_manifest_is_named(data_copy):
 
 
 def test_command_line_prints_paths_or_one_error_line(data_copy, tmp_path_factory):
-    ok = subprocess.run([sys.executable, "-m", "quickstart.sample", str(data_copy)],
-                        cwd=str(REPO), capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "quickstart.sample", str(data_copy)],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.split() == [str(data_copy / "Train-28x28_cntk_text.txt"),
-                                 str(data_copy / "Test-28x28_cntk_text.txt")]
+    assert ok.stdout.split() == [
+        str(data_copy / "Train-28x28_cntk_text.txt"),
+        str(data_copy / "Test-28x28_cntk_text.txt"),
+    ]
     empty = tmp_path_factory.mktemp("empty")
-    bad = subprocess.run([sys.executable, "-m", "quickstart.sample", str(empty)],
-                         cwd=str(REPO), capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "quickstart.sample", str(empty)],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "SHA256SUMS.raw: missing" in bad.stderr
 

@@ -18,6 +18,7 @@ whether the 2018 SDK works at all:
 What the local cloud does not emulate (file servers, usages, blob/NFS mounts, Key Vault
 references) is answered with a Batch AI error naming it, never a silent success.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,25 @@ from werkzeug.wrappers import Request, Response
 
 from . import nodeagent
 from .arm import LOCATIONS, ArmError, arm_json, json_body
-from .batchai_models import (API_VERSION, CLUSTER_TYPE, EXPERIMENT_TYPE, JOB_TYPE, STDOUTERR,
-                             WORKSPACE_TYPE, bad, check_cluster, check_job, check_name,
-                             check_scale_settings, check_tags, experiment_body, iso, job_error,
-                             max_nodes, workspace_body)
+from .batchai_models import (
+    API_VERSION,
+    CLUSTER_TYPE,
+    EXPERIMENT_TYPE,
+    JOB_TYPE,
+    STDOUTERR,
+    WORKSPACE_TYPE,
+    bad,
+    check_cluster,
+    check_job,
+    check_name,
+    check_scale_settings,
+    check_tags,
+    experiment_body,
+    iso,
+    job_error,
+    max_nodes,
+    workspace_body,
+)
 from .compute import ACTIVE, Compute, node_counts
 
 VERSIONS = (API_VERSION,)
@@ -59,8 +75,12 @@ SERVED_OPERATIONS = (
     ("locations/operationresults", "Operation result", ("read",)),
     ("locations/operationstatuses", "Operation status", ("read",)),
 )
-OPERATION_VERBS = {"read": "List or get", "write": "Create or update", "delete": "Delete",
-                   "action": "Perform"}
+OPERATION_VERBS = {
+    "read": "List or get",
+    "write": "Create or update",
+    "delete": "Delete",
+    "action": "Perform",
+}
 
 
 def install(cloud) -> None:
@@ -112,7 +132,11 @@ class BatchAI:
         add("GET", OPS + "/operationstatuses/{operationId}", self.operation_status)
         add("GET", OPS + "/usages", self.not_emulated("usages (quota) reporting"))
         for method in ("GET", "PUT", "DELETE"):
-            add(method, WS + "/fileServers/{fileServerName}", self.not_emulated("Batch AI file servers (NFS)"))
+            add(
+                method,
+                WS + "/fileServers/{fileServerName}",
+                self.not_emulated("Batch AI file servers (NFS)"),
+            )
         add("GET", WS + "/fileServers", self.not_emulated("Batch AI file servers (NFS)"))
 
     # ------------------------------------------------------------------ helpers
@@ -124,7 +148,9 @@ class BatchAI:
     def _group(self, name: str):
         record = self.store.get_resource(f"/subscriptions/{self.sub}/resourceGroups/{name}")
         if record is None:
-            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found.")
+            raise ArmError(
+                404, "ResourceGroupNotFound", f"Resource group '{name}' could not be found."
+            )
         return record
 
     def _workspace_id(self, rg: str, ws: str) -> str:
@@ -137,31 +163,51 @@ class BatchAI:
         return record
 
     def _workspace(self, rg: str, ws: str):
-        return self._get(self._workspace_id(rg, ws), WORKSPACE_TYPE, "WorkspaceNotFound",
-                         f"The specified workspace '{ws}' is not found in resource group '{rg}'.")
+        return self._get(
+            self._workspace_id(rg, ws),
+            WORKSPACE_TYPE,
+            "WorkspaceNotFound",
+            f"The specified workspace '{ws}' is not found in resource group '{rg}'.",
+        )
 
     def _experiment(self, rg: str, ws: str, exp: str):
         self._workspace(rg, ws)
-        return self._get(f"{self._workspace_id(rg, ws)}/experiments/{exp}", EXPERIMENT_TYPE,
-                         "ExperimentNotFound", f"The specified experiment '{exp}' is not found in "
-                                               f"workspace '{ws}'.")
+        return self._get(
+            f"{self._workspace_id(rg, ws)}/experiments/{exp}",
+            EXPERIMENT_TYPE,
+            "ExperimentNotFound",
+            f"The specified experiment '{exp}' is not found in workspace '{ws}'.",
+        )
 
     def _cluster(self, rg: str, ws: str, cl: str):
-        return self._get(f"{self._workspace_id(rg, ws)}/clusters/{cl}", CLUSTER_TYPE, "ClusterNotFound",
-                         f"The specified managed compute cluster '{cl}' is not found in workspace '{ws}'.")
+        return self._get(
+            f"{self._workspace_id(rg, ws)}/clusters/{cl}",
+            CLUSTER_TYPE,
+            "ClusterNotFound",
+            f"The specified managed compute cluster '{cl}' is not found in workspace '{ws}'.",
+        )
 
     def _job(self, rg: str, ws: str, exp: str, job: str):
-        return self._get(f"{self._workspace_id(rg, ws)}/experiments/{exp}/jobs/{job}", JOB_TYPE,
-                         "JobNotFound", f"The specified job '{job}' is not found in experiment '{exp}'.")
+        return self._get(
+            f"{self._workspace_id(rg, ws)}/experiments/{exp}/jobs/{job}",
+            JOB_TYPE,
+            "JobNotFound",
+            f"The specified job '{job}' is not found in experiment '{exp}'.",
+        )
 
     def _accepted(self, request: Request, kind: str, resource_id: str, location: str) -> Response:
         """202 + the async-operation headers for an operation already done."""
         op = self.store.create_operation(kind, resource_id, status="Succeeded")
         base = f"{self.cloud.base_url}/subscriptions/{self.sub}/providers/Microsoft.BatchAI/locations/{location}"
-        return arm_json(202, None, {
-            "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?api-version={API_VERSION}",
-            "Location": f"{base}/operationstatuses/{op.id}?api-version={API_VERSION}",
-            "Retry-After": "0"})
+        return arm_json(
+            202,
+            None,
+            {
+                "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?api-version={API_VERSION}",
+                "Location": f"{base}/operationstatuses/{op.id}?api-version={API_VERSION}",
+                "Retry-After": "0",
+            },
+        )
 
     def _location_of(self, rg: str, ws: str) -> str:
         record = self.store.get_resource(self._workspace_id(rg, ws))
@@ -171,7 +217,7 @@ class BatchAI:
         """A page of ``items`` per ``maxresults``, with a nextLink holding every query arg."""
         limit = _int_arg(request, "maxresults", 1000, 1, 1000)
         skip = _int_arg(request, "$skiptoken", 0, 0, None)
-        body = {"value": items[skip:skip + limit]}
+        body = {"value": items[skip : skip + limit]}
         if skip + limit < len(items):
             args = request.args.to_dict()
             args["$skiptoken"] = str(skip + limit)
@@ -180,14 +226,20 @@ class BatchAI:
 
     def not_emulated(self, what: str):
         def handler(request: Request, **params) -> Response:
-            raise ArmError(400, "NotSupported",
-                           f"The local cloud does not emulate {what}. It serves Batch AI workspaces, "
-                           "experiments, clusters and jobs, with Azure Files shares as storage.")
+            raise ArmError(
+                400,
+                "NotSupported",
+                f"The local cloud does not emulate {what}. It serves Batch AI workspaces, "
+                "experiments, clusters and jobs, with Azure Files shares as storage.",
+            )
+
         return handler
 
     # ------------------------------------------------------------------ workspaces
 
-    def list_workspaces(self, request: Request, subscriptionId: str, resourceGroupName: str | None = None):
+    def list_workspaces(
+        self, request: Request, subscriptionId: str, resourceGroupName: str | None = None
+    ):
         if resourceGroupName is not None:
             self._group(resourceGroupName)
         records = self.store.list_resources(type=WORKSPACE_TYPE, resource_group=resourceGroupName)
@@ -202,20 +254,30 @@ class BatchAI:
             raise bad("'location' is required, for example \"eastus\".", code="LocationRequired")
         location = location.replace(" ", "").lower()
         if location not in LOCATIONS:
-            raise bad(f"The location '{body['location']}' is not available for resource type "
-                      f"'Microsoft.BatchAI/workspaces'; use an Azure region such as eastus.",
-                      code="LocationNotAvailableForResourceType")
+            raise bad(
+                f"The location '{body['location']}' is not available for resource type "
+                f"'Microsoft.BatchAI/workspaces'; use an Azure region such as eastus.",
+                code="LocationNotAvailableForResourceType",
+            )
         tags = check_tags(body.get("tags"))
         arm_id = self._workspace_id(group.name, workspaceName)
         with self.store.transaction():
             old = self.store.get_resource(arm_id)
             if old is not None and old.body["location"] != location:
-                raise ArmError(409, "InvalidResourceLocation",
-                               f"The workspace '{old.name}' already exists in location "
-                               f"'{old.body['location']}'; a workspace cannot move to '{location}'.")
+                raise ArmError(
+                    409,
+                    "InvalidResourceLocation",
+                    f"The workspace '{old.name}' already exists in location "
+                    f"'{old.body['location']}'; a workspace cannot move to '{location}'.",
+                )
             name = old.name if old else workspaceName
-            record = workspace_body(self._workspace_id(group.name, name), name, location, tags,
-                                    old.created if old else time.time())
+            record = workspace_body(
+                self._workspace_id(group.name, name),
+                name,
+                location,
+                tags,
+                old.created if old else time.time(),
+            )
             self.store.put_resource(arm_id, WORKSPACE_TYPE, name, record)
         return arm_json(200, record)
 
@@ -242,8 +304,9 @@ class BatchAI:
 
     def _tear_down_workspace(self, workspace) -> None:
         jobs = self.store.list_resources(type=JOB_TYPE, parent_id=workspace.id)
-        self.compute.stop_jobs(jobs, job_error("WorkspaceDeleted", "The job's workspace was deleted."),
-                               remove=True)
+        self.compute.stop_jobs(
+            jobs, job_error("WorkspaceDeleted", "The job's workspace was deleted."), remove=True
+        )
         for cluster in self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id):
             self.compute.stop_setup_tasks(cluster)
             self.compute.forget_cluster_files(cluster)
@@ -261,8 +324,9 @@ class BatchAI:
         records = self.store.list_resources(type=EXPERIMENT_TYPE, parent_id=workspace.id)
         return self._page(request, [r.body for r in sorted(records, key=lambda r: r.name.lower())])
 
-    def create_experiment(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                          experimentName):
+    def create_experiment(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
+    ):
         check_name("experiment", experimentName)
         json_body(request, required=False)  # the SDK sends no body; anything sent must be JSON
         with self.store.transaction():
@@ -275,19 +339,28 @@ class BatchAI:
             self.store.put_resource(arm_id, EXPERIMENT_TYPE, experimentName, record)
         return arm_json(200, record)
 
-    def get_experiment(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                       experimentName):
-        return arm_json(200, self._experiment(resourceGroupName, workspaceName, experimentName).body)
+    def get_experiment(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
+    ):
+        return arm_json(
+            200, self._experiment(resourceGroupName, workspaceName, experimentName).body
+        )
 
-    def delete_experiment(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                          experimentName):
+    def delete_experiment(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
+    ):
         record = self._experiment(resourceGroupName, workspaceName, experimentName)
         jobs = self.store.list_resources(type=JOB_TYPE, parent_id=record.id)
-        self.compute.stop_jobs(jobs, job_error("ExperimentDeleted", "The job's experiment was deleted."),
-                               remove=True)
+        self.compute.stop_jobs(
+            jobs, job_error("ExperimentDeleted", "The job's experiment was deleted."), remove=True
+        )
         self.store.delete_resource_tree(record.id)
-        return self._accepted(request, "experimentDelete", record.id,
-                              self._location_of(resourceGroupName, workspaceName))
+        return self._accepted(
+            request,
+            "experimentDelete",
+            record.id,
+            self._location_of(resourceGroupName, workspaceName),
+        )
 
     # ------------------------------------------------------------------ clusters
 
@@ -307,45 +380,73 @@ class BatchAI:
     def list_clusters(self, request: Request, subscriptionId, resourceGroupName, workspaceName):
         workspace = self._workspace(resourceGroupName, workspaceName)
         records = self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id)
-        return self._page(request, [self._render_cluster(r)
-                                    for r in sorted(records, key=lambda r: r.name.lower())])
+        return self._page(
+            request,
+            [self._render_cluster(r) for r in sorted(records, key=lambda r: r.name.lower())],
+        )
 
-    def create_cluster(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                       clusterName):
+    def create_cluster(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
+    ):
         check_name("cluster", clusterName)
         props, secrets = check_cluster(json_body(request))
         with self.store.transaction():
             workspace = self._workspace(resourceGroupName, workspaceName)
             arm_id = f"{workspace.body['id']}/clusters/{clusterName}"
             if self.store.get_resource(arm_id) is not None:
-                raise ArmError(409, "ClusterAlreadyExists",
-                               f"A cluster named '{clusterName}' already exists in workspace "
-                               f"'{workspace.name}'. Resize it with clusters.update, or delete it first.")
+                raise ArmError(
+                    409,
+                    "ClusterAlreadyExists",
+                    f"A cluster named '{clusterName}' already exists in workspace "
+                    f"'{workspace.name}'. Resize it with clusters.update, or delete it first.",
+                )
             now = time.time()
-            props.update(creationTime=iso(now), provisioningState="succeeded",
-                         provisioningStateTransitionTime=iso(now))
+            props.update(
+                creationTime=iso(now),
+                provisioningState="succeeded",
+                provisioningStateTransitionTime=iso(now),
+            )
             task = (props.get("nodeSetup") or {}).get("setupTask")
             if task is not None:
                 group = self._group(resourceGroupName)
-                task["stdOutErrPathSuffix"] = (f"{self.sub}/{group.name}/workspaces/{workspace.name}/clusters/"
-                                               f"{clusterName}/{uuid.uuid4()}")
-            body = {"id": arm_id, "name": clusterName, "type": CLUSTER_TYPE,
-                    "location": workspace.body.get("location"), "properties": props}
-            extra = {"secrets": secrets, "compute": Compute.new_cluster_state(props["scaleSettings"])}
+                task["stdOutErrPathSuffix"] = (
+                    f"{self.sub}/{group.name}/workspaces/{workspace.name}/clusters/"
+                    f"{clusterName}/{uuid.uuid4()}"
+                )
+            body = {
+                "id": arm_id,
+                "name": clusterName,
+                "type": CLUSTER_TYPE,
+                "location": workspace.body.get("location"),
+                "properties": props,
+            }
+            extra = {
+                "secrets": secrets,
+                "compute": Compute.new_cluster_state(props["scaleSettings"]),
+            }
             self.store.put_resource(arm_id, CLUSTER_TYPE, clusterName, body, extra)
         self.compute.wake()
-        return self._accepted(request, "clusterCreate", arm_id, workspace.body.get("location", "eastus"))
+        return self._accepted(
+            request, "clusterCreate", arm_id, workspace.body.get("location", "eastus")
+        )
 
-    def get_cluster(self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName):
-        return arm_json(200, self._render_cluster(self._cluster(resourceGroupName, workspaceName, clusterName)))
+    def get_cluster(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
+    ):
+        return arm_json(
+            200, self._render_cluster(self._cluster(resourceGroupName, workspaceName, clusterName))
+        )
 
-    def update_cluster(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                       clusterName):
+    def update_cluster(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
+    ):
         body = json_body(request)
         props = body.get("properties")
         if not isinstance(props, dict) or "scaleSettings" not in props:
-            raise bad("A cluster update must give 'properties.scaleSettings' (the only setting that "
-                      "can change after creation).")
+            raise bad(
+                "A cluster update must give 'properties.scaleSettings' (the only setting that "
+                "can change after creation)."
+            )
         scale = check_scale_settings(props["scaleSettings"], "properties.scaleSettings")
         with self.store.transaction():
             record = self._cluster(resourceGroupName, workspaceName, clusterName)
@@ -356,34 +457,54 @@ class BatchAI:
         self.compute.wake()
         return arm_json(200, self._render_cluster(self.store.get_resource(record.id)))
 
-    def delete_cluster(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                       clusterName):
+    def delete_cluster(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
+    ):
         record = self._cluster(resourceGroupName, workspaceName, clusterName)
-        jobs = [j for j in self.store.list_resources(type=JOB_TYPE)
-                if j.extra.get("cluster") == record.id and j.body["properties"]["executionState"] in ACTIVE]
+        jobs = [
+            j
+            for j in self.store.list_resources(type=JOB_TYPE)
+            if j.extra.get("cluster") == record.id
+            and j.body["properties"]["executionState"] in ACTIVE
+        ]
         self.store.delete_resource(record.id)
         self.compute.stop_setup_tasks(record)
-        self.compute.stop_jobs(jobs, job_error("ClusterDeleted",
-                                               f"The job's cluster '{record.name}' was deleted."))
+        self.compute.stop_jobs(
+            jobs, job_error("ClusterDeleted", f"The job's cluster '{record.name}' was deleted.")
+        )
         self.compute.forget_cluster_files(record)
-        return self._accepted(request, "clusterDelete", record.id,
-                              record.body.get("location") or self._location_of(resourceGroupName, workspaceName))
+        return self._accepted(
+            request,
+            "clusterDelete",
+            record.id,
+            record.body.get("location") or self._location_of(resourceGroupName, workspaceName),
+        )
 
-    def cluster_remote_login(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                             clusterName):
+    def cluster_remote_login(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
+    ):
         record = self._cluster(resourceGroupName, workspaceName, clusterName)
         nodes = record.extra["compute"]["nodes"]
         return self._page(request, [_login(n["id"]) for n in nodes])
 
     # ------------------------------------------------------------------ jobs
 
-    def list_jobs(self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName):
+    def list_jobs(
+        self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
+    ):
         experiment = self._experiment(resourceGroupName, workspaceName, experimentName)
         records = self.store.list_resources(type=JOB_TYPE, parent_id=experiment.id)
         return self._page(request, [r.body for r in sorted(records, key=lambda r: r.name.lower())])
 
-    def create_job(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                   experimentName, jobName):
+    def create_job(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
         check_name("job", jobName)
         props, secrets = check_job(json_body(request))
         with self.store.transaction():
@@ -392,33 +513,53 @@ class BatchAI:
             group = self._group(resourceGroupName)
             arm_id = f"{experiment.body['id']}/jobs/{jobName}"
             if self.store.get_resource(arm_id) is not None:
-                raise ArmError(409, "JobAlreadyExists",
-                               f"A job named '{jobName}' already exists in experiment '{experiment.name}'. "
-                               "Jobs cannot be changed; delete it first or choose another name.")
+                raise ArmError(
+                    409,
+                    "JobAlreadyExists",
+                    f"A job named '{jobName}' already exists in experiment '{experiment.name}'. "
+                    "Jobs cannot be changed; delete it first or choose another name.",
+                )
             cluster = self.store.get_resource(props["cluster"]["id"])
             if cluster is None or cluster.type != CLUSTER_TYPE:
-                raise bad(f"'properties.cluster.id' names no cluster of this local cloud: "
-                          f"'{props['cluster']['id']}'. Create the cluster first (clusters.create) and "
-                          "pass its id.")
+                raise bad(
+                    f"'properties.cluster.id' names no cluster of this local cloud: "
+                    f"'{props['cluster']['id']}'. Create the cluster first (clusters.create) and "
+                    "pass its id."
+                )
             size = max_nodes(cluster.body["properties"]["scaleSettings"])
             if props["nodeCount"] > size:
-                raise bad(f"'properties.nodeCount' ({props['nodeCount']}) is more than cluster "
-                          f"'{cluster.name}' can have ({size} node{'s' if size != 1 else ''}); lower "
-                          "nodeCount or resize the cluster.")
+                raise bad(
+                    f"'properties.nodeCount' ({props['nodeCount']}) is more than cluster "
+                    f"'{cluster.name}' can have ({size} node{'s' if size != 1 else ''}); lower "
+                    "nodeCount or resize the cluster."
+                )
             uid = str(uuid.uuid4())
-            segment = nodeagent.job_path_segment(self.sub, group.name, workspace.name, experiment.name,
-                                                 jobName, uid)
+            segment = nodeagent.job_path_segment(
+                self.sub, group.name, workspace.name, experiment.name, jobName, uid
+            )
             props["jobOutputDirectoryPathSegment"] = segment
             dirs = self._output_locations(props, secrets, cluster, uid)
             now = time.time()
-            props.update(creationTime=iso(now), provisioningState="succeeded",
-                         provisioningStateTransitionTime=iso(now), executionState="queued",
-                         executionStateTransitionTime=iso(now))
+            props.update(
+                creationTime=iso(now),
+                provisioningState="succeeded",
+                provisioningStateTransitionTime=iso(now),
+                executionState="queued",
+                executionStateTransitionTime=iso(now),
+            )
             body = {"id": arm_id, "name": jobName, "type": JOB_TYPE, "properties": props}
-            extra = {"secrets": secrets, "uid": uid, "cluster": cluster.id, "dirs": dirs, "handle": None}
+            extra = {
+                "secrets": secrets,
+                "uid": uid,
+                "cluster": cluster.id,
+                "dirs": dirs,
+                "handle": None,
+            }
             self.store.put_resource(arm_id, JOB_TYPE, jobName, body, extra)
         self.compute.job_added(arm_id)
-        return self._accepted(request, "jobCreate", arm_id, workspace.body.get("location", "eastus"))
+        return self._accepted(
+            request, "jobCreate", arm_id, workspace.body.get("location", "eastus")
+        )
 
     def _output_locations(self, props: dict, secrets: dict, cluster, uid: str) -> dict:
         """Where stdouterr and each output directory land: {id: {"share", "path"}}.
@@ -428,61 +569,123 @@ class BatchAI:
         """
         cluster_uid = cluster.extra["compute"]["uid"]
         try:
-            plan = nodeagent.plan_job(props, job_name="", segment=props["jobOutputDirectoryPathSegment"],
-                                      node=self.compute.node_context(cluster_uid),
-                                      job_mount_root=self.compute.job_mount_root(uid), secret_values={})
+            plan = nodeagent.plan_job(
+                props,
+                job_name="",
+                segment=props["jobOutputDirectoryPathSegment"],
+                node=self.compute.node_context(cluster_uid),
+                job_mount_root=self.compute.job_mount_root(uid),
+                secret_values={},
+            )
         except nodeagent.PlanError as err:
             raise bad(err.message) from None
-        mounts = self.compute.share_mounts(cluster_uid, cluster.extra["secrets"].get("mounts", []),
-                                           uid, secrets.get("mounts", []))
-        hint = ("Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the job's "
-                "mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
-                "$AZ_BATCHAI_JOB_MOUNT_ROOT/<relativeMountPath>).")
+        mounts = self.compute.share_mounts(
+            cluster_uid, cluster.extra["secrets"].get("mounts", []), uid, secrets.get("mounts", [])
+        )
+        hint = (
+            "Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the job's "
+            "mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
+            "$AZ_BATCHAI_JOB_MOUNT_ROOT/<relativeMountPath>)."
+        )
         dirs = {}
         where = self.compute.locate(plan.stdouterr_dir, mounts)
         if where is None:
-            raise bad(f"'properties.stdOutErrPathPrefix' ('{props['stdOutErrPathPrefix']}') is not on a "
-                      f"mounted file share. {hint}")
+            raise bad(
+                f"'properties.stdOutErrPathPrefix' ('{props['stdOutErrPathPrefix']}') is not on a "
+                f"mounted file share. {hint}"
+            )
         dirs[STDOUTERR] = where
         for ident, path in plan.output_dirs.items():
             where = self.compute.locate(path, mounts)
             if where is None:
-                raise bad(f"The pathPrefix of output directory '{ident}' is not on a mounted file share. {hint}")
+                raise bad(
+                    f"The pathPrefix of output directory '{ident}' is not on a mounted file share. {hint}"
+                )
             dirs[ident] = where
         return dirs
 
-    def get_job(self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName,
-                jobName):
-        return arm_json(200, self._job(resourceGroupName, workspaceName, experimentName, jobName).body)
+    def get_job(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
+        return arm_json(
+            200, self._job(resourceGroupName, workspaceName, experimentName, jobName).body
+        )
 
-    def delete_job(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                   experimentName, jobName):
+    def delete_job(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
-        self.compute.stop_jobs([record], job_error("JobDeleted", "The job was deleted."), remove=True)
-        return self._accepted(request, "jobDelete", record.id, self._location_of(resourceGroupName, workspaceName))
+        self.compute.stop_jobs(
+            [record], job_error("JobDeleted", "The job was deleted."), remove=True
+        )
+        return self._accepted(
+            request, "jobDelete", record.id, self._location_of(resourceGroupName, workspaceName)
+        )
 
-    def terminate_job(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                      experimentName, jobName):
+    def terminate_job(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
-        self.compute.stop_jobs([record], job_error("JobTerminated", "The job was terminated by the user."))
-        return self._accepted(request, "jobTerminate", record.id,
-                              self._location_of(resourceGroupName, workspaceName))
+        self.compute.stop_jobs(
+            [record], job_error("JobTerminated", "The job was terminated by the user.")
+        )
+        return self._accepted(
+            request, "jobTerminate", record.id, self._location_of(resourceGroupName, workspaceName)
+        )
 
-    def job_remote_login(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                         experimentName, jobName):
+    def job_remote_login(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
         running = record.body["properties"]["executionState"] == "running"
-        return self._page(request, [_login(n) for n in (record.extra.get("nodes") or [])] if running else [])
+        return self._page(
+            request, [_login(n) for n in (record.extra.get("nodes") or [])] if running else []
+        )
 
-    def list_output_files(self, request: Request, subscriptionId, resourceGroupName, workspaceName,
-                          experimentName, jobName):
+    def list_output_files(
+        self,
+        request: Request,
+        subscriptionId,
+        resourceGroupName,
+        workspaceName,
+        experimentName,
+        jobName,
+    ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
         ident = request.args.get("outputdirectoryid")
         dirs = record.extra.get("dirs", {})
         if not ident:
-            raise bad("The 'outputdirectoryid' query parameter is required: 'stdouterr' or one of the "
-                      "job's output directory ids.")
-        where = dirs.get(ident) or next((v for k, v in dirs.items() if k.lower() == ident.lower()), None)
+            raise bad(
+                "The 'outputdirectoryid' query parameter is required: 'stdouterr' or one of the "
+                "job's output directory ids."
+            )
+        where = dirs.get(ident) or next(
+            (v for k, v in dirs.items() if k.lower() == ident.lower()), None
+        )
         if where is None:
             known = ", ".join(sorted(dirs)) or STDOUTERR
             raise bad(f"The job has no output directory '{ident}'; known: {known}.")
@@ -496,7 +699,9 @@ class BatchAI:
         if share_root is not None:
             rel = "/".join(p for p in [where["path"], *parts] if p)
             folder = os.path.realpath(os.path.join(share_root, rel))
-            if folder == os.path.realpath(share_root) or folder.startswith(os.path.realpath(share_root) + os.sep):
+            if folder == os.path.realpath(share_root) or folder.startswith(
+                os.path.realpath(share_root) + os.sep
+            ):
                 items = self._listing(where["share"], rel, folder, expiry)
         return self._page(request, items)
 
@@ -514,11 +719,19 @@ class BatchAI:
             elif entry.is_file():
                 stat = entry.stat()
                 path = f"{rel}/{entry.name}" if rel else entry.name
-                items.append({"name": entry.name, "fileType": "file",
-                              "downloadUrl": self.cloud.file_sas_url(share, path, "rl", expiry),
-                              "properties": {"lastModified": time.strftime(
-                                  "%Y-%m-%dT%H:%M:%SZ", time.gmtime(stat.st_mtime)),
-                                  "contentLength": stat.st_size}})
+                items.append(
+                    {
+                        "name": entry.name,
+                        "fileType": "file",
+                        "downloadUrl": self.cloud.file_sas_url(share, path, "rl", expiry),
+                        "properties": {
+                            "lastModified": time.strftime(
+                                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(stat.st_mtime)
+                            ),
+                            "contentLength": stat.st_size,
+                        },
+                    }
+                )
         return items
 
     # ------------------------------------------------------------------ operations
@@ -526,7 +739,9 @@ class BatchAI:
     def _operation(self, operationId: str):
         op = self.store.get_operation(operationId)
         if op is None or not op.kind.startswith(("workspace", "experiment", "cluster", "job")):
-            raise ArmError(404, "OperationNotFound", f"The operation '{operationId}' was not found.")
+            raise ArmError(
+                404, "OperationNotFound", f"The operation '{operationId}' was not found."
+            )
         deadline = time.monotonic() + OPERATION_WAIT
         while op.status == "InProgress" and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -534,25 +749,42 @@ class BatchAI:
         return op
 
     def _status_body(self, request: Request, op) -> dict:
-        body = {"id": f"{self.cloud.base_url}{request.path}", "name": op.id, "status": op.status,
-                "startTime": iso(op.started)}
+        body = {
+            "id": f"{self.cloud.base_url}{request.path}",
+            "name": op.id,
+            "status": op.status,
+            "startTime": iso(op.started),
+        }
         if op.status != "InProgress":
             body["endTime"] = iso(op.ended)
             parts = (op.resource_id or "").strip("/").split("/")
-            body["properties"] = {"resourceId": "$".join([parts[1], parts[3], *parts[7::2]])
-                                  if len(parts) > 7 else op.resource_id}
+            body["properties"] = {
+                "resourceId": "$".join([parts[1], parts[3], *parts[7::2]])
+                if len(parts) > 7
+                else op.resource_id
+            }
         if op.status not in ("InProgress", "Succeeded"):
-            body["error"] = op.body.get("error") or {"code": op.status, "message": f"The operation {op.status}."}
+            body["error"] = op.body.get("error") or {
+                "code": op.status,
+                "message": f"The operation {op.status}.",
+            }
         return body
 
     def list_operations(self, request: Request):
-        value = [{"name": "Microsoft.BatchAI/{}/{}".format(path, verb),
-                  "display": {"provider": "Microsoft Batch AI", "resource": resource,
-                              "operation": "{} {}".format(OPERATION_VERBS[verb], path.rsplit("/", 1)[-1]),
-                              "description": "{} {} (as the local cloud emulates it)".format(
-                                  OPERATION_VERBS[verb], path)},
-                  "origin": "user,system"}
-                 for path, resource, served in SERVED_OPERATIONS for verb in served]
+        value = [
+            {
+                "name": f"Microsoft.BatchAI/{path}/{verb}",
+                "display": {
+                    "provider": "Microsoft Batch AI",
+                    "resource": resource,
+                    "operation": "{} {}".format(OPERATION_VERBS[verb], path.rsplit("/", 1)[-1]),
+                    "description": f"{OPERATION_VERBS[verb]} {path} (as the local cloud emulates it)",
+                },
+                "origin": "user,system",
+            }
+            for path, resource, served in SERVED_OPERATIONS
+            for verb in served
+        ]
         return arm_json(200, {"value": value})
 
     def operation_result(self, request: Request, subscriptionId, location, operationId):
@@ -562,8 +794,14 @@ class BatchAI:
     def operation_status(self, request: Request, subscriptionId, location, operationId):
         op = self._operation(operationId)
         if op.status == "InProgress":
-            return arm_json(202, None, {"Location": self.cloud.base_url + request.full_path.rstrip("?"),
-                                        "Retry-After": "0"})
+            return arm_json(
+                202,
+                None,
+                {
+                    "Location": self.cloud.base_url + request.full_path.rstrip("?"),
+                    "Retry-After": "0",
+                },
+            )
         return arm_json(200, self._status_body(request, op), {"Retry-After": "0"})
 
 

@@ -11,6 +11,7 @@ passwords) are kept by the caller in the record's ``extra`` and never drawn; ser
 ``schedulingPriority``, ``constraints.maxWallClockTime``, CNTK ``languageType``/``processCount``,
 ``imageReference``) are filled in as the service did.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,12 @@ CLUSTER_TYPE = "Microsoft.BatchAI/workspaces/clusters"
 JOB_TYPE = "Microsoft.BatchAI/workspaces/experiments/jobs"
 
 NAME = re.compile(r"^[-\w]{1,64}$")
-DEFAULT_IMAGE = {"publisher": "Canonical", "offer": "UbuntuServer", "sku": "16.04-LTS",
-                 "version": "latest"}
+DEFAULT_IMAGE = {
+    "publisher": "Canonical",
+    "offer": "UbuntuServer",
+    "sku": "16.04-LTS",
+    "version": "latest",
+}
 DEFAULT_MAX_WALL_CLOCK = "P7D"
 DEALLOCATION_OPTIONS = ("requeue", "terminate", "waitforjobcompletion", "unknown")
 PRIORITIES = {"low": 0, "normal": 1, "high": 2}
@@ -50,8 +55,10 @@ def bad(message: str, code: str = "InvalidParameter", status: int = 400) -> ArmE
 
 def check_name(kind: str, name: str) -> None:
     if not NAME.match(name):
-        raise bad(f"The {kind} name '{name}' is invalid: use 1-64 letters, digits, '-' or '_'.",
-                  code="InvalidResourceName")
+        raise bad(
+            f"The {kind} name '{name}' is invalid: use 1-64 letters, digits, '-' or '_'.",
+            code="InvalidResourceName",
+        )
 
 
 def _obj(value, where: str, required: bool = False) -> dict | None:
@@ -96,14 +103,17 @@ def _list(value, where: str) -> list:
 
 # ---------------------------------------------------------------------- mounts
 
+
 def parse_azure_file_url(url: str, where: str) -> tuple[str, str]:
     """(host, share) of an azureFileUrl such as ``https://host[:port]/account/share`` (path
     style, as the quickstart builds it from a FileEndpoint) or ``https://acct.file.../share``."""
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     if parts.scheme not in ("https", "http") or not parts.netloc or not segments:
-        raise bad(f"'{where}' must be a URL ending in the share's name, for example "
-                  f"https://<file endpoint>/<share>; got '{url}'.")
+        raise bad(
+            f"'{where}' must be a URL ending in the share's name, for example "
+            f"https://<file endpoint>/<share>; got '{url}'."
+        )
     return parts.netloc, segments[-1].lower()
 
 
@@ -113,12 +123,17 @@ def check_mount_volumes(value, where: str) -> tuple[dict | None, list]:
     mounts = _obj(value, where)
     if mounts is None:
         return None, []
-    for kind, what in (("azureBlobFileSystems", "Azure Blob containers (blobfuse)"),
-                       ("fileServers", "Batch AI file servers (NFS)"),
-                       ("unmanagedFileSystems", "unmanaged file systems")):
+    for kind, what in (
+        ("azureBlobFileSystems", "Azure Blob containers (blobfuse)"),
+        ("fileServers", "Batch AI file servers (NFS)"),
+        ("unmanagedFileSystems", "unmanaged file systems"),
+    ):
         if mounts.get(kind):
-            raise bad(f"'{where}.{kind}': the local cloud does not emulate {what}; mount an Azure "
-                      f"Files share with '{where}.azureFileShares' instead.", code="NotSupported")
+            raise bad(
+                f"'{where}.{kind}': the local cloud does not emulate {what}; mount an Azure "
+                f"Files share with '{where}.azureFileShares' instead.",
+                code="NotSupported",
+            )
     body = copy.deepcopy(mounts)
     shares = []
     seen = set()
@@ -129,8 +144,10 @@ def check_mount_volumes(value, where: str) -> tuple[dict | None, list]:
         url = _str(share.get("azureFileUrl"), f"{at}.azureFileUrl", required=True)
         rel = _str(share.get("relativeMountPath"), f"{at}.relativeMountPath", required=True)
         if not re.fullmatch(r"[-\w.]+", rel) or rel in (".", ".."):
-            raise bad(f"'{at}.relativeMountPath' must be one folder name (letters, digits, '-', '_', "
-                      f"'.'); got '{rel}'.")
+            raise bad(
+                f"'{at}.relativeMountPath' must be one folder name (letters, digits, '-', '_', "
+                f"'.'); got '{rel}'."
+            )
         if rel in seen:
             raise bad(f"'{at}.relativeMountPath' '{rel}' is used by two mounts.")
         seen.add(rel)
@@ -138,24 +155,39 @@ def check_mount_volumes(value, where: str) -> tuple[dict | None, list]:
         credentials = _obj(share.get("credentials"), f"{at}.credentials", required=True)
         key = _str(credentials.get("accountKey"), f"{at}.credentials.accountKey")
         if credentials.get("accountKeySecretReference"):
-            raise bad(f"'{at}.credentials.accountKeySecretReference': the local cloud has no Key "
-                      "Vault; give the storage account key in credentials.accountKey.",
-                      code="NotSupported")
+            raise bad(
+                f"'{at}.credentials.accountKeySecretReference': the local cloud has no Key "
+                "Vault; give the storage account key in credentials.accountKey.",
+                code="NotSupported",
+            )
         if key is None:
             raise bad(f"'{at}.credentials.accountKey' is required.")
         body["azureFileShares"][i]["credentials"] = {}
         body["azureFileShares"][i].setdefault("fileMode", "0777")
         body["azureFileShares"][i].setdefault("directoryMode", "0777")
-        shares.append({"relative": rel, "account": account, "share": share_name, "key": key, "url": url})
+        shares.append(
+            {"relative": rel, "account": account, "share": share_name, "key": key, "url": url}
+        )
     return body, shares
 
 
 # ---------------------------------------------------------------------- workspaces / experiments
 
-def workspace_body(arm_id: str, name: str, location: str, tags: dict | None, created: float) -> dict:
-    body = {"id": arm_id, "name": name, "type": WORKSPACE_TYPE, "location": location,
-            "properties": {"creationTime": iso(created), "provisioningState": "succeeded",
-                           "provisioningStateTransitionTime": iso(created)}}
+
+def workspace_body(
+    arm_id: str, name: str, location: str, tags: dict | None, created: float
+) -> dict:
+    body = {
+        "id": arm_id,
+        "name": name,
+        "type": WORKSPACE_TYPE,
+        "location": location,
+        "properties": {
+            "creationTime": iso(created),
+            "provisioningState": "succeeded",
+            "provisioningStateTransitionTime": iso(created),
+        },
+    }
     if tags:
         body["tags"] = tags
     return body
@@ -170,38 +202,82 @@ def check_tags(tags) -> dict:
 
 
 def experiment_body(arm_id: str, name: str, created: float) -> dict:
-    return {"id": arm_id, "name": name, "type": EXPERIMENT_TYPE,
-            "properties": {"creationTime": iso(created), "provisioningState": "succeeded",
-                           "provisioningStateTransitionTime": iso(created)}}
+    return {
+        "id": arm_id,
+        "name": name,
+        "type": EXPERIMENT_TYPE,
+        "properties": {
+            "creationTime": iso(created),
+            "provisioningState": "succeeded",
+            "provisioningStateTransitionTime": iso(created),
+        },
+    }
 
 
 # ---------------------------------------------------------------------- clusters
 
+
 def check_scale_settings(value, where: str) -> dict:
     scale = _obj(value, where)
     if scale is None:
-        raise bad(f"'{where}' is required: give manual.targetNodeCount, or autoScale with "
-                  "minimumNodeCount and maximumNodeCount.")
+        raise bad(
+            f"'{where}' is required: give manual.targetNodeCount, or autoScale with "
+            "minimumNodeCount and maximumNodeCount."
+        )
     manual, auto = scale.get("manual"), scale.get("autoScale")
     if (manual is None) == (auto is None):
         raise bad(f"'{where}' must have exactly one of 'manual' and 'autoScale'.")
     if manual is not None:
         _obj(manual, f"{where}.manual")
-        _int(manual.get("targetNodeCount"), f"{where}.manual.targetNodeCount", required=True, minimum=0)
+        _int(
+            manual.get("targetNodeCount"),
+            f"{where}.manual.targetNodeCount",
+            required=True,
+            minimum=0,
+        )
         option = manual.get("nodeDeallocationOption") or "requeue"
         if option not in DEALLOCATION_OPTIONS:
-            raise bad(f"'{where}.manual.nodeDeallocationOption' must be one of "
-                      f"{', '.join(DEALLOCATION_OPTIONS)}; got '{option}'.")
-        return {"manual": {"targetNodeCount": manual["targetNodeCount"], "nodeDeallocationOption": option}}
+            raise bad(
+                f"'{where}.manual.nodeDeallocationOption' must be one of "
+                f"{', '.join(DEALLOCATION_OPTIONS)}; got '{option}'."
+            )
+        return {
+            "manual": {
+                "targetNodeCount": manual["targetNodeCount"],
+                "nodeDeallocationOption": option,
+            }
+        }
     _obj(auto, f"{where}.autoScale")
-    low = _int(auto.get("minimumNodeCount"), f"{where}.autoScale.minimumNodeCount", required=True, minimum=0)
-    high = _int(auto.get("maximumNodeCount"), f"{where}.autoScale.maximumNodeCount", required=True, minimum=1)
-    initial = _int(auto.get("initialNodeCount"), f"{where}.autoScale.initialNodeCount", minimum=0) or 0
+    low = _int(
+        auto.get("minimumNodeCount"),
+        f"{where}.autoScale.minimumNodeCount",
+        required=True,
+        minimum=0,
+    )
+    high = _int(
+        auto.get("maximumNodeCount"),
+        f"{where}.autoScale.maximumNodeCount",
+        required=True,
+        minimum=1,
+    )
+    initial = (
+        _int(auto.get("initialNodeCount"), f"{where}.autoScale.initialNodeCount", minimum=0) or 0
+    )
     if low > high:
-        raise bad(f"'{where}.autoScale.minimumNodeCount' ({low}) exceeds maximumNodeCount ({high}).")
+        raise bad(
+            f"'{where}.autoScale.minimumNodeCount' ({low}) exceeds maximumNodeCount ({high})."
+        )
     if initial > high:
-        raise bad(f"'{where}.autoScale.initialNodeCount' ({initial}) exceeds maximumNodeCount ({high}).")
-    return {"autoScale": {"minimumNodeCount": low, "maximumNodeCount": high, "initialNodeCount": initial}}
+        raise bad(
+            f"'{where}.autoScale.initialNodeCount' ({initial}) exceeds maximumNodeCount ({high})."
+        )
+    return {
+        "autoScale": {
+            "minimumNodeCount": low,
+            "maximumNodeCount": high,
+            "initialNodeCount": initial,
+        }
+    }
 
 
 def initial_target(scale: dict) -> int:
@@ -225,32 +301,48 @@ def check_cluster(body: dict) -> tuple[dict, dict]:
     if not re.fullmatch(r"[A-Za-z0-9_]+", vm_size):
         raise bad(f"'properties.vmSize' '{vm_size}' is not a VM size name such as STANDARD_NC6.")
     out["vmSize"] = vm_size
-    priority = (props.get("vmPriority") or "dedicated")
+    priority = props.get("vmPriority") or "dedicated"
     if priority not in ("dedicated", "lowpriority"):
-        raise bad(f"'properties.vmPriority' must be 'dedicated' or 'lowpriority'; got '{priority}'.")
+        raise bad(
+            f"'properties.vmPriority' must be 'dedicated' or 'lowpriority'; got '{priority}'."
+        )
     out["vmPriority"] = priority
-    out["scaleSettings"] = check_scale_settings(props.get("scaleSettings"), "properties.scaleSettings")
-    vm_config = _obj(props.get("virtualMachineConfiguration"), "properties.virtualMachineConfiguration")
+    out["scaleSettings"] = check_scale_settings(
+        props.get("scaleSettings"), "properties.scaleSettings"
+    )
+    vm_config = _obj(
+        props.get("virtualMachineConfiguration"), "properties.virtualMachineConfiguration"
+    )
     image = dict(DEFAULT_IMAGE)
     if vm_config and vm_config.get("imageReference"):
-        given = _obj(vm_config["imageReference"], "properties.virtualMachineConfiguration.imageReference")
+        given = _obj(
+            vm_config["imageReference"], "properties.virtualMachineConfiguration.imageReference"
+        )
         image = {**{"version": "latest"}, **given}
     out["virtualMachineConfiguration"] = {"imageReference": image}
     secrets = {}
     node_setup = _obj(props.get("nodeSetup"), "properties.nodeSetup")
     if node_setup is not None:
         setup = copy.deepcopy(node_setup)
-        mounts_body, shares = check_mount_volumes(node_setup.get("mountVolumes"),
-                                                  "properties.nodeSetup.mountVolumes")
+        mounts_body, shares = check_mount_volumes(
+            node_setup.get("mountVolumes"), "properties.nodeSetup.mountVolumes"
+        )
         if mounts_body is not None:
             setup["mountVolumes"] = mounts_body
         secrets["mounts"] = shares
         task = _obj(node_setup.get("setupTask"), "properties.nodeSetup.setupTask")
         if task is not None:
-            _str(task.get("commandLine"), "properties.nodeSetup.setupTask.commandLine", required=True)
-            _str(task.get("stdOutErrPathPrefix"), "properties.nodeSetup.setupTask.stdOutErrPathPrefix",
-                 required=True)
-            secret_values, stripped = check_secrets(task.get("secrets"), "properties.nodeSetup.setupTask.secrets")
+            _str(
+                task.get("commandLine"), "properties.nodeSetup.setupTask.commandLine", required=True
+            )
+            _str(
+                task.get("stdOutErrPathPrefix"),
+                "properties.nodeSetup.setupTask.stdOutErrPathPrefix",
+                required=True,
+            )
+            secret_values, stripped = check_secrets(
+                task.get("secrets"), "properties.nodeSetup.setupTask.secrets"
+            )
             setup["setupTask"]["secrets"] = stripped
             if not stripped:
                 setup["setupTask"].pop("secrets")
@@ -259,7 +351,9 @@ def check_cluster(body: dict) -> tuple[dict, dict]:
     users = _obj(props.get("userAccountSettings"), "properties.userAccountSettings", required=True)
     _str(users.get("adminUserName"), "properties.userAccountSettings.adminUserName", required=True)
     if not users.get("adminUserPassword") and not users.get("adminUserSshPublicKey"):
-        raise bad("'properties.userAccountSettings' needs adminUserPassword or adminUserSshPublicKey.")
+        raise bad(
+            "'properties.userAccountSettings' needs adminUserPassword or adminUserSshPublicKey."
+        )
     out["userAccountSettings"] = {k: v for k, v in users.items() if k != "adminUserPassword"}
     if users.get("adminUserPassword"):
         secrets["admin_password"] = users["adminUserPassword"]
@@ -275,8 +369,11 @@ def check_secrets(value, where: str) -> tuple[dict, list]:
         _obj(item, f"{where}[{i}]", required=True)
         name = _str(item.get("name"), f"{where}[{i}].name", required=True)
         if item.get("valueSecretReference"):
-            raise bad(f"'{where}[{i}].valueSecretReference': the local cloud has no Key Vault; give "
-                      "the secret in 'value'.", code="NotSupported")
+            raise bad(
+                f"'{where}[{i}].valueSecretReference': the local cloud has no Key Vault; give "
+                "the secret in 'value'.",
+                code="NotSupported",
+            )
         values[name] = _str(item.get("value"), f"{where}[{i}].value") or ""
         stripped.append({"name": name})
     return values, stripped
@@ -284,14 +381,21 @@ def check_secrets(value, where: str) -> tuple[dict, list]:
 
 # ---------------------------------------------------------------------- jobs
 
+
 def check_job(body: dict) -> tuple[dict, dict]:
     """(stored properties without secrets, secrets) of a JobCreateParameters body, with the
     service's defaults filled in. The cluster reference and node count are checked by the
     caller, which knows the clusters."""
     props = _obj(body.get("properties"), "properties", required=True)
     out = copy.deepcopy(props)
-    for key in ("executionState", "executionInfo", "jobOutputDirectoryPathSegment", "provisioningState",
-                "creationTime", "toolType"):
+    for key in (
+        "executionState",
+        "executionInfo",
+        "jobOutputDirectoryPathSegment",
+        "provisioningState",
+        "creationTime",
+        "toolType",
+    ):
         out.pop(key, None)
     cluster = _obj(props.get("cluster"), "properties.cluster", required=True)
     _str(cluster.get("id"), "properties.cluster.id", required=True)
@@ -303,8 +407,11 @@ def check_job(body: dict) -> tuple[dict, dict]:
     out["schedulingPriority"] = priority
     toolkits = [key for key in TOOL_TYPES if props.get(key) is not None]
     if not toolkits:
-        raise bad("The job has no toolkit settings: give exactly one of "
-                  + ", ".join(TOOL_TYPES) + " (the quickstart uses cntkSettings).")
+        raise bad(
+            "The job has no toolkit settings: give exactly one of "
+            + ", ".join(TOOL_TYPES)
+            + " (the quickstart uses cntkSettings)."
+        )
     if len(toolkits) > 1:
         raise bad(f"The job has more than one toolkit ({', '.join(toolkits)}); give exactly one.")
     toolkit = toolkits[0]
@@ -316,22 +423,38 @@ def check_job(body: dict) -> tuple[dict, dict]:
     elif toolkit == "cntkSettings":
         language = settings.get("languageType") or "Python"
         if language.lower() not in ("python", "brainscript"):
-            raise bad(f"'properties.cntkSettings.languageType' must be Python or BrainScript; got '{language}'.")
-        if language.lower() == "python" and not settings.get("pythonScriptFilePath") \
-                and settings.get("configFilePath"):
+            raise bad(
+                f"'properties.cntkSettings.languageType' must be Python or BrainScript; got '{language}'."
+            )
+        if (
+            language.lower() == "python"
+            and not settings.get("pythonScriptFilePath")
+            and settings.get("configFilePath")
+        ):
             language = "BrainScript"
         out[toolkit]["languageType"] = language
         if language.lower() == "python":
-            _str(settings.get("pythonScriptFilePath"), "properties.cntkSettings.pythonScriptFilePath",
-                 required=True)
+            _str(
+                settings.get("pythonScriptFilePath"),
+                "properties.cntkSettings.pythonScriptFilePath",
+                required=True,
+            )
         else:
-            _str(settings.get("configFilePath"), "properties.cntkSettings.configFilePath", required=True)
+            _str(
+                settings.get("configFilePath"),
+                "properties.cntkSettings.configFilePath",
+                required=True,
+            )
         out[toolkit].setdefault("processCount", props["nodeCount"])
     elif toolkit == "caffeSettings":
         if not settings.get("pythonScriptFilePath") and not settings.get("configFilePath"):
             raise bad("'properties.caffeSettings' needs pythonScriptFilePath or configFilePath.")
     else:
-        _str(settings.get("pythonScriptFilePath"), f"properties.{toolkit}.pythonScriptFilePath", required=True)
+        _str(
+            settings.get("pythonScriptFilePath"),
+            f"properties.{toolkit}.pythonScriptFilePath",
+            required=True,
+        )
     prep = _obj(props.get("jobPreparation"), "properties.jobPreparation")
     if prep is not None:
         _str(prep.get("commandLine"), "properties.jobPreparation.commandLine", required=True)
@@ -348,13 +471,19 @@ def check_job(body: dict) -> tuple[dict, dict]:
         _str(item.get("pathPrefix"), f"properties.outputDirectories[{i}].pathPrefix", required=True)
         suffix = _str(item.get("pathSuffix"), f"properties.outputDirectories[{i}].pathSuffix")
         if suffix and (suffix.startswith("/") or ".." in suffix.split("/")):
-            raise bad(f"'properties.outputDirectories[{i}].pathSuffix' must be a relative path inside "
-                      f"the job's outputs folder; got '{suffix}'.")
+            raise bad(
+                f"'properties.outputDirectories[{i}].pathSuffix' must be a relative path inside "
+                f"the job's outputs folder; got '{suffix}'."
+            )
         _check_directory_id(ident, f"properties.outputDirectories[{i}].id", ids)
         if ident.lower() == STDOUTERR:
-            raise bad(f"'properties.outputDirectories[{i}].id' may not be '{STDOUTERR}' (that id "
-                      "lists the job's stdout/stderr).")
-    for i, item in enumerate(_list(props.get("environmentVariables"), "properties.environmentVariables")):
+            raise bad(
+                f"'properties.outputDirectories[{i}].id' may not be '{STDOUTERR}' (that id "
+                "lists the job's stdout/stderr)."
+            )
+    for i, item in enumerate(
+        _list(props.get("environmentVariables"), "properties.environmentVariables")
+    ):
         _obj(item, f"properties.environmentVariables[{i}]", required=True)
         _str(item.get("name"), f"properties.environmentVariables[{i}].name", required=True)
     secret_values, stripped = check_secrets(props.get("secrets"), "properties.secrets")
@@ -365,7 +494,7 @@ def check_job(body: dict) -> tuple[dict, dict]:
     if mounts_body is not None:
         out["mountVolumes"] = mounts_body
     secrets["mounts"] = shares
-    registry = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {})
+    registry = (props.get("containerSettings") or {}).get("imageSourceRegistry") or {}
     if registry.get("credentials"):
         creds = out["containerSettings"]["imageSourceRegistry"]["credentials"]
         if creds.get("password"):
@@ -377,8 +506,10 @@ def check_job(body: dict) -> tuple[dict, dict]:
         if duration_seconds(wall_clock) <= 0:
             raise ValueError
     except ValueError:
-        raise bad(f"'properties.constraints.maxWallClockTime' must be a positive ISO 8601 duration "
-                  f"such as P7D or PT2H; got '{wall_clock}'.") from None
+        raise bad(
+            f"'properties.constraints.maxWallClockTime' must be a positive ISO 8601 duration "
+            f"such as P7D or PT2H; got '{wall_clock}'."
+        ) from None
     constraints["maxWallClockTime"] = wall_clock
     out["constraints"] = constraints
     return out, secrets
@@ -386,8 +517,10 @@ def check_job(body: dict) -> tuple[dict, dict]:
 
 def _check_directory_id(ident: str, where: str, seen: set) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_]+", ident):
-        raise bad(f"'{where}' '{ident}' may hold only letters, digits and '_' (it becomes part of an "
-                  "environment variable name).")
+        raise bad(
+            f"'{where}' '{ident}' may hold only letters, digits and '_' (it becomes part of an "
+            "environment variable name)."
+        )
     if ident in seen:
         raise bad(f"'{where}' '{ident}' is used twice.")
     seen.add(ident)

@@ -7,6 +7,7 @@ for 127.0.0.1 and localhost. Two certificates instead of one self-signed leaf ke
 verifiers (OpenSSL's X509_STRICT, newer Pythons) happy. Elliptic-curve keys make the first start
 take milliseconds, not the hundreds an RSA key would.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -39,8 +40,11 @@ def ensure_certificates(state_dir: str | os.PathLike) -> TlsFiles:
     """Return the TLS files for ``state_dir``, making them first if missing or near expiry."""
     folder = Path(state_dir).resolve() / TLS_DIR
     files = TlsFiles(folder / CA_CERT_FILE, folder / SERVER_CERT_FILE, folder / SERVER_KEY_FILE)
-    if all(p.exists() for p in (files.ca_cert, files.server_cert, files.server_key)) \
-            and _still_valid(files.server_cert) and _still_valid(files.ca_cert):
+    if (
+        all(p.exists() for p in (files.ca_cert, files.server_cert, files.server_key))
+        and _still_valid(files.server_cert)
+        and _still_valid(files.ca_cert)
+    ):
         return files
     folder.mkdir(parents=True, exist_ok=True)
     _make_certificates(files)
@@ -52,26 +56,42 @@ def _still_valid(path: Path) -> bool:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return False
-    return cert.not_valid_after_utc - _RENEW_BEFORE > datetime.datetime.now(datetime.timezone.utc)
+    return cert.not_valid_after_utc - _RENEW_BEFORE > datetime.datetime.now(datetime.UTC)
 
 
 def _make_certificates(files: TlsFiles) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Local cloud CA"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "batchai-cntk-quickstart")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "Local cloud CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "batchai-cntk-quickstart"),
+        ]
+    )
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + _VALIDITY)
+        .not_valid_before(now)
+        .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -82,25 +102,41 @@ def _make_certificates(files: TlsFiles) -> None:
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + _VALIDITY)
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
+        .not_valid_before(now)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
-                                     content_commitment=False, data_encipherment=False,
-                                     key_agreement=True, key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                       critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    key_pem = server_key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
+    key_pem = server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     _write(files.server_key, key_pem, private=True)
     _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))

@@ -16,6 +16,7 @@ single scheduler thread moves everything on, as moto's ManagedState moves states
 Because the job's own record (beside its output) and the store are the only state, a server
 started later on the same state directory picks up where the last one stopped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,13 +30,21 @@ import uuid
 from pathlib import Path
 
 from . import nodeagent
-from .batchai_models import CLUSTER_TYPE, JOB_TYPE, PRIORITIES, STDOUTERR, initial_target, iso, job_error
+from .batchai_models import (
+    CLUSTER_TYPE,
+    JOB_TYPE,
+    PRIORITIES,
+    STDOUTERR,
+    initial_target,
+    iso,
+    job_error,
+)
 from .nodeagent import JobHandle, NodeContext
 
 log = logging.getLogger("quickstart.localcloud")
 
-BUSY_TICK = 0.02    # seconds between scheduler passes while anything is moving
-IDLE_TICK = 1.0     # ... while nothing is (a request that changes something wakes it at once)
+BUSY_TICK = 0.02  # seconds between scheduler passes while anything is moving
+IDLE_TICK = 1.0  # ... while nothing is (a request that changes something wakes it at once)
 ACTIVE = ("queued", "running", "terminating")
 
 
@@ -51,8 +60,9 @@ class Compute:
         self.store = cloud.store
         options = cloud.options
         self.allocation_delay = float(options.get("cluster_allocation_delay", 1.0))
-        self.preparation_delay = float(options.get("node_preparation_delay",
-                                                   min(0.5, self.allocation_delay / 2)))
+        self.preparation_delay = float(
+            options.get("node_preparation_delay", min(0.5, self.allocation_delay / 2))
+        )
         self.default_python = options.get("job_python") or sys.executable
         self.root = Path(cloud.state_dir) / "compute"
         self.num_gpus = nodeagent.gpu_count()
@@ -125,16 +135,25 @@ class Compute:
         return str(self.root / "jobs")
 
     def node_context(self, cluster_uid: str) -> NodeContext:
-        return NodeContext(mount_root=self.cluster_mount_root(cluster_uid),
-                           job_temp_root=self.job_temp_root(), default_python=self.default_python,
-                           num_gpus=self.num_gpus)
+        return NodeContext(
+            mount_root=self.cluster_mount_root(cluster_uid),
+            job_temp_root=self.job_temp_root(),
+            default_python=self.default_python,
+            num_gpus=self.num_gpus,
+        )
 
-    def share_mounts(self, cluster_uid: str, cluster_shares: list, job_uid: str, job_shares: list) -> list:
+    def share_mounts(
+        self, cluster_uid: str, cluster_shares: list, job_uid: str, job_shares: list
+    ) -> list:
         """[(absolute mount folder, share name)] a job on this cluster sees."""
-        mounts = [(os.path.join(self.cluster_mount_root(cluster_uid), m["relative"]), m["share"])
-                  for m in cluster_shares]
-        mounts += [(os.path.join(self.job_mount_root(job_uid), m["relative"]), m["share"])
-                   for m in job_shares]
+        mounts = [
+            (os.path.join(self.cluster_mount_root(cluster_uid), m["relative"]), m["share"])
+            for m in cluster_shares
+        ]
+        mounts += [
+            (os.path.join(self.job_mount_root(job_uid), m["relative"]), m["share"])
+            for m in job_shares
+        ]
         return mounts
 
     @staticmethod
@@ -143,21 +162,29 @@ class Compute:
         path = os.path.normpath(path)
         for folder, share in mounts:
             if path == folder or path.startswith(folder + os.sep):
-                return {"share": share, "path": os.path.relpath(path, folder).replace(os.sep, "/")
-                        if path != folder else ""}
+                return {
+                    "share": share,
+                    "path": os.path.relpath(path, folder).replace(os.sep, "/")
+                    if path != folder
+                    else "",
+                }
         return None
 
     def mount_problem(self, mount: dict) -> str | None:
         """Why a share mount would fail here, or None if it works."""
         creds = self.cloud.credentials
         if mount["account"].lower() != creds.storage_account.lower():
-            return (f"the storage account '{mount['account']}' is not the local cloud's "
-                    f"('{creds.storage_account}'); use the account from connection.json")
+            return (
+                f"the storage account '{mount['account']}' is not the local cloud's "
+                f"('{creds.storage_account}'); use the account from connection.json"
+            )
         if mount["key"] != creds.storage_key:
             return f"the account key given for '{mount['account']}' is wrong"
         if self.store.share_dir(mount["share"]) is None:
-            return (f"there is no share named '{mount['share']}' in account '{mount['account']}'; "
-                    "create it (FileService.create_share) before the nodes mount it")
+            return (
+                f"there is no share named '{mount['share']}' in account '{mount['account']}'; "
+                "create it (FileService.create_share) before the nodes mount it"
+            )
         return None
 
     # ------------------------------------------------------------------ the scheduler pass
@@ -186,15 +213,23 @@ class Compute:
                 busy |= self._advance_cluster(cluster, now, demand.get(key, 0), kills)
                 clusters[key] = self.store.get_resource(key)
             queued = [self.store.get_resource(j.id) for j in jobs]
-            queued = [j for j in queued if j is not None and _props(j)["executionState"] == "queued"]
+            queued = [
+                j for j in queued if j is not None and _props(j)["executionState"] == "queued"
+            ]
             queued.sort(key=lambda j: (-PRIORITIES[_props(j)["schedulingPriority"]], j.created))
             for job in queued:
                 busy = True
                 cluster = clusters.get(job.extra["cluster"])
                 if cluster is None:
-                    self.finish_now(job, "failed", job_error(
-                        "ClusterNotFound", f"The job's cluster '{_props(job)['cluster']['id']}' no longer "
-                        "exists; the job cannot run."))
+                    self.finish_now(
+                        job,
+                        "failed",
+                        job_error(
+                            "ClusterNotFound",
+                            f"The job's cluster '{_props(job)['cluster']['id']}' no longer "
+                            "exists; the job cannot run.",
+                        ),
+                    )
                     continue
                 nodes = self._take_nodes(cluster, job)
                 if nodes:
@@ -218,7 +253,10 @@ class Compute:
             if wanted != state["target"]:
                 state["target"], state["resize_since"] = wanted, now
                 changed = True
-        if state["resize_since"] is not None and now - state["resize_since"] >= self.allocation_delay:
+        if (
+            state["resize_since"] is not None
+            and now - state["resize_since"] >= self.allocation_delay
+        ):
             self._resize(cluster, state, now, kills)
             state["resize_since"] = None
             state["allocation_since"] = now
@@ -232,8 +270,12 @@ class Compute:
                 self._prepare(cluster, state, node, now)
                 changed = True
         if changed:
-            self.store.put_resource(cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra)
-        return state["resize_since"] is not None or any(n["state"] == "preparing" for n in state["nodes"])
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
+        return state["resize_since"] is not None or any(
+            n["state"] == "preparing" for n in state["nodes"]
+        )
 
     def _resize(self, cluster, state: dict, now: float, kills: list) -> None:
         nodes = state["nodes"]
@@ -241,8 +283,14 @@ class Compute:
         while len([n for n in nodes if n["state"] != "leaving"]) < target:
             state["next_node"] = state.get("next_node", 0) + 1
             stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now))
-            nodes.append({"id": f"tvm-{int(state['uid'][:8], 16)}_{state['next_node']}-{stamp}",
-                          "state": "preparing", "since": now, "job": None})
+            nodes.append(
+                {
+                    "id": f"tvm-{int(state['uid'][:8], 16)}_{state['next_node']}-{stamp}",
+                    "state": "preparing",
+                    "since": now,
+                    "job": None,
+                }
+            )
         surplus = len([n for n in nodes if n["state"] != "leaving"]) - target
         for wanted_state in ("unusable", "preparing", "idle"):
             for node in [n for n in nodes if n["state"] == wanted_state]:
@@ -254,7 +302,8 @@ class Compute:
         if surplus <= 0:
             return
         option = (_props(cluster)["scaleSettings"].get("manual") or {}).get(
-            "nodeDeallocationOption", "waitforjobcompletion")
+            "nodeDeallocationOption", "waitforjobcompletion"
+        )
         for node in [n for n in nodes if n["state"] == "running"][:surplus]:
             job = self.store.get_resource(node["job"]) if node["job"] else None
             if option in ("requeue", "terminate") and job is not None and job.extra.get("handle"):
@@ -289,9 +338,16 @@ class Compute:
                     os.unlink(with_exit)
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
             else:
-                self.finish_now(job, "failed", job_error(
-                    "NodeDeallocated", "The cluster was resized down with nodeDeallocationOption "
-                    "'terminate' and the job's node was taken away."), release=False)
+                self.finish_now(
+                    job,
+                    "failed",
+                    job_error(
+                        "NodeDeallocated",
+                        "The cluster was resized down with nodeDeallocationOption "
+                        "'terminate' and the job's node was taken away.",
+                    ),
+                    release=False,
+                )
 
     def _prepare(self, cluster, state: dict, node: dict, now: float) -> None:
         """Mount the cluster's shares for a node; idle if all mount, else unusable."""
@@ -301,22 +357,36 @@ class Compute:
             problem = self.mount_problem(mount)
             if problem is None:
                 try:
-                    _link(os.path.join(mount_root, mount["relative"]), str(self.store.share_dir(mount["share"])))
+                    _link(
+                        os.path.join(mount_root, mount["relative"]),
+                        str(self.store.share_dir(mount["share"])),
+                    )
                 except OSError as err:
                     problem = f"the mount folder could not be made: {err}"
             if problem:
-                problems.append(job_error(
-                    "AZFMountError", f"Unable to mount Azure File share '{mount['share']}': {problem}.",
-                    {"Info": f"Could not mount Azure File Share {mount['url']} at "
-                             f"$AZ_BATCHAI_MOUNT_ROOT/{mount['relative']}"}))
+                problems.append(
+                    job_error(
+                        "AZFMountError",
+                        f"Unable to mount Azure File share '{mount['share']}': {problem}.",
+                        {
+                            "Info": f"Could not mount Azure File Share {mount['url']} at "
+                            f"$AZ_BATCHAI_MOUNT_ROOT/{mount['relative']}"
+                        },
+                    )
+                )
         task = (_props(cluster).get("nodeSetup") or {}).get("setupTask")
         if not problems and task:
             try:
                 node["setup"] = self._start_setup_task(cluster, state, node, task).to_json()
                 return  # the node stays preparing until its setup task ends
             except (nodeagent.PlanError, OSError) as err:
-                problems.append(job_error("SetupTaskFailed", f"The node setup task could not start on node "
-                                                             f"{node['id']}: {getattr(err, 'message', err)}"))
+                problems.append(
+                    job_error(
+                        "SetupTaskFailed",
+                        f"The node setup task could not start on node "
+                        f"{node['id']}: {getattr(err, 'message', err)}",
+                    )
+                )
         self._node_ready(state, node, problems, now)
 
     def _node_ready(self, state: dict, node: dict, problems: list, now: float) -> None:
@@ -333,25 +403,37 @@ class Compute:
         """Run nodeSetup.setupTask for a node through the node agent; its stdout/stderr go to
         ``{stdOutErrPathPrefix}/{stdOutErrPathSuffix}/{node id}/``."""
         context = self.node_context(state["uid"])
-        env = {"AZ_BATCHAI_MOUNT_ROOT": context.mount_root, "AZ_BATCHAI_NUM_GPUS": str(context.num_gpus),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            "AZ_BATCHAI_MOUNT_ROOT": context.mount_root,
+            "AZ_BATCHAI_NUM_GPUS": str(context.num_gpus),
+            "PYTHONUNBUFFERED": "1",
+        }
         for item in task.get("environmentVariables") or []:
             env[item["name"]] = item.get("value") or ""
         secrets = cluster.extra.get("secrets", {}).get("setup_secrets", {})
         env.update(secrets)
         prefix = nodeagent.expand(task["stdOutErrPathPrefix"], {**os.environ, **env})
         if "$" in prefix or not os.path.isabs(prefix):
-            raise nodeagent.PlanError("InvalidParameter", f"stdOutErrPathPrefix '{task['stdOutErrPathPrefix']}' "
-                                                          "is not a path on this node")
+            raise nodeagent.PlanError(
+                "InvalidParameter",
+                f"stdOutErrPathPrefix '{task['stdOutErrPathPrefix']}' is not a path on this node",
+            )
         folder = os.path.join(prefix, task["stdOutErrPathSuffix"], node["id"])
         work = str(self.root / "clusters" / state["uid"] / "setup" / node["id"])
         spec = nodeagent.LaunchSpec(
-            job=f"{cluster.id} setup task", record_dir=os.path.join(work, nodeagent.RECORD_DIR_NAME),
-            stdouterr_dir=folder, cwd=work, env=env, secret_values=[v for v in secrets.values() if v],
+            job=f"{cluster.id} setup task",
+            record_dir=os.path.join(work, nodeagent.RECORD_DIR_NAME),
+            stdouterr_dir=folder,
+            cwd=work,
+            env=env,
+            secret_values=[v for v in secrets.values() if v],
             command=task["commandLine"],
-            notes=[f"Setup task of node {node['id']} runs on this host ({os.uname().nodename}), "
-                   "directly, not on an Azure VM."],
-            make_dirs=[folder, work, os.path.join(work, nodeagent.RECORD_DIR_NAME)])
+            notes=[
+                f"Setup task of node {node['id']} runs on this host ({os.uname().nodename}), "
+                "directly, not on an Azure VM."
+            ],
+            make_dirs=[folder, work, os.path.join(work, nodeagent.RECORD_DIR_NAME)],
+        )
         return nodeagent.launch(spec)
 
     def _check_setup_task(self, state: dict, node: dict, now: float) -> bool:
@@ -360,10 +442,19 @@ class Compute:
             return False
         problems = []
         if not outcome.succeeded:
-            why = outcome.error["message"] if outcome.error else f"exited with code {outcome.exit_code}"
-            problems.append(job_error("SetupTaskFailed", f"The node setup task on node {node['id']} failed: "
-                                                         f"{why}. See its stdout.txt and stderr.txt.",
-                                      {"exitCode": outcome.exit_code}))
+            why = (
+                outcome.error["message"]
+                if outcome.error
+                else f"exited with code {outcome.exit_code}"
+            )
+            problems.append(
+                job_error(
+                    "SetupTaskFailed",
+                    f"The node setup task on node {node['id']} failed: "
+                    f"{why}. See its stdout.txt and stderr.txt.",
+                    {"exitCode": outcome.exit_code},
+                )
+            )
         node.pop("setup")
         self._node_ready(state, node, problems, now)
         return True
@@ -382,14 +473,23 @@ class Compute:
             state["target"] = target
             state["resize_since"] = time.time()
             state["allocation_since"] = state["resize_since"]
-            self.store.put_resource(cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra)
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
         self.wake()
 
     @staticmethod
     def new_cluster_state(scale: dict) -> dict:
         now = time.time()
-        return {"uid": uuid.uuid4().hex, "target": initial_target(scale), "resize_since": now,
-                "allocation_since": now, "nodes": [], "errors": [], "next_node": 0}
+        return {
+            "uid": uuid.uuid4().hex,
+            "target": initial_target(scale),
+            "resize_since": now,
+            "allocation_since": now,
+            "nodes": [],
+            "errors": [],
+            "next_node": 0,
+        }
 
     def _take_nodes(self, cluster, job) -> list:
         state = cluster.extra["compute"]
@@ -406,8 +506,13 @@ class Compute:
         props["executionState"] = "running"
         props["executionStateTransitionTime"] = _iso(now)
         props["executionInfo"] = {"startTime": _iso(now)}
-        job.extra.update(nodes=[n["id"] for n in taken], handle=None, launching=True,
-                         cluster_uid=state["uid"], started=now)
+        job.extra.update(
+            nodes=[n["id"] for n in taken],
+            handle=None,
+            launching=True,
+            cluster_uid=state["uid"],
+            started=now,
+        )
         self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
         return taken
 
@@ -425,15 +530,24 @@ class Compute:
             for mount in job.extra["secrets"].get("mounts", []):
                 problem = problem or self.mount_problem(mount)
             if problem:
-                raise nodeagent.PlanError("AZFMountError", f"Unable to mount the job's Azure File share: {problem}.")
+                raise nodeagent.PlanError(
+                    "AZFMountError", f"Unable to mount the job's Azure File share: {problem}."
+                )
             handle = nodeagent.launch(plan.spec, python=sys.executable)
         except (nodeagent.PlanError, OSError, ValueError) as err:
             code = getattr(err, "code", "JobFailed")
-            message = getattr(err, "message", None) or f"The job could not be started on its node: {err}"
+            message = (
+                getattr(err, "message", None) or f"The job could not be started on its node: {err}"
+            )
             with self.store.transaction():
                 job = self.store.get_resource(job_id)
                 if job is not None and _props(job)["executionState"] == "running":
-                    self.finish_now(job, "failed", job_error(code, message), exit_code=nodeagent.NOT_STARTED_EXIT_CODE)
+                    self.finish_now(
+                        job,
+                        "failed",
+                        job_error(code, message),
+                        exit_code=nodeagent.NOT_STARTED_EXIT_CODE,
+                    )
             return
         with self.store.transaction():
             job = self.store.get_resource(job_id)
@@ -447,14 +561,22 @@ class Compute:
     def plan(self, job) -> nodeagent.JobPlan:
         """The node agent's plan for ``job`` on its cluster (directories, environment, command)."""
         cluster = self.store.get_resource(job.extra["cluster"])
-        cluster_uid = cluster.extra["compute"]["uid"] if cluster else job.extra.get("cluster_uid", "none")
+        cluster_uid = (
+            cluster.extra["compute"]["uid"] if cluster else job.extra.get("cluster_uid", "none")
+        )
         values = job.extra["secrets"].get("values", {})
         return nodeagent.plan_job(
-            _props(job), job_name=job.body["id"], segment=_props(job)["jobOutputDirectoryPathSegment"],
-            node=self.node_context(cluster_uid), job_mount_root=self.job_mount_root(job.extra["uid"]),
+            _props(job),
+            job_name=job.body["id"],
+            segment=_props(job)["jobOutputDirectoryPathSegment"],
+            node=self.node_context(cluster_uid),
+            job_mount_root=self.job_mount_root(job.extra["uid"]),
             secret_values=values,
-            job_mounts={m["relative"]: str(self.store.share_dir(m["share"]) or "")
-                        for m in job.extra["secrets"].get("mounts", [])})
+            job_mounts={
+                m["relative"]: str(self.store.share_dir(m["share"]) or "")
+                for m in job.extra["secrets"].get("mounts", [])
+            },
+        )
 
     def _finish(self, job, outcome: nodeagent.Outcome, clusters: dict | None = None) -> None:
         """Record how a running job ended, from its node agent's outcome."""
@@ -463,19 +585,40 @@ class Compute:
             errors.append(job_error(outcome.error["code"], outcome.error["message"]))
         elif outcome.exit_code != 0:
             if outcome.phase == "jobPreparation":
-                errors.append(job_error("JobPreparationFailed",
-                                        f"The job preparation command exited with code {outcome.exit_code}; "
-                                        "see stdout-job_prep.txt and stderr-job_prep.txt in stdouterr.",
-                                        {"exitCode": outcome.exit_code}))
+                errors.append(
+                    job_error(
+                        "JobPreparationFailed",
+                        f"The job preparation command exited with code {outcome.exit_code}; "
+                        "see stdout-job_prep.txt and stderr-job_prep.txt in stdouterr.",
+                        {"exitCode": outcome.exit_code},
+                    )
+                )
             else:
-                errors.append(job_error("JobFailed", f"The job's command exited with code {outcome.exit_code}; "
-                                        "see stderr.txt and stdout.txt in stdouterr.",
-                                        {"exitCode": outcome.exit_code}))
-        self.finish_now(job, "succeeded" if outcome.succeeded else "failed", errors[0] if errors else None,
-                        exit_code=outcome.exit_code, ended=outcome.ended)
+                errors.append(
+                    job_error(
+                        "JobFailed",
+                        f"The job's command exited with code {outcome.exit_code}; "
+                        "see stderr.txt and stdout.txt in stdouterr.",
+                        {"exitCode": outcome.exit_code},
+                    )
+                )
+        self.finish_now(
+            job,
+            "succeeded" if outcome.succeeded else "failed",
+            errors[0] if errors else None,
+            exit_code=outcome.exit_code,
+            ended=outcome.ended,
+        )
 
-    def finish_now(self, job, state: str, error: dict | None, exit_code: int | None = None,
-                   ended: float | None = None, release: bool = True) -> None:
+    def finish_now(
+        self,
+        job,
+        state: str,
+        error: dict | None,
+        exit_code: int | None = None,
+        ended: float | None = None,
+        release: bool = True,
+    ) -> None:
         """Put ``job`` in its final ``state`` (call inside a store transaction)."""
         now = time.time()
         props = _props(job)
@@ -533,7 +676,9 @@ class Compute:
                         continue
                 if remove:
                     self.store.delete_resource(job.id)
-        threads = [threading.Thread(target=nodeagent.terminate, args=(h,), daemon=True) for _, h in handles]
+        threads = [
+            threading.Thread(target=nodeagent.terminate, args=(h,), daemon=True) for _, h in handles
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -547,8 +692,9 @@ class Compute:
                 if job is None:
                     continue
                 outcome = nodeagent.read_outcome(handle.record_dir)
-                self.finish_now(job, "failed", error,
-                                exit_code=outcome.exit_code if outcome else None)
+                self.finish_now(
+                    job, "failed", error, exit_code=outcome.exit_code if outcome else None
+                )
             if not remove:
                 for stale in jobs:  # running jobs still launching: their launch sees the state
                     job = self.store.get_resource(stale.id)
@@ -584,10 +730,17 @@ class Compute:
                 if props["executionState"] in ACTIVE:
                     with self._active_lock:
                         self._active.add(job.id)
-                if props["executionState"] in ("running", "terminating") and not job.extra.get("handle"):
-                    self.finish_now(job, "failed", job_error(
-                        "JobProcessVanished", "The local cloud stopped while starting the job, so it "
-                        "never ran."))
+                if props["executionState"] in ("running", "terminating") and not job.extra.get(
+                    "handle"
+                ):
+                    self.finish_now(
+                        job,
+                        "failed",
+                        job_error(
+                            "JobProcessVanished",
+                            "The local cloud stopped while starting the job, so it never ran.",
+                        ),
+                    )
 
 
 def _link(path: str, target: str) -> None:
@@ -603,11 +756,21 @@ _iso = iso
 
 
 def node_counts(state: dict) -> dict:
-    counts = {"idleNodeCount": 0, "runningNodeCount": 0, "preparingNodeCount": 0,
-              "unusableNodeCount": 0, "leavingNodeCount": 0}
+    counts = {
+        "idleNodeCount": 0,
+        "runningNodeCount": 0,
+        "preparingNodeCount": 0,
+        "unusableNodeCount": 0,
+        "leavingNodeCount": 0,
+    }
     for node in state["nodes"]:
-        key = {"idle": "idleNodeCount", "running": "runningNodeCount", "preparing": "preparingNodeCount",
-               "unusable": "unusableNodeCount", "leaving": "leavingNodeCount"}[node["state"]]
+        key = {
+            "idle": "idleNodeCount",
+            "running": "runningNodeCount",
+            "preparing": "preparingNodeCount",
+            "unusable": "unusableNodeCount",
+            "leaving": "leavingNodeCount",
+        }[node["state"]]
         counts[key] += 1
     return counts
 

@@ -17,12 +17,13 @@ the quickstart does::
 
 This module is imported by clients, so it needs neither the server nor its store.
 """
+
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
-import http.client
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,9 +50,17 @@ class ConnectionFileError(Exception):
     """connection.json exists but cannot be used (the message says why and what to do)."""
 
 
-def build_connection(*, base_url: str, tenant: str, client_id: str, client_secret: str,
-                     subscription_id: str, storage_account: str, storage_key: str,
-                     ca_cert: str | os.PathLike) -> dict:
+def build_connection(
+    *,
+    base_url: str,
+    tenant: str,
+    client_id: str,
+    client_secret: str,
+    subscription_id: str,
+    storage_account: str,
+    storage_key: str,
+    ca_cert: str | os.PathLike,
+) -> dict:
     """The connection dictionary for a local cloud serving at ``base_url`` (no trailing slash)."""
     file_endpoint = f"{base_url}/{storage_account}"
     return {
@@ -66,7 +75,8 @@ def build_connection(*, base_url: str, tenant: str, client_id: str, client_secre
         "storage_key": storage_key,
         "storage_connection_string": (
             f"DefaultEndpointsProtocol=https;AccountName={storage_account};"
-            f"AccountKey={storage_key};FileEndpoint={file_endpoint}"),
+            f"AccountKey={storage_key};FileEndpoint={file_endpoint}"
+        ),
         "ca_cert": str(Path(ca_cert).resolve()),
     }
 
@@ -99,11 +109,15 @@ def read_connection(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict | 
         connection = json.loads(text)
     except ValueError:
         raise ConnectionFileError(
-            f"{path} is not valid JSON; delete it and start the local cloud again") from None
-    missing = [key for key in CONNECTION_KEYS if not isinstance(connection, dict) or key not in connection]
+            f"{path} is not valid JSON; delete it and start the local cloud again"
+        ) from None
+    missing = [
+        key for key in CONNECTION_KEYS if not isinstance(connection, dict) or key not in connection
+    ]
     if missing:
         raise ConnectionFileError(
-            f"{path} lacks {', '.join(missing)}; delete it and start the local cloud again")
+            f"{path} lacks {', '.join(missing)}; delete it and start the local cloud again"
+        )
     return connection
 
 
@@ -150,7 +164,9 @@ def is_serving(connection: dict | None, timeout: float = 2.0) -> bool:
         context = ssl.create_default_context(cafile=connection["ca_cert"])
     except (OSError, ssl.SSLError):
         return False
-    conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout, context=context)
+    conn = http.client.HTTPSConnection(
+        url.hostname, url.port or 443, timeout=timeout, context=context
+    )
     try:
         conn.request("GET", HEALTH_PATH)
         response = conn.getresponse()

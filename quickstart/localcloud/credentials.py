@@ -4,6 +4,7 @@ They are random per state directory (not well-known constants) so that a test wh
 with the right secret and fails with a wrong one really exercises the checks, and so that two
 state directories never accept each other's tokens or signatures.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,7 +24,7 @@ class Credentials:
     client_secret: str
     subscription_id: str
     storage_account: str
-    storage_key: str          # base64, as Azure storage keys are
+    storage_key: str  # base64, as Azure storage keys are
     token_signing_key: bytes  # HMAC key for the bearer tokens the AAD endpoint issues
 
 
@@ -36,7 +37,12 @@ def ensure_credentials(store: Store) -> Credentials:
         subscription_id=store.setting("subscription_id", lambda: str(uuid.uuid4())),
         storage_account=store.setting("storage_account", lambda: STORAGE_ACCOUNT),
         storage_key=store.setting(
-            "storage_key", lambda: base64.b64encode(secrets.token_bytes(64)).decode("ascii")),
-        token_signing_key=base64.b64decode(store.setting(
-            "token_signing_key", lambda: base64.b64encode(secrets.token_bytes(32)).decode("ascii"))),
+            "storage_key", lambda: base64.b64encode(secrets.token_bytes(64)).decode("ascii")
+        ),
+        token_signing_key=base64.b64decode(
+            store.setting(
+                "token_signing_key",
+                lambda: base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+            )
+        ),
     )

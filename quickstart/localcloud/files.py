@@ -10,6 +10,7 @@ Writes: Create File builds the file at its full size under a temporary name and 
 place (readers never see a half-made file); Put Range streams the body straight into the file
 at its offset (no second buffer), as the SDK's parallel, out-of-order 4 MiB ranges need.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,13 +34,13 @@ from .sas import SasError, verify_sas
 
 log = logging.getLogger("quickstart.localcloud")
 
-API_VERSION = "2019-02-02"          # what azure-storage-file 2.1.0 sends; newer ones are refused
-MAX_RANGE = 4 * 1024 * 1024          # Put Range body limit
-MAX_FILE_SIZE = 4 * 1024 ** 4        # 4 TiB, the service's file size limit
+API_VERSION = "2019-02-02"  # what azure-storage-file 2.1.0 sends; newer ones are refused
+MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
+MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
 MAX_CLOCK_SKEW = 15 * 60
 BLOCK = 1 << 20
-DEFAULT_QUOTA = 5120                 # GiB
-_CONTENT_SETTINGS = {               # request header on create/set properties -> response header
+DEFAULT_QUOTA = 5120  # GiB
+_CONTENT_SETTINGS = {  # request header on create/set properties -> response header
     "x-ms-content-type": "Content-Type",
     "x-ms-content-encoding": "Content-Encoding",
     "x-ms-content-language": "Content-Language",
@@ -47,8 +48,13 @@ _CONTENT_SETTINGS = {               # request header on create/set properties ->
     "x-ms-content-disposition": "Content-Disposition",
     "x-ms-content-md5": "Content-MD5",
 }
-_SAS_OVERRIDES = {"rscc": "Cache-Control", "rscd": "Content-Disposition", "rsce": "Content-Encoding",
-                  "rscl": "Content-Language", "rsct": "Content-Type"}
+_SAS_OVERRIDES = {
+    "rscc": "Cache-Control",
+    "rscd": "Content-Disposition",
+    "rsce": "Content-Encoding",
+    "rscl": "Content-Language",
+    "rsct": "Content-Type",
+}
 
 
 class StorageError(Exception):
@@ -100,10 +106,15 @@ class FileService:
             response = self._error(request, StorageError(400, err.code, err.message), request_id)
         except Exception:
             log.exception("Azure Files request failed: %s %s", request.method, request.path)
-            response = self._error(request, StorageError(
-                500, "InternalError",
-                "The local cloud hit an internal error; see localcloud.log in its state directory."),
-                request_id)
+            response = self._error(
+                request,
+                StorageError(
+                    500,
+                    "InternalError",
+                    "The local cloud hit an internal error; see localcloud.log in its state directory.",
+                ),
+                request_id,
+            )
         headers = response.headers
         headers["x-ms-request-id"] = request_id
         headers["x-ms-version"] = API_VERSION
@@ -115,18 +126,27 @@ class FileService:
 
     def _error(self, request: Request, err: StorageError, request_id: str) -> Response:
         message = f"{err.message}\nRequestId:{request_id}\nTime:{_iso7(time.time())}"
-        body = b"" if request.method == "HEAD" else (
-            '<?xml version="1.0" encoding="utf-8"?><Error><Code>' + escape(err.code) +
-            "</Code><Message>" + escape(message) + "</Message></Error>").encode("utf-8")
-        response = Response(body, status=err.status, headers=err.headers,
-                            content_type="application/xml")
+        body = (
+            b""
+            if request.method == "HEAD"
+            else (
+                '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                + escape(err.code)
+                + "</Code><Message>"
+                + escape(message)
+                + "</Message></Error>"
+            ).encode("utf-8")
+        )
+        response = Response(
+            body, status=err.status, headers=err.headers, content_type="application/xml"
+        )
         response.headers["x-ms-error-code"] = err.code
         return response
 
     def _handle(self, request: Request) -> Response:
         segments = request.path.split("/")[2:]  # after "/<account>"
         if segments and segments[-1] == "":
-            segments = segments[:-1]             # one trailing slash: "/acct/share/dir/"
+            segments = segments[:-1]  # one trailing slash: "/acct/share/dir/"
         if not segments:
             return self._account_level(request)
         share = segments[0]
@@ -136,9 +156,12 @@ class FileService:
         method = request.method
         if path == "":
             if restype == "share" and comp is None:
-                op = {"PUT": ("write", self.create_share), "GET": ("read", self.share_properties),
-                      "HEAD": ("read", self.share_properties),
-                      "DELETE": ("delete", self.delete_share)}.get(method)
+                op = {
+                    "PUT": ("write", self.create_share),
+                    "GET": ("read", self.share_properties),
+                    "HEAD": ("read", self.share_properties),
+                    "DELETE": ("delete", self.delete_share),
+                }.get(method)
             elif restype == "directory" and comp == "list" and method == "GET":
                 op = ("list", self.list_directory)
             elif restype == "directory" and comp is None and method in ("GET", "HEAD"):
@@ -146,25 +169,32 @@ class FileService:
             else:
                 op = None
         elif restype == "directory":
-            op = {(None, "PUT"): ("create", self.create_directory),
-                  (None, "GET"): ("read", self.directory_properties),
-                  (None, "HEAD"): ("read", self.directory_properties),
-                  (None, "DELETE"): ("delete", self.delete_directory),
-                  ("list", "GET"): ("list", self.list_directory)}.get((comp, method))
+            op = {
+                (None, "PUT"): ("create", self.create_directory),
+                (None, "GET"): ("read", self.directory_properties),
+                (None, "HEAD"): ("read", self.directory_properties),
+                (None, "DELETE"): ("delete", self.delete_directory),
+                ("list", "GET"): ("list", self.list_directory),
+            }.get((comp, method))
         elif restype is None:
-            op = {(None, "PUT"): ("create", self.create_file),
-                  (None, "GET"): ("read", self.get_file),
-                  (None, "HEAD"): ("read", self.file_properties),
-                  (None, "DELETE"): ("delete", self.delete_file),
-                  ("range", "PUT"): ("write", self.put_range),
-                  ("properties", "PUT"): ("write", self.set_file_properties),
-                  ("metadata", "PUT"): ("write", self.set_file_metadata)}.get((comp, method))
+            op = {
+                (None, "PUT"): ("create", self.create_file),
+                (None, "GET"): ("read", self.get_file),
+                (None, "HEAD"): ("read", self.file_properties),
+                (None, "DELETE"): ("delete", self.delete_file),
+                ("range", "PUT"): ("write", self.put_range),
+                ("properties", "PUT"): ("write", self.set_file_properties),
+                ("metadata", "PUT"): ("write", self.set_file_metadata),
+            }.get((comp, method))
         else:
             op = None
         if op is None:
-            raise StorageError(400, "UnsupportedQueryParameter",
-                               f"The local cloud's Azure Files does not support {method} with "
-                               f"restype={restype}, comp={comp} on this resource.")
+            raise StorageError(
+                400,
+                "UnsupportedQueryParameter",
+                f"The local cloud's Azure Files does not support {method} with "
+                f"restype={restype}, comp={comp} on this resource.",
+            )
         operation, handler = op
         # a service SAS works on files and listings; creating or deleting shares needs the key
         share_admin = path == "" and restype == "share" and method in ("PUT", "DELETE")
@@ -182,60 +212,99 @@ class FileService:
         if request.method == "GET" and request.args.get("comp") == "list":
             self._authenticate(request, "", "", "list", sas_allowed=False)
             return self.list_shares(request)
-        raise StorageError(400, "UnsupportedQueryParameter",
-                           "The local cloud's Azure Files supports only GET ?comp=list on the account.")
+        raise StorageError(
+            400,
+            "UnsupportedQueryParameter",
+            "The local cloud's Azure Files supports only GET ?comp=list on the account.",
+        )
 
     # ================================================================== authentication
 
-    def _authenticate(self, request: Request, share: str, path: str, operation: str,
-                      sas_allowed: bool = True):
+    def _authenticate(
+        self, request: Request, share: str, path: str, operation: str, sas_allowed: bool = True
+    ):
         if "sig" in request.args:
             if not sas_allowed:
-                raise StorageError(403, "AuthorizationResourceTypeMismatch",
-                                   "A service SAS cannot list, create or delete shares; use the "
-                                   "account key (SharedKey).")
+                raise StorageError(
+                    403,
+                    "AuthorizationResourceTypeMismatch",
+                    "A service SAS cannot list, create or delete shares; use the "
+                    "account key (SharedKey).",
+                )
             try:
-                return verify_sas(request.args.to_dict(), account=self.account, key_b64=self.key,
-                                  share=share, path=path or None, operation=operation,
-                                  client_ip=request.remote_addr or "")
+                return verify_sas(
+                    request.args.to_dict(),
+                    account=self.account,
+                    key_b64=self.key,
+                    share=share,
+                    path=path or None,
+                    operation=operation,
+                    client_ip=request.remote_addr or "",
+                )
             except SasError as err:
                 raise StorageError(403, err.code, err.message) from None
         authorization = request.headers.get("Authorization")
         if not authorization:
-            raise StorageError(401, "NoAuthenticationInformation",
-                               "Server failed to authenticate the request. Sign it with the storage "
-                               "key (SharedKey) or add a SAS; the local cloud allows no anonymous access.",
-                               {"WWW-Authenticate": "SharedKey"})
-        raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path
+            raise StorageError(
+                401,
+                "NoAuthenticationInformation",
+                "Server failed to authenticate the request. Sign it with the storage "
+                "key (SharedKey) or add a SAS; the local cloud allows no anonymous access.",
+                {"WWW-Authenticate": "SharedKey"},
+            )
+        raw_uri = (
+            request.environ.get("RAW_URI")
+            or request.environ.get("REQUEST_URI")
+            or request.full_path
+        )
         raw_path, _, raw_query = raw_uri.partition("?")
-        valid, signed = sharedkey.verify(authorization, request.method, request.headers, raw_path,
-                                         raw_query, self.account, self.key)
+        valid, signed = sharedkey.verify(
+            authorization,
+            request.method,
+            request.headers,
+            raw_path,
+            raw_query,
+            self.account,
+            self.key,
+        )
         if not valid:
             log.info("SharedKey mismatch; the local cloud signed: %r", signed)
-            raise StorageError(403, "AuthenticationFailed",
-                               "Server failed to authenticate the request. Make sure the value of "
-                               "Authorization header is formed correctly including the signature "
-                               f"(SharedKey {self.account}:<signature> with this account's key). "
-                               "Server used following string to sign: '" + signed.replace("\n", "\\n") + "'.")
+            raise StorageError(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the request. Make sure the value of "
+                "Authorization header is formed correctly including the signature "
+                f"(SharedKey {self.account}:<signature> with this account's key). "
+                "Server used following string to sign: '" + signed.replace("\n", "\\n") + "'.",
+            )
         date = request.headers.get("x-ms-date") or request.headers.get("Date")
         sent = email.utils.parsedate_tz(date) if date else None
         if sent is None:
-            raise StorageError(403, "AuthenticationFailed",
-                               "Server failed to authenticate the request: the x-ms-date header is "
-                               "missing or not an RFC 1123 date.")
+            raise StorageError(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the request: the x-ms-date header is "
+                "missing or not an RFC 1123 date.",
+            )
         if abs(email.utils.mktime_tz(sent) - time.time()) > MAX_CLOCK_SKEW:
-            raise StorageError(403, "AuthenticationFailed",
-                               f"Server failed to authenticate the request: the request date '{date}' is "
-                               "more than 15 minutes from the server's clock.")
+            raise StorageError(
+                403,
+                "AuthenticationFailed",
+                f"Server failed to authenticate the request: the request date '{date}' is "
+                "more than 15 minutes from the server's clock.",
+            )
         return None
 
     @staticmethod
     def _check_version(request: Request) -> None:
         version = request.headers.get("x-ms-version")
         if version and version > API_VERSION:
-            raise StorageError(400, "InvalidHeaderValue",
-                               f"The API version {version} is not supported by the local cloud, which "
-                               f"serves Azure Files up to {API_VERSION} (azure-storage-file 2.1.0).")
+            raise StorageError(
+                400,
+                "InvalidHeaderValue",
+                f"The API version {version} is not supported by the local cloud, which "
+                f"serves Azure Files up to {API_VERSION} (azure-storage-file 2.1.0).",
+            )
 
     # ================================================================== helpers
 
@@ -303,22 +372,31 @@ class FileService:
     @staticmethod
     def _metadata(request: Request) -> dict:
         raw = request.environ.get("localcloud.raw_headers") or request.headers.items()
-        return {name[len("x-ms-meta-"):]: value for name, value in raw
-                if name.lower().startswith("x-ms-meta-")}
+        return {
+            name[len("x-ms-meta-") :]: value
+            for name, value in raw
+            if name.lower().startswith("x-ms-meta-")
+        }
 
     @staticmethod
     def _content_length_header(request: Request, name: str = "x-ms-content-length") -> int:
         raw = request.headers.get(name)
         if raw is None:
-            raise StorageError(400, "MissingRequiredHeader",
-                               f"An HTTP header that's mandatory for this request is not specified: {name}.")
+            raise StorageError(
+                400,
+                "MissingRequiredHeader",
+                f"An HTTP header that's mandatory for this request is not specified: {name}.",
+            )
         try:
             value = int(raw)
         except ValueError:
             value = -1
         if not 0 <= value <= MAX_FILE_SIZE:
-            raise StorageError(400, "InvalidHeaderValue",
-                               f"The value for header {name} ('{raw}') must be a size between 0 and 4 TiB.")
+            raise StorageError(
+                400,
+                "InvalidHeaderValue",
+                f"The value for header {name} ('{raw}') must be a size between 0 and 4 TiB.",
+            )
         return value
 
     @staticmethod
@@ -333,13 +411,17 @@ class FileService:
         prefix = request.args.get("prefix", "")
         entries = "".join(
             f"<Share><Name>{escape(s.name)}</Name><Properties><Last-Modified>{_http_date(s.created)}"
-            f"</Last-Modified><Etag>\"0x{int(s.created * 1e6):X}\"</Etag><Quota>{s.quota}</Quota>"
+            f'</Last-Modified><Etag>"0x{int(s.created * 1e6):X}"</Etag><Quota>{s.quota}</Quota>'
             f"</Properties></Share>"
-            for s in self.store.list_shares() if s.name.startswith(prefix))
+            for s in self.store.list_shares()
+            if s.name.startswith(prefix)
+        )
         endpoint = f"{self.cloud.base_url}/{self.account}/"
-        xml = (f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint='
-               f'{quoteattr(endpoint)}><Prefix>{escape(prefix)}</Prefix><Shares>{entries}</Shares>'
-               f"<NextMarker /></EnumerationResults>")
+        xml = (
+            f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint='
+            f"{quoteattr(endpoint)}><Prefix>{escape(prefix)}</Prefix><Shares>{entries}</Shares>"
+            f"<NextMarker /></EnumerationResults>"
+        )
         return Response(xml.encode(), status=200, content_type="application/xml")
 
     def create_share(self, request: Request, share: str, parts) -> Response:
@@ -351,21 +433,31 @@ class FileService:
             except ValueError:
                 quota = 0
             if not 1 <= quota <= DEFAULT_QUOTA:
-                raise StorageError(400, "InvalidHeaderValue",
-                                   f"x-ms-share-quota must be 1 to {DEFAULT_QUOTA} (GiB), not '{quota_header}'.")
+                raise StorageError(
+                    400,
+                    "InvalidHeaderValue",
+                    f"x-ms-share-quota must be 1 to {DEFAULT_QUOTA} (GiB), not '{quota_header}'.",
+                )
         if not self.store.create_share(share, quota, self._metadata(request)):
             raise StorageError(409, "ShareAlreadyExists", "The specified share already exists.")
         record = self.store.get_share(share)
-        return self._empty(201, {"ETag": f'"0x{int(record.created * 1e6):X}"',
-                                 "Last-Modified": _http_date(record.created)})
+        return self._empty(
+            201,
+            {
+                "ETag": f'"0x{int(record.created * 1e6):X}"',
+                "Last-Modified": _http_date(record.created),
+            },
+        )
 
     def share_properties(self, request: Request, share: str, parts) -> Response:
         record = self.store.get_share(share)
         if record is None:
             raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
-        headers = {"ETag": f'"0x{int(record.created * 1e6):X}"',
-                   "Last-Modified": _http_date(record.created),
-                   "x-ms-share-quota": str(record.quota)}
+        headers = {
+            "ETag": f'"0x{int(record.created * 1e6):X}"',
+            "Last-Modified": _http_date(record.created),
+            "x-ms-share-quota": str(record.quota),
+        }
         headers.update({f"x-ms-meta-{k}": v for k, v in record.metadata.items()})
         return self._empty(200, headers)
 
@@ -381,9 +473,13 @@ class FileService:
         try:
             target.mkdir()
         except FileExistsError:
-            raise StorageError(409, "ResourceAlreadyExists", "The specified resource already exists.") from None
+            raise StorageError(
+                409, "ResourceAlreadyExists", "The specified resource already exists."
+            ) from None
         except NotADirectoryError:
-            raise StorageError(404, "ParentNotFound", "The specified parent path does not exist.") from None
+            raise StorageError(
+                404, "ParentNotFound", "The specified parent path does not exist."
+            ) from None
         return self._empty(201, self._smb_headers(target.stat(), True, target.parent))
 
     def directory_properties(self, request: Request, share: str, parts) -> Response:
@@ -399,14 +495,18 @@ class FileService:
         try:
             target.rmdir()
         except OSError:
-            raise StorageError(409, "DirectoryNotEmpty", "The specified directory is not empty.") from None
+            raise StorageError(
+                409, "DirectoryNotEmpty", "The specified directory is not empty."
+            ) from None
         return self._empty(202)
 
     def list_directory(self, request: Request, share: str, parts) -> Response:
         target = self._locate(share, parts, parent_must_exist=False)
         if parts:
             if not target.parent.is_dir():
-                raise StorageError(404, "ParentNotFound", "The specified parent path does not exist.")
+                raise StorageError(
+                    404, "ParentNotFound", "The specified parent path does not exist."
+                )
             self._stat(target, want_dir=True)
         prefix = request.args.get("prefix", "")
         marker = request.args.get("marker", "")
@@ -415,7 +515,9 @@ class FileService:
         except ValueError:
             max_results = 0
         if not 1 <= max_results <= 5000:
-            raise StorageError(400, "OutOfRangeQueryParameterValue", "maxresults must be 1 to 5000.")
+            raise StorageError(
+                400, "OutOfRangeQueryParameterValue", "maxresults must be 1 to 5000."
+            )
         entries = []
         with os.scandir(target) as listing:
             for entry in listing:
@@ -427,27 +529,34 @@ class FileService:
         entries.sort()
         page, rest = entries[:max_results], entries[max_results:]
         xml_entries = "".join(
-            f"<Directory><Name>{escape(name)}</Name><Properties /></Directory>" if size is None else
-            f"<File><Name>{escape(name)}</Name><Properties><Content-Length>{size}</Content-Length>"
+            f"<Directory><Name>{escape(name)}</Name><Properties /></Directory>"
+            if size is None
+            else f"<File><Name>{escape(name)}</Name><Properties><Content-Length>{size}</Content-Length>"
             f"</Properties></File>"
-            for name, size in page)
+            for name, size in page
+        )
         endpoint = f"{self.cloud.base_url}/{self.account}/"
-        xml = (f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint='
-               f'{quoteattr(endpoint)} ShareName={quoteattr(share)} '
-               f'DirectoryPath={quoteattr("/".join(parts))}>'
-               + (f"<Prefix>{escape(prefix)}</Prefix>" if prefix else "")
-               + (f"<Marker>{escape(marker)}</Marker>" if marker else "")
-               + (f"<MaxResults>{max_results}</MaxResults>" if "maxresults" in request.args else "")
-               + f"<Entries>{xml_entries}</Entries>"
-               + (f"<NextMarker>{escape(rest[0][0])}</NextMarker>" if rest else "<NextMarker />")
-               + "</EnumerationResults>")
+        xml = (
+            f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint='
+            f"{quoteattr(endpoint)} ShareName={quoteattr(share)} "
+            f"DirectoryPath={quoteattr('/'.join(parts))}>"
+            + (f"<Prefix>{escape(prefix)}</Prefix>" if prefix else "")
+            + (f"<Marker>{escape(marker)}</Marker>" if marker else "")
+            + (f"<MaxResults>{max_results}</MaxResults>" if "maxresults" in request.args else "")
+            + f"<Entries>{xml_entries}</Entries>"
+            + (f"<NextMarker>{escape(rest[0][0])}</NextMarker>" if rest else "<NextMarker />")
+            + "</EnumerationResults>"
+        )
         return Response(xml.encode("utf-8"), status=200, content_type="application/xml")
 
     # ================================================================== files
 
     def _file_props_from_request(self, request: Request) -> dict:
-        props = {header: request.headers[header] for header in _CONTENT_SETTINGS
-                 if request.headers.get(header)}
+        props = {
+            header: request.headers[header]
+            for header in _CONTENT_SETTINGS
+            if request.headers.get(header)
+        }
         metadata = self._metadata(request)
         if metadata:
             props["metadata"] = metadata
@@ -455,15 +564,21 @@ class FileService:
 
     def create_file(self, request: Request, share: str, parts) -> Response:
         if request.headers.get("x-ms-type", "").lower() != "file":
-            raise StorageError(400, "MissingRequiredHeader" if "x-ms-type" not in request.headers
-                               else "InvalidHeaderValue", "Create File needs the header x-ms-type: file.")
+            raise StorageError(
+                400,
+                "MissingRequiredHeader"
+                if "x-ms-type" not in request.headers
+                else "InvalidHeaderValue",
+                "Create File needs the header x-ms-type: file.",
+            )
         size = self._content_length_header(request)
         if not parts:
             raise StorageError(400, "InvalidResourceName", "A file needs a name inside the share.")
         target = self._locate(share, parts)
         if target.is_dir():
-            raise StorageError(409, "ResourceTypeMismatch",
-                               "The specified resource name is an existing directory.")
+            raise StorageError(
+                409, "ResourceTypeMismatch", "The specified resource name is an existing directory."
+            )
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, self._file_props_from_request(request))
         return self._empty(201, self._smb_headers(target.stat(), False, target.parent))
@@ -483,48 +598,77 @@ class FileService:
             raise StorageError(400, "InvalidHeaderValue", "x-ms-write must be 'update' or 'clear'.")
         range_header = request.headers.get("x-ms-range") or request.headers.get("Range")
         parsed = parse_range_header(range_header) if range_header else None
-        if parsed is None or len(parsed.ranges) != 1 or parsed.ranges[0][1] is None \
-                or parsed.ranges[0][0] < 0:
-            raise StorageError(400, "InvalidHeaderValue" if range_header else "MissingRequiredHeader",
-                               "Put Range needs x-ms-range: bytes=<start>-<end>.")
+        if (
+            parsed is None
+            or len(parsed.ranges) != 1
+            or parsed.ranges[0][1] is None
+            or parsed.ranges[0][0] < 0
+        ):
+            raise StorageError(
+                400,
+                "InvalidHeaderValue" if range_header else "MissingRequiredHeader",
+                "Put Range needs x-ms-range: bytes=<start>-<end>.",
+            )
         start, stop = parsed.ranges[0]
         length = stop - start
         if stop > st.st_size:
-            raise StorageError(416, "InvalidRange", "The range specified is invalid for the current size "
-                               f"of the resource ({st.st_size} bytes).",
-                               {"Content-Range": f"bytes */{st.st_size}"})
+            raise StorageError(
+                416,
+                "InvalidRange",
+                "The range specified is invalid for the current size "
+                f"of the resource ({st.st_size} bytes).",
+                {"Content-Range": f"bytes */{st.st_size}"},
+            )
         body_length = request.content_length or 0
         if write == "clear":
             if body_length:
-                raise StorageError(400, "InvalidHeaderValue", "Content-Length must be 0 with x-ms-write: clear.")
+                raise StorageError(
+                    400, "InvalidHeaderValue", "Content-Length must be 0 with x-ms-write: clear."
+                )
             with open(target, "r+b") as out:
                 zeros = bytes(min(BLOCK, length))
                 for offset in range(start, stop, BLOCK):
-                    os.pwrite(out.fileno(), zeros[:min(BLOCK, stop - offset)], offset)
-            return self._empty(201, {"ETag": _etag(target.stat()),
-                                     "Last-Modified": _http_date(target.stat().st_mtime)})
+                    os.pwrite(out.fileno(), zeros[: min(BLOCK, stop - offset)], offset)
+            return self._empty(
+                201,
+                {"ETag": _etag(target.stat()), "Last-Modified": _http_date(target.stat().st_mtime)},
+            )
         if length > MAX_RANGE:
-            raise StorageError(413, "RequestBodyTooLarge",
-                               f"The request body is too large: a range may be at most {MAX_RANGE} bytes.")
+            raise StorageError(
+                413,
+                "RequestBodyTooLarge",
+                f"The request body is too large: a range may be at most {MAX_RANGE} bytes.",
+            )
         if body_length != length:
-            raise StorageError(400, "InvalidHeaderValue",
-                               f"Content-Length ({body_length}) must equal the range length ({length}).")
+            raise StorageError(
+                400,
+                "InvalidHeaderValue",
+                f"Content-Length ({body_length}) must equal the range length ({length}).",
+            )
         expected_md5 = request.headers.get("Content-MD5")
         with open(target, "r+b") as out:
             if expected_md5:  # verify before writing anything: buffer the (<= 4 MiB) body
                 data = request.stream.read(length)
                 if base64.b64encode(hashlib.md5(data).digest()).decode() != expected_md5:
-                    raise StorageError(400, "Md5Mismatch",
-                                       "The MD5 value specified in the request did not match the MD5 "
-                                       "value calculated by the server.")
+                    raise StorageError(
+                        400,
+                        "Md5Mismatch",
+                        "The MD5 value specified in the request did not match the MD5 "
+                        "value calculated by the server.",
+                    )
                 written = os.pwrite(out.fileno(), data, start) if data else 0
             else:
                 written = self._stream_into(request.stream, out.fileno(), start, length)
         if written != length:
-            raise StorageError(400, "IncompleteBody", "The request body ended before Content-Length bytes.")
+            raise StorageError(
+                400, "IncompleteBody", "The request body ended before Content-Length bytes."
+            )
         st = target.stat()
-        headers = {"ETag": _etag(st), "Last-Modified": _http_date(st.st_mtime),
-                   "x-ms-request-server-encrypted": "true"}
+        headers = {
+            "ETag": _etag(st),
+            "Last-Modified": _http_date(st.st_mtime),
+            "x-ms-request-server-encrypted": "true",
+        }
         if expected_md5:
             headers["Content-MD5"] = expected_md5
         return self._empty(201, headers)
@@ -536,7 +680,7 @@ class FileService:
         view = memoryview(buffer)
         written = 0
         while written < length:
-            n = stream.readinto(view[:min(len(buffer), length - written)])
+            n = stream.readinto(view[: min(len(buffer), length - written)])
             if not n:
                 break
             chunk = view[:n]
@@ -569,7 +713,7 @@ class FileService:
         target, _ = self._existing_file(share, parts)
         handle = open(target, "rb")
         try:
-            st = os.fstat(handle.fileno())   # size and etag of what is actually read
+            st = os.fstat(handle.fileno())  # size and etag of what is actually read
             headers = self._file_headers(share, parts, target, st)
             size = st.st_size
             range_header = request.headers.get("x-ms-range") or request.headers.get("Range")
@@ -579,36 +723,49 @@ class FileService:
                 span = parsed.range_for_length(size) if parsed is not None else None
                 if span is None:
                     if parsed is None:
-                        raise StorageError(400, "InvalidHeaderValue",
-                                           f"The range header '{range_header}' is not bytes=<start>-[<end>].")
-                    raise StorageError(416, "InvalidRange",
-                                       "The range specified is invalid for the current size of the resource.",
-                                       {"Content-Range": f"bytes */{size}"})
+                        raise StorageError(
+                            400,
+                            "InvalidHeaderValue",
+                            f"The range header '{range_header}' is not bytes=<start>-[<end>].",
+                        )
+                    raise StorageError(
+                        416,
+                        "InvalidRange",
+                        "The range specified is invalid for the current size of the resource.",
+                        {"Content-Range": f"bytes */{size}"},
+                    )
                 status, (start, stop) = 206, span
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
                 whole_md5 = headers.pop("Content-MD5", None)  # a range carries the file's MD5 as
-                if whole_md5:                                 # x-ms-content-md5, as Azure does
+                if whole_md5:  # x-ms-content-md5, as Azure does
                     headers["x-ms-content-md5"] = whole_md5
                 if request.headers.get("x-ms-range-get-content-md5", "").lower() == "true":
                     if stop - start > MAX_RANGE:
-                        raise StorageError(400, "OutOfRangeInput", "x-ms-range-get-content-md5 needs a "
-                                           "range of at most 4 MiB.")
+                        raise StorageError(
+                            400,
+                            "OutOfRangeInput",
+                            "x-ms-range-get-content-md5 needs a range of at most 4 MiB.",
+                        )
                     handle.seek(start)
                     headers["Content-MD5"] = base64.b64encode(
-                        hashlib.md5(handle.read(stop - start)).digest()).decode()
+                        hashlib.md5(handle.read(stop - start)).digest()
+                    ).decode()
             headers["Content-Length"] = str(stop - start)
         except BaseException:
             handle.close()
             raise
-        return Response(_read_span(handle, start, stop), status=status, headers=headers,
-                        direct_passthrough=True)
+        return Response(
+            _read_span(handle, start, stop), status=status, headers=headers, direct_passthrough=True
+        )
 
     def delete_file(self, request: Request, share: str, parts) -> Response:
         target, _ = self._existing_file(share, parts)
         try:
             target.unlink()
         except FileNotFoundError:
-            raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.") from None
+            raise StorageError(
+                404, "ResourceNotFound", "The specified resource does not exist."
+            ) from None
         self.store.delete_file_props(share, self._props_key(share, target))
         return self._empty(202)
 
@@ -620,8 +777,11 @@ class FileService:
                 out.truncate(new_size)
         props = self._load_props(share, target, st)
         settings = {h: request.headers[h] for h in _CONTENT_SETTINGS if request.headers.get(h)}
-        self._save_props(share, target,
-                         {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings})
+        self._save_props(
+            share,
+            target,
+            {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings},
+        )
         st = target.stat()
         return self._empty(200, self._smb_headers(st, False, target.parent))
 
@@ -647,7 +807,7 @@ def _read_span(handle, start: int, stop: int):
         buffer = bytearray(min(4 * BLOCK, remaining) or 1)
         view = memoryview(buffer)
         while remaining > 0:
-            n = handle.readinto(view[:min(len(buffer), remaining)])
+            n = handle.readinto(view[: min(len(buffer), remaining)])
             if not n:
                 break
             remaining -= n

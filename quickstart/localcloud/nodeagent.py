@@ -24,6 +24,7 @@ This file imports only the standard library, and the wrapper runs it by path rat
 ``-m quickstart...``, so starting a job costs one bare interpreter start, not the local cloud's
 imports.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,9 +64,14 @@ PYTHON_TOOLKITS = {
     "horovodSettings": "commandLineArgs",
 }
 TOOL_TYPES = {
-    "cntkSettings": "cntk", "pyTorchSettings": "pytorch", "tensorFlowSettings": "tensorflow",
-    "caffeSettings": "caffe", "caffe2Settings": "caffe2", "chainerSettings": "chainer",
-    "customToolkitSettings": "custom", "customMpiSettings": "custommpi",
+    "cntkSettings": "cntk",
+    "pyTorchSettings": "pytorch",
+    "tensorFlowSettings": "tensorflow",
+    "caffeSettings": "caffe",
+    "caffe2Settings": "caffe2",
+    "chainerSettings": "chainer",
+    "customToolkitSettings": "custom",
+    "customMpiSettings": "custommpi",
     "horovodSettings": "horovod",
 }
 
@@ -81,12 +87,15 @@ class PlanError(Exception):
 
 # ---------------------------------------------------------------------- pure helpers
 
+
 def expand(text: str, env: dict) -> str:
     """Expand ``$NAME`` and ``${NAME}`` from ``env``; unknown names stay as written (as
     ``os.path.expandvars`` does), so a typo shows up verbatim in the error it causes."""
+
     def replace(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         return env[name] if name in env else match.group(0)
+
     return _VARIABLE.sub(replace, text)
 
 
@@ -113,13 +122,14 @@ def mask(text: str, secrets: list[str]) -> str:
 
 # ---------------------------------------------------------------------- planning
 
+
 @dataclass
 class NodeContext:
     """Where one node of a cluster keeps things; the server makes these directories."""
 
-    mount_root: str        # AZ_BATCHAI_MOUNT_ROOT: holds one link per cluster-level mount
-    job_temp_root: str     # AZ_BATCHAI_JOB_TEMP_DIR: per-job temp folders go below it
-    default_python: str    # the interpreter a Python toolkit uses without pythonInterpreterPath
+    mount_root: str  # AZ_BATCHAI_MOUNT_ROOT: holds one link per cluster-level mount
+    job_temp_root: str  # AZ_BATCHAI_JOB_TEMP_DIR: per-job temp folders go below it
+    default_python: str  # the interpreter a Python toolkit uses without pythonInterpreterPath
     num_gpus: int
 
 
@@ -127,34 +137,37 @@ class NodeContext:
 class LaunchSpec:
     """Everything the wrapper needs; travels on its stdin (it holds secret values)."""
 
-    job: str                            # a display name for logs
-    record_dir: str                     # .nodeagent/ beside stdouterr/
+    job: str  # a display name for logs
+    record_dir: str  # .nodeagent/ beside stdouterr/
     stdouterr_dir: str
     cwd: str
-    env: dict                           # added to the host's environment
+    env: dict  # added to the host's environment
     secret_values: list = field(default_factory=list)
-    preparation: str | None = None      # shell command line of jobPreparation
-    command: str | None = None          # shell command line of the job
-    failure: dict | None = None         # {"code","message"}: do not run, fail with this
+    preparation: str | None = None  # shell command line of jobPreparation
+    command: str | None = None  # shell command line of the job
+    failure: dict | None = None  # {"code","message"}: do not run, fail with this
     max_seconds: float | None = None
     notes: list = field(default_factory=list)  # lines for the head of execution.log
     make_dirs: list = field(default_factory=list)
-    links: dict = field(default_factory=dict)   # symlink path -> target (job-level mounts)
+    links: dict = field(default_factory=dict)  # symlink path -> target (job-level mounts)
 
 
 @dataclass
 class JobPlan:
     segment: str
     stdouterr_dir: str
-    output_dirs: dict          # id -> absolute path
+    output_dirs: dict  # id -> absolute path
     tool_type: str
     spec: LaunchSpec
 
 
-def job_path_segment(subscription: str, group: str, workspace: str, experiment: str,
-                     job: str, uid: str) -> str:
+def job_path_segment(
+    subscription: str, group: str, workspace: str, experiment: str, job: str, uid: str
+) -> str:
     """``jobOutputDirectoryPathSegment`` as the 2018-05-01 service made it."""
-    return f"{subscription}/{group}/workspaces/{workspace}/experiments/{experiment}/jobs/{job}/{uid}"
+    return (
+        f"{subscription}/{group}/workspaces/{workspace}/experiments/{experiment}/jobs/{job}/{uid}"
+    )
 
 
 def toolkit_of(props: dict) -> str | None:
@@ -165,17 +178,27 @@ def toolkit_of(props: dict) -> str | None:
 
 def duration_seconds(iso: str) -> float:
     """Seconds in an ISO-8601 duration such as ``P7D`` or ``PT1H30M`` (raises ValueError)."""
-    match = re.fullmatch(r"P(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
-                         r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?",
-                         iso or "")
+    match = re.fullmatch(
+        r"P(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
+        r"(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?",
+        iso or "",
+    )
     if not match or iso in ("P", "PT") or iso.endswith("T"):
         raise ValueError(f"not an ISO 8601 duration: {iso!r}")
     weeks, days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     return (((weeks * 7 + days) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
-             job_mount_root: str, secret_values: dict, job_mounts: dict | None = None) -> JobPlan:
+def plan_job(
+    props: dict,
+    *,
+    job_name: str,
+    segment: str,
+    node: NodeContext,
+    job_mount_root: str,
+    secret_values: dict,
+    job_mounts: dict | None = None,
+) -> JobPlan:
     """Work out the environment, directories and command of one job (nothing is touched).
 
     ``props`` are the job's stored properties (secret values are given separately, by name);
@@ -202,13 +225,18 @@ def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
     def resolve(path: str, what: str) -> str:
         value = expand(path, {**host_env, **env})
         if "$" in value:
-            raise PlanError("InvalidParameter",
-                            f"{what} '{path}' names an environment variable the local cloud does not "
-                            "set; use $AZ_BATCHAI_MOUNT_ROOT, $AZ_BATCHAI_JOB_MOUNT_ROOT or "
-                            "$AZ_BATCHAI_JOB_TEMP.")
+            raise PlanError(
+                "InvalidParameter",
+                f"{what} '{path}' names an environment variable the local cloud does not "
+                "set; use $AZ_BATCHAI_MOUNT_ROOT, $AZ_BATCHAI_JOB_MOUNT_ROOT or "
+                "$AZ_BATCHAI_JOB_TEMP.",
+            )
         if not os.path.isabs(value):
-            raise PlanError("InvalidParameter", f"{what} '{path}' must be an absolute path "
-                                                "(for example under $AZ_BATCHAI_MOUNT_ROOT).")
+            raise PlanError(
+                "InvalidParameter",
+                f"{what} '{path}' must be an absolute path "
+                "(for example under $AZ_BATCHAI_MOUNT_ROOT).",
+            )
         return os.path.normpath(value)
 
     prefix = resolve(props["stdOutErrPathPrefix"], "stdOutErrPathPrefix")
@@ -216,11 +244,16 @@ def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
     record_dir = os.path.join(prefix, segment, RECORD_DIR_NAME)
     env["AZ_BATCHAI_STDOUTERR_DIR"] = stdouterr_dir
     for item in props.get("inputDirectories") or []:
-        env[f"AZ_BATCHAI_INPUT_{item['id']}"] = resolve(item["path"], f"inputDirectories[{item['id']}].path")
+        env[f"AZ_BATCHAI_INPUT_{item['id']}"] = resolve(
+            item["path"], f"inputDirectories[{item['id']}].path"
+        )
     outputs = {}
     for item in props.get("outputDirectories") or []:
-        base = os.path.join(resolve(item["pathPrefix"], f"outputDirectories[{item['id']}].pathPrefix"),
-                            segment, OUTPUTS_DIR_NAME)
+        base = os.path.join(
+            resolve(item["pathPrefix"], f"outputDirectories[{item['id']}].pathPrefix"),
+            segment,
+            OUTPUTS_DIR_NAME,
+        )
         suffix = item.get("pathSuffix")
         path = os.path.normpath(os.path.join(base, suffix)) if suffix else base
         outputs[item["id"]] = path
@@ -232,17 +265,27 @@ def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
 
     toolkit = toolkit_of(props)
     tool_type = TOOL_TYPES.get(toolkit, "custom")
-    notes = [f"Job {job_name} runs on this host ({os.uname().nodename}), directly, not in a container "
-             "and not on an Azure VM: the local cloud's node is this machine and its mounts are "
-             "folders of the local cloud's shares."]
+    notes = [
+        f"Job {job_name} runs on this host ({os.uname().nodename}), directly, not in a container "
+        "and not on an Azure VM: the local cloud's node is this machine and its mounts are "
+        "folders of the local cloud's shares."
+    ]
     image = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {}).get("image")
     if image:
-        notes.append(f"Container image {image} is recorded on the job but not pulled or run: "
-                     "the job's command runs with this host's programs.")
+        notes.append(
+            f"Container image {image} is recorded on the job but not pulled or run: "
+            "the job's command runs with this host's programs."
+        )
     command, failure = None, None
     try:
-        command, interpreter = _command_line(toolkit, props.get(toolkit) if toolkit else None,
-                                             env, host_env, node, props.get("nodeCount") or 1)
+        command, interpreter = _command_line(
+            toolkit,
+            props.get(toolkit) if toolkit else None,
+            env,
+            host_env,
+            node,
+            props.get("nodeCount") or 1,
+        )
         if interpreter:
             notes.append(f"Interpreter: {interpreter}")
         notes.append(f"Shell: {' '.join(_shell())} (command lines and $VARIABLES as on a node)")
@@ -253,47 +296,87 @@ def plan_job(props: dict, *, job_name: str, segment: str, node: NodeContext,
     wall_clock = (props.get("constraints") or {}).get("maxWallClockTime")
     if wall_clock:
         max_seconds = duration_seconds(wall_clock)
-    spec = LaunchSpec(job=job_name, record_dir=record_dir, stdouterr_dir=stdouterr_dir, cwd=job_temp,
-                      env=env, secret_values=[v for v in secret_values.values() if v],
-                      preparation=preparation, command=command, failure=failure,
-                      max_seconds=max_seconds, notes=notes,
-                      make_dirs=[stdouterr_dir, record_dir, job_temp, env["AZ_BATCHAI_SHARED_JOB_TEMP"],
-                                 job_mount_root, *outputs.values()],
-                      links={os.path.join(job_mount_root, rel): target
-                             for rel, target in (job_mounts or {}).items()})
-    return JobPlan(segment=segment, stdouterr_dir=stdouterr_dir, output_dirs=outputs,
-                   tool_type=tool_type, spec=spec)
+    spec = LaunchSpec(
+        job=job_name,
+        record_dir=record_dir,
+        stdouterr_dir=stdouterr_dir,
+        cwd=job_temp,
+        env=env,
+        secret_values=[v for v in secret_values.values() if v],
+        preparation=preparation,
+        command=command,
+        failure=failure,
+        max_seconds=max_seconds,
+        notes=notes,
+        make_dirs=[
+            stdouterr_dir,
+            record_dir,
+            job_temp,
+            env["AZ_BATCHAI_SHARED_JOB_TEMP"],
+            job_mount_root,
+            *outputs.values(),
+        ],
+        links={
+            os.path.join(job_mount_root, rel): target for rel, target in (job_mounts or {}).items()
+        },
+    )
+    return JobPlan(
+        segment=segment,
+        stdouterr_dir=stdouterr_dir,
+        output_dirs=outputs,
+        tool_type=tool_type,
+        spec=spec,
+    )
 
 
-def _command_line(toolkit: str | None, settings: dict | None, env: dict, host_env: dict,
-                  node: NodeContext, node_count: int) -> tuple[str, str | None]:
+def _command_line(
+    toolkit: str | None,
+    settings: dict | None,
+    env: dict,
+    host_env: dict,
+    node: NodeContext,
+    node_count: int,
+) -> tuple[str, str | None]:
     """(shell command line, interpreter or None) for the job's toolkit, or PlanError."""
     if toolkit is None or settings is None:
         raise PlanError("InvalidParameter", "The job has no toolkit settings.")
     if toolkit == "customToolkitSettings":
         return settings.get("commandLine") or "", None
     if toolkit == "customMpiSettings":
-        return _with_mpi(settings.get("commandLine") or "", settings.get("processCount"), node_count), None
+        return _with_mpi(
+            settings.get("commandLine") or "", settings.get("processCount"), node_count
+        ), None
     if toolkit == "cntkSettings":
         language = (settings.get("languageType") or "Python").lower()
-        if language != "python" or (settings.get("configFilePath") and not settings.get("pythonScriptFilePath")):
-            raise PlanError("UnsupportedToolkit",
-                            "The local cloud runs only Python CNTK jobs (cntkSettings with languageType "
-                            "Python and pythonScriptFilePath); BrainScript jobs need the cntk executable "
-                            "of the CNTK container, which this host does not run.")
+        if language != "python" or (
+            settings.get("configFilePath") and not settings.get("pythonScriptFilePath")
+        ):
+            raise PlanError(
+                "UnsupportedToolkit",
+                "The local cloud runs only Python CNTK jobs (cntkSettings with languageType "
+                "Python and pythonScriptFilePath); BrainScript jobs need the cntk executable "
+                "of the CNTK container, which this host does not run.",
+            )
     if toolkit == "caffeSettings" and not settings.get("pythonScriptFilePath"):
-        raise PlanError("UnsupportedToolkit",
-                        "The local cloud runs only Python Caffe jobs (caffeSettings.pythonScriptFilePath); "
-                        "a configFilePath job needs the caffe executable of the Caffe container.")
-    if toolkit == "tensorFlowSettings" and ((settings.get("workerCount") or 1) > 1
-                                            or (settings.get("parameterServerCount") or 0) > 0):
-        raise PlanError("UnsupportedToolkit",
-                        "The local cloud runs TensorFlow jobs as a single master process; set "
-                        "workerCount to 1 and parameterServerCount to 0 (or leave them out).")
+        raise PlanError(
+            "UnsupportedToolkit",
+            "The local cloud runs only Python Caffe jobs (caffeSettings.pythonScriptFilePath); "
+            "a configFilePath job needs the caffe executable of the Caffe container.",
+        )
+    if toolkit == "tensorFlowSettings" and (
+        (settings.get("workerCount") or 1) > 1 or (settings.get("parameterServerCount") or 0) > 0
+    ):
+        raise PlanError(
+            "UnsupportedToolkit",
+            "The local cloud runs TensorFlow jobs as a single master process; set "
+            "workerCount to 1 and parameterServerCount to 0 (or leave them out).",
+        )
     script = settings.get("pythonScriptFilePath")
     if not script:
         raise PlanError("InvalidParameter", f"{toolkit}.pythonScriptFilePath is required.")
-    interpreter = expand(settings.get("pythonInterpreterPath") or node.default_python, {**host_env, **env})
+    interpreter = expand(
+        settings.get("pythonInterpreterPath") or node.default_python, {**host_env, **env}
+    )
     args = settings.get(PYTHON_TOOLKITS[toolkit]) or ""
     line = f"{shlex.quote(interpreter)} {shlex.quote(expand(script, {**host_env, **env}))}"
     if args:
@@ -309,20 +392,23 @@ def _with_mpi(line: str, process_count: int | None, node_count: int) -> str:
     if count <= 1:
         return "exec " + line
     if shutil.which("mpirun") is None:
-        raise PlanError("UnsupportedToolkit",
-                        f"processCount {count} needs MPI (mpirun), which this host lacks; set "
-                        "processCount to 1 (and nodeCount to 1) to run the job as one process.")
+        raise PlanError(
+            "UnsupportedToolkit",
+            f"processCount {count} needs MPI (mpirun), which this host lacks; set "
+            "processCount to 1 (and nodeCount to 1) to run the job as one process.",
+        )
     return f"exec mpirun -np {count} {line}"
 
 
 # ---------------------------------------------------------------------- server side
 
+
 @dataclass(frozen=True)
 class JobHandle:
     """What the server keeps to find a job's wrapper again, even after a restart."""
 
-    pid: int           # the wrapper; also its process group and session id
-    start_ticks: int   # its start time in clock ticks since boot (guards against pid reuse)
+    pid: int  # the wrapper; also its process group and session id
+    start_ticks: int  # its start time in clock ticks since boot (guards against pid reuse)
     boot_id: str
     record_dir: str
 
@@ -330,8 +416,13 @@ class JobHandle:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "JobHandle":
-        return cls(int(data["pid"]), int(data["start_ticks"]), str(data["boot_id"]), str(data["record_dir"]))
+    def from_json(cls, data: dict) -> JobHandle:
+        return cls(
+            int(data["pid"]),
+            int(data["start_ticks"]),
+            str(data["boot_id"]),
+            str(data["record_dir"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -339,8 +430,8 @@ class Outcome:
     """How a job ended. ``exit_code`` None: unknown (the process vanished)."""
 
     exit_code: int | None
-    phase: str                      # "job", "jobPreparation" or "launch"
-    error: dict | None              # {"code", "message"} when the agent knows more than a code
+    phase: str  # "job", "jobPreparation" or "launch"
+    error: dict | None  # {"code", "message"} when the agent knows more than a code
     ended: float
     started: float | None = None
 
@@ -365,8 +456,12 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
         os.unlink(os.path.join(spec.record_dir, EXIT_FILE))  # a stale record must never count
     process = subprocess.Popen(
         [python or sys.executable, "-I", os.path.abspath(__file__), "run"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        close_fds=True, cwd=spec.cwd)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        cwd=spec.cwd,
+    )
     out, _ = process.communicate(json.dumps(asdict(spec)).encode("utf-8"), timeout=60)
     if process.returncode != 0 or not out.strip():
         raise OSError(f"the node agent did not start (exit status {process.returncode})")
@@ -383,8 +478,13 @@ def read_outcome(record_dir: str) -> Outcome | None:
         return None
     except (OSError, ValueError):
         return None  # cannot happen for a renamed-into-place file; treat as not yet written
-    return Outcome(data.get("exit_code"), data.get("phase", "job"), data.get("error"),
-                   float(data.get("ended") or time.time()), data.get("started"))
+    return Outcome(
+        data.get("exit_code"),
+        data.get("phase", "job"),
+        data.get("error"),
+        float(data.get("ended") or time.time()),
+        data.get("started"),
+    )
 
 
 def is_alive(handle: JobHandle) -> bool:
@@ -433,7 +533,7 @@ def group_members(pgid: int) -> list[int]:
                 stat = handle.read().decode("ascii", "replace")
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
@@ -449,11 +549,16 @@ def probe(handle: JobHandle) -> tuple[str, Outcome | None]:
     outcome = read_outcome(handle.record_dir)  # it may have finished between the two looks
     if outcome is not None:
         return "ended", outcome
-    return "vanished", Outcome(None, "job", {
-        "code": "JobProcessVanished",
-        "message": f"The job's node agent process (pid {handle.pid}) ended without recording an "
-                   "exit code: it was killed or this host restarted while the job ran."},
-        time.time())
+    return "vanished", Outcome(
+        None,
+        "job",
+        {
+            "code": "JobProcessVanished",
+            "message": f"The job's node agent process (pid {handle.pid}) ended without recording an "
+            "exit code: it was killed or this host restarted while the job ran.",
+        },
+        time.time(),
+    )
 
 
 def terminate(handle: JobHandle, grace: float = TERMINATE_GRACE_SECONDS) -> None:
@@ -499,13 +604,14 @@ def _start_ticks(pid: int) -> int | None:
             stat = handle.read().decode("ascii", "replace")
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     if not fields or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
 
 
 # ---------------------------------------------------------------------- the wrapper
+
 
 def _utc(ts: float | None = None) -> str:
     ts = time.time() if ts is None else ts
@@ -531,8 +637,9 @@ class _Wrapper:
 
     def __init__(self, spec: LaunchSpec):
         self.spec = spec
-        self.log = open(os.path.join(spec.stdouterr_dir, "execution.log"), "a", encoding="utf-8",
-                        buffering=1)
+        self.log = open(
+            os.path.join(spec.stdouterr_dir, "execution.log"), "a", encoding="utf-8", buffering=1
+        )
         self.terminating = False
         self.started = time.time()
         self.env = {**os.environ, **spec.env}
@@ -541,9 +648,16 @@ class _Wrapper:
         self.log.write(f"{_utc()} {mask(line, self.spec.secret_values)}\n")
 
     def record(self, exit_code: int | None, phase: str, error: dict | None = None) -> None:
-        _write_json_atomically(os.path.join(self.spec.record_dir, EXIT_FILE), {
-            "exit_code": exit_code, "phase": phase, "error": error,
-            "started": self.started, "ended": time.time()})
+        _write_json_atomically(
+            os.path.join(self.spec.record_dir, EXIT_FILE),
+            {
+                "exit_code": exit_code,
+                "phase": phase,
+                "error": error,
+                "started": self.started,
+                "ended": time.time(),
+            },
+        )
 
     def on_sigterm(self, signum, frame) -> None:
         # The whole group got it; note it and keep waiting so the exit code is recorded.
@@ -551,16 +665,29 @@ class _Wrapper:
 
     def run_phase(self, command: str, out_name: str, err_name: str, phase: str) -> int:
         """Run ``command`` through the shell; returns the exit code, 128+N for signal N."""
-        with open(os.path.join(self.spec.stdouterr_dir, out_name), "ab") as out, \
-                open(os.path.join(self.spec.stdouterr_dir, err_name), "ab") as err:
-            child = subprocess.Popen(_shell() + [command], stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=err, cwd=self.spec.cwd, env=self.env, close_fds=True)
+        with (
+            open(os.path.join(self.spec.stdouterr_dir, out_name), "ab") as out,
+            open(os.path.join(self.spec.stdouterr_dir, err_name), "ab") as err,
+        ):
+            child = subprocess.Popen(
+                _shell() + [command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self.spec.cwd,
+                env=self.env,
+                close_fds=True,
+            )
         self.say(f"{phase} started as process {child.pid}.")
         deadline = None if self.spec.max_seconds is None else self.started + self.spec.max_seconds
         try:
-            code = child.wait(timeout=None if deadline is None else max(0.0, deadline - time.time()))
+            code = child.wait(
+                timeout=None if deadline is None else max(0.0, deadline - time.time())
+            )
         except subprocess.TimeoutExpired:
-            self.say(f"The job exceeded its maxWallClockTime ({self.spec.max_seconds:g} s); stopping it.")
+            self.say(
+                f"The job exceeded its maxWallClockTime ({self.spec.max_seconds:g} s); stopping it."
+            )
             self.timed_out = True
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this process must live to record it
             _signal_group(os.getpgid(0), signal.SIGTERM)
@@ -578,16 +705,19 @@ class _Wrapper:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for line in spec.notes:
             self.say(line)
-        self.say(f"Node agent pid {os.getpid()} (process group {os.getpgid(0)}); working directory "
-                 f"{spec.cwd}.")
+        self.say(
+            f"Node agent pid {os.getpid()} (process group {os.getpgid(0)}); working directory "
+            f"{spec.cwd}."
+        )
         if spec.failure:
             self.say(f"The job cannot run here: {spec.failure['message']}")
             self.record(NOT_STARTED_EXIT_CODE, "launch", spec.failure)
             return 0
         if spec.preparation:
             self.say(f"Job preparation command line: {spec.preparation}")
-            code = self.run_phase(spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt",
-                                  "Job preparation")
+            code = self.run_phase(
+                spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt", "Job preparation"
+            )
             self.say(f"Job preparation exited with code {code}.")
             if code != 0 or self.terminating or self.timed_out:
                 self.record(code, "jobPreparation", self._stop_error(code, "jobPreparation"))
@@ -613,9 +743,11 @@ class _Wrapper:
 
     def _stop_error(self, code: int, phase: str) -> dict | None:
         if self.timed_out:
-            return {"code": "JobMaxWallClockTimeExceeded",
-                    "message": f"The job ran longer than its constraints.maxWallClockTime "
-                               f"({self.spec.max_seconds:g} s) and was stopped."}
+            return {
+                "code": "JobMaxWallClockTimeExceeded",
+                "message": f"The job ran longer than its constraints.maxWallClockTime "
+                f"({self.spec.max_seconds:g} s) and was stopped.",
+            }
         if self.terminating:
             return {"code": "JobTerminated", "message": "The job was terminated (SIGTERM)."}
         return None
@@ -646,10 +778,18 @@ def _run_wrapper() -> int:
         try:
             if wrapper is not None:
                 wrapper.say(f"The node agent failed: {type(err).__name__}: {err}")
-            _write_json_atomically(os.path.join(spec.record_dir, EXIT_FILE), {
-                "exit_code": NOT_STARTED_EXIT_CODE, "phase": "launch", "ended": time.time(),
-                "error": {"code": "NodeAgentFailed",
-                          "message": f"The node agent could not run the job: {type(err).__name__}: {err}"}})
+            _write_json_atomically(
+                os.path.join(spec.record_dir, EXIT_FILE),
+                {
+                    "exit_code": NOT_STARTED_EXIT_CODE,
+                    "phase": "launch",
+                    "ended": time.time(),
+                    "error": {
+                        "code": "NodeAgentFailed",
+                        "message": f"The node agent could not run the job: {type(err).__name__}: {err}",
+                    },
+                },
+            )
         except OSError:
             pass
         return 1
@@ -658,5 +798,7 @@ def _run_wrapper() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["run"]:
         sys.exit(_run_wrapper())
-    sys.stderr.write("usage: nodeagent.py run   (the local cloud starts this; the job spec comes on stdin)\n")
+    sys.stderr.write(
+        "usage: nodeagent.py run   (the local cloud starts this; the job spec comes on stdin)\n"
+    )
     sys.exit(2)

@@ -5,6 +5,7 @@ components, so encoded variants such as ``%2e%2e`` or ``..%2f`` are refused once
 ``resolve_in_share`` (the resolved location, symlinks followed, must lie under the share's
 directory). Nothing is written before both pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,11 @@ class PathRejected(ValueError):
 
 def check_share_name(name: str) -> str:
     if not _SHARE_NAME.match(name):
-        raise PathRejected("InvalidResourceName",
-                           f"The share name '{name}' is invalid: use 3-63 lowercase letters, digits "
-                           "and single hyphens, starting and ending with a letter or digit.")
+        raise PathRejected(
+            "InvalidResourceName",
+            f"The share name '{name}' is invalid: use 3-63 lowercase letters, digits "
+            "and single hyphens, starting and ending with a letter or digit.",
+        )
     return name
 
 
@@ -41,22 +44,29 @@ def split_path(path: str) -> list[str]:
     if path in ("", "/"):
         return []
     if path.startswith("/") or path.endswith("/") or "//" in path:
-        raise PathRejected("InvalidResourceName",
-                           f"The path '{path}' has an empty component; paths are relative to the share.")
+        raise PathRejected(
+            "InvalidResourceName",
+            f"The path '{path}' has an empty component; paths are relative to the share.",
+        )
     parts = path.split("/")
     for part in parts:
         if part in (".", ".."):
-            raise PathRejected("InvalidResourceName",
-                               f"The path '{path}' would leave the share ('{part}' components are not "
-                               "allowed).")
+            raise PathRejected(
+                "InvalidResourceName",
+                f"The path '{path}' would leave the share ('{part}' components are not allowed).",
+            )
         if len(part) > MAX_COMPONENT:
-            raise PathRejected("InvalidResourceName",
-                               f"The name '{part[:40]}...' is longer than {MAX_COMPONENT} characters.")
+            raise PathRejected(
+                "InvalidResourceName",
+                f"The name '{part[:40]}...' is longer than {MAX_COMPONENT} characters.",
+            )
         bad = sorted(set(part) & _BAD_CHARS)
         if bad:
             shown = ", ".join(repr(c) for c in bad)
-            raise PathRejected("InvalidResourceName",
-                               f"The name '{part!r}' contains characters Azure Files does not allow ({shown}).")
+            raise PathRejected(
+                "InvalidResourceName",
+                f"The name '{part!r}' contains characters Azure Files does not allow ({shown}).",
+            )
     return parts
 
 
@@ -74,8 +84,10 @@ def resolve_in_share(root: Path, path: str | list[str]) -> Path:
         if not os.path.lexists(candidate):
             candidate = current / _case_insensitive_match(current, part)
         if candidate.is_symlink():
-            raise PathRejected("InvalidResourceName",
-                               "The path passes through a symbolic link, which could leave the share.")
+            raise PathRejected(
+                "InvalidResourceName",
+                "The path passes through a symbolic link, which could leave the share.",
+            )
         current = candidate
     if not parts:
         return root

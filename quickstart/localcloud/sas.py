@@ -7,6 +7,7 @@ String to sign for api versions 2015-04-05 and later (azure-storage-file's
 
 HMAC-SHA256 with the decoded account key, base64. ``sr=f`` signs one file, ``sr=s`` a share.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -37,13 +38,32 @@ def _iso(epoch: float) -> str:
 
 def _string_to_sign(params: dict, account: str, resource_path: str) -> str:
     get = lambda key: params.get(key) or ""  # noqa: E731
-    return "\n".join([get("sp"), get("st"), get("se"), f"/file/{account}/{resource_path.strip('/')}",
-                      get("si"), get("sip"), get("spr"), get("sv"),
-                      *(get(key) for key in _OVERRIDES)])
+    return "\n".join(
+        [
+            get("sp"),
+            get("st"),
+            get("se"),
+            f"/file/{account}/{resource_path.strip('/')}",
+            get("si"),
+            get("sip"),
+            get("spr"),
+            get("sv"),
+            *(get(key) for key in _OVERRIDES),
+        ]
+    )
 
 
-def make_file_sas(account: str, key_b64: str, share: str, path: str, *, permission: str = "r",
-                  expiry: float, start: float | None = None, version: str = "2018-03-28") -> str:
+def make_file_sas(
+    account: str,
+    key_b64: str,
+    share: str,
+    path: str,
+    *,
+    permission: str = "r",
+    expiry: float,
+    start: float | None = None,
+    version: str = "2018-03-28",
+) -> str:
     """A file SAS query string in the order Batch AI's download URLs used (sv, sr, sig, se, sp)."""
     params = {"sv": version, "sr": "f", "se": _iso(expiry), "sp": permission}
     if start is not None:
@@ -65,10 +85,14 @@ def _parse_time(value: str, field: str) -> float:
     if value.endswith("Z") and "." in value:
         try:
             whole, fraction = value[:-1].split(".", 1)
-            return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + fraction)
+            return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(
+                "0." + fraction
+            )
         except ValueError:
             pass
-    raise SasError("AuthenticationFailed", f"The SAS {field} time '{value}' is not an ISO 8601 UTC time.")
+    raise SasError(
+        "AuthenticationFailed", f"The SAS {field} time '{value}' is not an ISO 8601 UTC time."
+    )
 
 
 @dataclass(frozen=True)
@@ -80,48 +104,75 @@ class SasGrant:
     overrides: dict
 
 
-def verify_sas(params: dict, *, account: str, key_b64: str, share: str, path: str | None,
-               operation: str, client_ip: str, now: float | None = None) -> SasGrant:
+def verify_sas(
+    params: dict,
+    *,
+    account: str,
+    key_b64: str,
+    share: str,
+    path: str | None,
+    operation: str,
+    client_ip: str,
+    now: float | None = None,
+) -> SasGrant:
     """Check a service SAS for ``operation`` (read/create/write/delete/list) on ``share``/``path``.
 
     ``params`` are the decoded query parameters. Raises SasError with the storage error code.
     """
     now = time.time() if now is None else now
     if params.get("si"):
-        raise SasError("AuthenticationFailed", "Stored access policies (si=) are not supported by the "
-                       "local cloud; sign the permissions and expiry into the SAS itself.")
+        raise SasError(
+            "AuthenticationFailed",
+            "Stored access policies (si=) are not supported by the "
+            "local cloud; sign the permissions and expiry into the SAS itself.",
+        )
     resource = params.get("sr")
     if resource not in ("f", "s"):
-        raise SasError("AuthenticationFailed", f"The SAS signed resource sr='{resource}' is not 'f' "
-                       "(file) or 's' (share).")
+        raise SasError(
+            "AuthenticationFailed",
+            f"The SAS signed resource sr='{resource}' is not 'f' (file) or 's' (share).",
+        )
     if resource == "f" and not path:
-        raise SasError("AuthorizationResourceTypeMismatch",
-                       "This request is not authorized to perform this operation using this resource type "
-                       "(a file SAS, sr=f, cannot be used on a share or directory).")
+        raise SasError(
+            "AuthorizationResourceTypeMismatch",
+            "This request is not authorized to perform this operation using this resource type "
+            "(a file SAS, sr=f, cannot be used on a share or directory).",
+        )
     for required in ("sv", "sp", "se", "sig"):
         if not params.get(required):
-            raise SasError("AuthenticationFailed", f"The SAS is missing its '{required}' parameter.")
+            raise SasError(
+                "AuthenticationFailed", f"The SAS is missing its '{required}' parameter."
+            )
     resource_path = share if resource == "s" else f"{share}/{path}"
     signed = _string_to_sign(params, account, resource_path)
     if sign(key_b64, signed) != params["sig"]:
-        raise SasError("AuthenticationFailed",
-                       "Signature did not match. String to sign used was "
-                       + signed.replace("\n", "\\n"))
+        raise SasError(
+            "AuthenticationFailed",
+            "Signature did not match. String to sign used was " + signed.replace("\n", "\\n"),
+        )
     expiry = _parse_time(params["se"], "expiry")
     start = _parse_time(params["st"], "start") if params.get("st") else None
     if now > expiry or (start is not None and now < start - 300):
-        raise SasError("AuthenticationFailed",
-                       f"Signature not valid in the specified time frame: Start [{params.get('st', '')}] - "
-                       f"Expiry [{params['se']}] - Current [{_iso(now)}]")
+        raise SasError(
+            "AuthenticationFailed",
+            f"Signature not valid in the specified time frame: Start [{params.get('st', '')}] - "
+            f"Expiry [{params['se']}] - Current [{_iso(now)}]",
+        )
     if params.get("spr") and "https" not in params["spr"].split(","):
-        raise SasError("AuthorizationProtocolMismatch",
-                       "This request is not authorized to perform this operation using this protocol.")
+        raise SasError(
+            "AuthorizationProtocolMismatch",
+            "This request is not authorized to perform this operation using this protocol.",
+        )
     if params.get("sip") and not _ip_allowed(params["sip"], client_ip):
-        raise SasError("AuthorizationSourceIPMismatch",
-                       f"This request is not authorized to perform this operation using this source IP {client_ip}.")
+        raise SasError(
+            "AuthorizationSourceIPMismatch",
+            f"This request is not authorized to perform this operation using this source IP {client_ip}.",
+        )
     if PERMISSION_FOR[operation] not in params["sp"]:
-        raise SasError("AuthorizationPermissionMismatch",
-                       "This request is not authorized to perform this operation using this permission.")
+        raise SasError(
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
+        )
     overrides = {key: params[key] for key in _OVERRIDES if params.get(key)}
     return SasGrant(params["sp"], resource, overrides)
 

@@ -54,11 +54,13 @@ Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/loca
 
 Everything else (TLS, threads, logging without secrets) is this module's job.
 """
+
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import http.client
 import importlib
 import json
 import logging
@@ -70,18 +72,17 @@ import ssl
 import sys
 import threading
 import time
-import http.client
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
-from werkzeug.wsgi import LimitedStream
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import LimitedStream
 
 from . import connection as connection_file
-from .arm import ArmRouter, ResourceGroups, arm_error
 from .aad import TokenEndpoint
+from .arm import ArmRouter, ResourceGroups, arm_error
 from .certs import ensure_certificates
 from .credentials import ensure_credentials
 from .paths import resolve_in_share
@@ -98,9 +99,9 @@ HOST = "127.0.0.1"
 
 DEFAULT_OPTIONS = {
     "cluster_allocation_delay": 1.0,  # seconds a Batch AI cluster stays "resizing"
-    "token_lifetime": 3600,           # seconds an AAD token is valid (adal wants > 300)
-    "access_log": False,              # one redacted line per request on stderr
-    "sas_version": "2018-03-28",      # sv= of the download URLs the cloud makes
+    "token_lifetime": 3600,  # seconds an AAD token is valid (adal wants > 300)
+    "access_log": False,  # one redacted line per request on stderr
+    "sas_version": "2018-03-28",  # sv= of the download URLs the cloud makes
 }
 
 
@@ -124,7 +125,9 @@ LOG_FILE = "localcloud.log"
 class CloudContext:
     """What REST surfaces see of the running local cloud (see the module docstring)."""
 
-    def __init__(self, state_dir: Path, store: Store, credentials, tls, options: dict, base_url: str):
+    def __init__(
+        self, state_dir: Path, store: Store, credentials, tls, options: dict, base_url: str
+    ):
         self.state_dir = state_dir
         self.store = store
         self.credentials = credentials
@@ -140,10 +143,15 @@ class CloudContext:
         self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
         self.storage_handler: Callable[[Request], Response] | None = None
         self.connection = connection_file.build_connection(
-            base_url=base_url, tenant=credentials.tenant, client_id=credentials.client_id,
-            client_secret=credentials.client_secret, subscription_id=credentials.subscription_id,
-            storage_account=credentials.storage_account, storage_key=credentials.storage_key,
-            ca_cert=tls.ca_cert)
+            base_url=base_url,
+            tenant=credentials.tenant,
+            client_id=credentials.client_id,
+            client_secret=credentials.client_secret,
+            subscription_id=credentials.subscription_id,
+            storage_account=credentials.storage_account,
+            storage_key=credentials.storage_key,
+            ca_cert=tls.ca_cert,
+        )
 
     # hooks
     def on_start(self, fn: Callable[[], None]) -> None:
@@ -166,13 +174,25 @@ class CloudContext:
             raise ValueError(f"there is no share named {share!r}")
         return resolve_in_share(root, path)
 
-    def file_sas_url(self, share: str, path: str, permission: str = "rl",
-                     expiry_minutes: float = 60, start: float | None = None) -> str:
+    def file_sas_url(
+        self,
+        share: str,
+        path: str,
+        permission: str = "rl",
+        expiry_minutes: float = 60,
+        start: float | None = None,
+    ) -> str:
         """A SAS download URL for file ``path`` in ``share``, valid for ``expiry_minutes``."""
-        token = make_file_sas(self.credentials.storage_account, self.credentials.storage_key,
-                              share, path, permission=permission,
-                              expiry=time.time() + expiry_minutes * 60, start=start,
-                              version=self.options["sas_version"])
+        token = make_file_sas(
+            self.credentials.storage_account,
+            self.credentials.storage_key,
+            share,
+            path,
+            permission=permission,
+            expiry=time.time() + expiry_minutes * 60,
+            start=start,
+            version=self.options["sas_version"],
+        )
         quoted = quote(f"{share}/{path.strip('/')}", safe="/()$=',~")
         return f"{self.base_url}/{self.credentials.storage_account}/{quoted}?{token}"
 
@@ -191,9 +211,18 @@ class LocalCloudApp:
             response = self.dispatch(request)
         except Exception:
             log.exception("request failed: %s %s", request.method, redact(request.full_path))
-            response = Response(json.dumps({"error": {"code": "InternalServerError",
-                                                      "message": "The local cloud hit an internal error."}}),
-                                status=500, content_type="application/json; charset=utf-8")
+            response = Response(
+                json.dumps(
+                    {
+                        "error": {
+                            "code": "InternalServerError",
+                            "message": "The local cloud hit an internal error.",
+                        }
+                    }
+                ),
+                status=500,
+                content_type="application/json; charset=utf-8",
+            )
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -205,17 +234,30 @@ class LocalCloudApp:
             return self.cloud.storage_handler(request)
         if request.path == connection_file.HEALTH_PATH:
             return self.health(request)
-        if len(segments) == 4 and segments[2] == "oauth2" and segments[3] == "token" \
-                and self.tokens.tenant_matches(segments[1]):
+        if (
+            len(segments) == 4
+            and segments[2] == "oauth2"
+            and segments[3] == "token"
+            and self.tokens.tenant_matches(segments[1])
+        ):
             return self.tokens.token(request)
-        return arm_error(404, "NotFound", f"The local cloud serves no '{request.path}'. Known: "
-                         f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., /providers/..., "
-                         f"/{self.cloud.credentials.storage_account}/<share>/...")
+        return arm_error(
+            404,
+            "NotFound",
+            f"The local cloud serves no '{request.path}'. Known: "
+            f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., /providers/..., "
+            f"/{self.cloud.credentials.storage_account}/<share>/...",
+        )
 
     def health(self, request: Request) -> Response:
-        body = {"status": "ok", "service": "local cloud", "base_url": self.cloud.base_url,
-                "storage_account": self.cloud.credentials.storage_account,
-                "subscription_id": self.cloud.credentials.subscription_id, "pid": os.getpid()}
+        body = {
+            "status": "ok",
+            "service": "local cloud",
+            "base_url": self.cloud.base_url,
+            "storage_account": self.cloud.credentials.storage_account,
+            "subscription_id": self.cloud.credentials.subscription_id,
+            "pid": os.getpid(),
+        }
         return Response(json.dumps(body), status=200, content_type="application/json")
 
 
@@ -230,7 +272,7 @@ class _RequestHandler(WSGIRequestHandler):
     * The access log never shows SAS signatures and is silent unless ``access_log`` is on.
     """
 
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def setup(self):
@@ -250,7 +292,7 @@ class _RequestHandler(WSGIRequestHandler):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         environ = self.environ = self.make_environ()
         body = None
-        if "wsgi.input_terminated" in environ:   # chunked request body: length unknown
+        if "wsgi.input_terminated" in environ:  # chunked request body: length unknown
             self.close_connection = True
         else:
             try:
@@ -277,7 +319,12 @@ class _RequestHandler(WSGIRequestHandler):
             for key, value in state["headers"]:
                 self.send_header(key, value)
                 names.add(key.lower())
-            if "content-length" not in names and not is_head and code >= 200 and code not in (204, 304):
+            if (
+                "content-length" not in names
+                and not is_head
+                and code >= 200
+                and code not in (204, 304)
+            ):
                 self.send_header("Transfer-Encoding", "chunked")
                 state["chunked"] = True
             if self.close_connection:
@@ -355,7 +402,9 @@ class _Server(ThreadedWSGIServer):
         self._open = set()
         self._open_lock = threading.Lock()
         self._busy = 0
-        super().__init__(HOST, sock.getsockname()[1], app, handler=_RequestHandler, fd=sock.fileno())
+        super().__init__(
+            HOST, sock.getsockname()[1], app, handler=_RequestHandler, fd=sock.fileno()
+        )
         self.ssl_context = ssl_context
 
     def get_request(self):
@@ -372,7 +421,9 @@ class _Server(ThreadedWSGIServer):
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
-        log.debug("local cloud connection from %s ended with an error", client_address, exc_info=True)
+        log.debug(
+            "local cloud connection from %s ended with an error", client_address, exc_info=True
+        )
 
     def close_open_connections(self) -> None:
         with self._open_lock:
@@ -403,21 +454,27 @@ class LocalCloud:
     serving; job processes started by surfaces are not killed (jobs outlive servers).
     """
 
-    def __init__(self, state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR,
-                 port: int = 0, **options):
+    def __init__(
+        self,
+        state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR,
+        port: int = 0,
+        **options,
+    ):
         self.state_dir = Path(state_dir).resolve()
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise LocalCloudError(f"port must be 0 (any free port) or 1-65535, not {port!r}")
         self.port = port
         for key in ("cluster_allocation_delay", "token_lifetime"):
             value = options.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or value < 0):
-                raise LocalCloudError(f"local cloud option {key} must be a number of seconds >= 0, "
-                                      f"not {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            ):
+                raise LocalCloudError(
+                    f"local cloud option {key} must be a number of seconds >= 0, not {value!r}"
+                )
         self.options = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
         self.context: CloudContext | None = None
-        self._running: CloudContext | None = None   # the context whose stop hooks are due
+        self._running: CloudContext | None = None  # the context whose stop hooks are due
         self._log_handler: logging.Handler | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -435,7 +492,7 @@ class LocalCloud:
     def base_url(self) -> str:
         return self.connection["resource_manager_url"].rstrip("/")
 
-    def start(self, timeout: float = 10.0) -> "LocalCloud":
+    def start(self, timeout: float = 10.0) -> LocalCloud:
         if self._server is not None:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -458,7 +515,7 @@ class LocalCloud:
                     log.exception("a local cloud stop hook failed")
         self._teardown()
 
-    def __enter__(self) -> "LocalCloud":
+    def __enter__(self) -> LocalCloud:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -478,7 +535,8 @@ class LocalCloud:
             where = f" at {serving['resource_manager_url']}" if serving else ""
             raise LocalCloudError(
                 f"a local cloud is already serving state directory {self.state_dir}{where}; "
-                "use that one, stop it first, or choose another state directory") from None
+                "use that one, stop it first, or choose another state directory"
+            ) from None
         self._lock_file = lock
 
     def _bind(self) -> socket.socket:
@@ -501,10 +559,15 @@ class LocalCloud:
             except OSError as err:
                 sock.close()
                 if port == self.port and self.port != 0:
-                    reason = "is in use" if err.errno == errno.EADDRINUSE else f"cannot be used ({err.strerror})"
+                    reason = (
+                        "is in use"
+                        if err.errno == errno.EADDRINUSE
+                        else f"cannot be used ({err.strerror})"
+                    )
                     raise LocalCloudError(
                         f"port {port} on {HOST} {reason}; choose another with --port, or 0 for "
-                        "any free port") from None
+                        "any free port"
+                    ) from None
         raise LocalCloudError(f"no free port on {HOST}")
 
     def _attach_log(self) -> None:
@@ -526,8 +589,14 @@ class LocalCloud:
             port = sock.getsockname()[1]
             tls = ensure_certificates(self.state_dir)
             store = Store(self.state_dir)
-            context = CloudContext(self.state_dir, store, ensure_credentials(store), tls, self.options,
-                                   f"https://{HOST}:{port}")
+            context = CloudContext(
+                self.state_dir,
+                store,
+                ensure_credentials(store),
+                tls,
+                self.options,
+                f"https://{HOST}:{port}",
+            )
             self.context = self._running = context
             ResourceGroups(context).install(context.arm)
             for module_name in SURFACE_MODULES:
@@ -547,8 +616,12 @@ class LocalCloud:
         for hook in context.start_hooks:
             hook()
         connection_file.write_connection(self.state_dir, context.connection)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"local-cloud-{port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"local-cloud-{port}",
+            daemon=True,
+        )
         self._thread.start()
         self._wait_healthy(port, tls.ca_cert, timeout)
         self._server.access_log = bool(self.options["access_log"])  # not our own startup probe
@@ -567,13 +640,15 @@ class LocalCloud:
             finally:
                 conn.close()
             if time.monotonic() > deadline:
-                raise LocalCloudError(f"the local cloud did not answer its health check on port {port}: {last}")
+                raise LocalCloudError(
+                    f"the local cloud did not answer its health check on port {port}: {last}"
+                )
             time.sleep(0.01)
 
     def _teardown(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            if self._thread is not None:   # shutdown() waits for serve_forever, so only if it runs
+            if self._thread is not None:  # shutdown() waits for serve_forever, so only if it runs
                 server.shutdown()
             deadline = time.monotonic() + 2.0
             while server.busy() and time.monotonic() < deadline:
@@ -598,8 +673,13 @@ class LocalCloud:
             self._lock_file = None
 
 
-def serve_forever(state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR, port: int = 0,
-                  *, out=None, **options) -> int:
+def serve_forever(
+    state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_DIR,
+    port: int = 0,
+    *,
+    out=None,
+    **options,
+) -> int:
     """Serve a local cloud in the foreground until Ctrl-C or SIGTERM; returns the exit status.
 
     For ``python -m quickstart localcloud [--port N] [--state-dir DIR]``. Errors that the user
@@ -613,9 +693,12 @@ def serve_forever(state_dir: str | os.PathLike = connection_file.DEFAULT_STATE_D
     except LocalCloudError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) \
-        if threading.current_thread() is threading.main_thread() else None
-    console = logging.StreamHandler(sys.stderr)      # problems also show in the foreground
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    console = logging.StreamHandler(sys.stderr)  # problems also show in the foreground
     console.setLevel(logging.WARNING)
     console.setFormatter(_RedactingFormatter("local cloud: %(levelname)s %(message)s"))
     log.addHandler(console)

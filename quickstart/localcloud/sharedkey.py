@@ -12,6 +12,7 @@ already starts with the account, so the account appears twice: ``/acct/acct/shar
 The SDK leaves the Range slot empty (it sends ``x-ms-range``); the real service signs a ``Range``
 header there, so both are accepted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,18 +20,30 @@ import hashlib
 import hmac
 from urllib.parse import parse_qsl
 
-_STANDARD_HEADERS = ("content-encoding", "content-language", "content-length", "content-md5",
-                     "content-type", "date", "if-modified-since", "if-match", "if-none-match",
-                     "if-unmodified-since")
+_STANDARD_HEADERS = (
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-md5",
+    "content-type",
+    "date",
+    "if-modified-since",
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+)
 
 
 def sign(key_b64: str, string_to_sign: str) -> str:
-    digest = hmac.new(base64.b64decode(key_b64), string_to_sign.encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.new(
+        base64.b64decode(key_b64), string_to_sign.encode("utf-8"), hashlib.sha256
+    ).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
-def string_to_sign(method: str, headers, raw_path: str, raw_query: str, account: str,
-                   range_value: str = "") -> str:
+def string_to_sign(
+    method: str, headers, raw_path: str, raw_query: str, account: str, range_value: str = ""
+) -> str:
     """The SharedKey string to sign for a received request.
 
     ``headers``: case-insensitive mapping of the received headers; ``raw_path``: the path exactly
@@ -44,8 +57,9 @@ def string_to_sign(method: str, headers, raw_path: str, raw_query: str, account:
         lines.append(value)
     lines.append(range_value)
     canonical = "\n".join(lines) + "\n"
-    x_ms = sorted((name.lower(), value) for name, value in headers.items()
-                  if name.lower().startswith("x-ms-"))
+    x_ms = sorted(
+        (name.lower(), value) for name, value in headers.items() if name.lower().startswith("x-ms-")
+    )
     canonical += "".join(f"{name}:{value}\n" for name, value in x_ms)
     canonical += "/" + account + raw_path
     grouped: dict[str, list[str]] = {}
@@ -56,8 +70,15 @@ def string_to_sign(method: str, headers, raw_path: str, raw_query: str, account:
     return canonical
 
 
-def verify(authorization: str, method: str, headers, raw_path: str, raw_query: str,
-           account: str, key_b64: str) -> tuple[bool, str]:
+def verify(
+    authorization: str,
+    method: str,
+    headers,
+    raw_path: str,
+    raw_query: str,
+    account: str,
+    key_b64: str,
+) -> tuple[bool, str]:
     """(valid, the string the server signed) for an ``Authorization: SharedKey acct:sig`` header."""
     scheme, _, credential = authorization.partition(" ")
     claimed_account, _, signature = credential.strip().partition(":")

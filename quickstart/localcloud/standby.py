@@ -7,6 +7,7 @@ owner's state-directory lock to come free, then starts a cloud of its own on the
 directory, which reuses the owner's port, certificate and token key (``LocalCloud`` does that
 on every restart), so the borrower's clients carry on with the same URLs and tokens.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,10 +32,11 @@ class Standby:
         self.on_take_over = on_take_over
         self.cloud: LocalCloud | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._wait_for_owner, name="local-cloud-standby",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._wait_for_owner, name="local-cloud-standby", daemon=True
+        )
 
-    def __enter__(self) -> "Standby":
+    def __enter__(self) -> Standby:
         self._thread.start()
         return self
 
@@ -52,7 +54,9 @@ class Standby:
             except LocalCloudError:
                 continue
             except Exception:  # anything else will not mend by trying again: the command goes on
-                log.debug("could not take over the local cloud in %s", self.state_dir, exc_info=True)
+                log.debug(
+                    "could not take over the local cloud in %s", self.state_dir, exc_info=True
+                )
                 return
             if self._stopping.is_set():  # the command ended while this one was starting
                 cloud.stop()

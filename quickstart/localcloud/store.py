@@ -19,6 +19,7 @@ example secrets the service keeps but never returns).
 One SQLite connection is shared by all request threads behind a re-entrant lock; every public
 method is one transaction, and ``transaction()`` groups several into one read-modify-write.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 DATABASE_FILE = "localcloud.sqlite3"
 SHARES_DIR = "shares"
@@ -148,9 +149,7 @@ class Store:
         # connection.json (SQLite gives its -wal/-shm files the same mode).
         os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(database, 0o600)
-        self._db = sqlite3.connect(
-            str(database), check_same_thread=False, isolation_level=None
-        )
+        self._db = sqlite3.connect(str(database), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of this process (not of the OS) without fsync per commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -219,8 +218,9 @@ class Store:
 
     # ------------------------------------------------------------------ resources
 
-    def put_resource(self, arm_id: str, type: str, name: str, body: dict,
-                     extra: dict | None = None) -> ResourceRecord:
+    def put_resource(
+        self, arm_id: str, type: str, name: str, body: dict, extra: dict | None = None
+    ) -> ResourceRecord:
         """Create or replace the record for ``arm_id`` (matched case-insensitively).
 
         The first spelling of ``name`` and the creation time are kept on replace.
@@ -237,27 +237,46 @@ class Store:
                 "INSERT OR REPLACE INTO resources "
                 "(id, type, subscription, resource_group, name, body, extra, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, type, subscription, group, stored_name, json.dumps(body),
-                 json.dumps(extra), created, now),
+                (
+                    key,
+                    type,
+                    subscription,
+                    group,
+                    stored_name,
+                    json.dumps(body),
+                    json.dumps(extra),
+                    created,
+                    now,
+                ),
             )
-        return ResourceRecord(key, type, subscription, group, stored_name, body, extra, created, now)
+        return ResourceRecord(
+            key, type, subscription, group, stored_name, body, extra, created, now
+        )
 
     def get_resource(self, arm_id: str) -> ResourceRecord | None:
         rows = self._query(
             "SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
-            "FROM resources WHERE id = ?", (arm_id.lower(),))
+            "FROM resources WHERE id = ?",
+            (arm_id.lower(),),
+        )
         return _resource(rows[0]) if rows else None
 
-    def list_resources(self, type: str | None = None, parent_id: str | None = None,
-                       subscription: str | None = None,
-                       resource_group: str | None = None) -> list[ResourceRecord]:
+    def list_resources(
+        self,
+        type: str | None = None,
+        parent_id: str | None = None,
+        subscription: str | None = None,
+        resource_group: str | None = None,
+    ) -> list[ResourceRecord]:
         """Records matching every given filter, oldest first.
 
         ``parent_id`` selects records whose id lies below that id (any depth);
         ``type`` is compared case-insensitively.
         """
-        sql = ("SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
-               "FROM resources WHERE 1=1")
+        sql = (
+            "SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
+            "FROM resources WHERE 1=1"
+        )
         args: list = []
         if type is not None:
             sql += " AND lower(type) = ?"
@@ -284,30 +303,48 @@ class Store:
         key = arm_id.lower().rstrip("/")
         prefix = key + "/"
         return self._execute(
-            "DELETE FROM resources WHERE id = ? OR substr(id, 1, ?) = ?", (key, len(prefix), prefix))
+            "DELETE FROM resources WHERE id = ? OR substr(id, 1, ?) = ?", (key, len(prefix), prefix)
+        )
 
     # ------------------------------------------------------------------ operations
 
-    def create_operation(self, kind: str, resource_id: str | None = None,
-                         status: str = "InProgress", body: dict | None = None) -> OperationRecord:
+    def create_operation(
+        self,
+        kind: str,
+        resource_id: str | None = None,
+        status: str = "InProgress",
+        body: dict | None = None,
+    ) -> OperationRecord:
         """Record a long-running operation; its id is what a status URL carries."""
-        op = OperationRecord(str(uuid.uuid4()), kind, status, resource_id, time.time(),
-                             None if status == "InProgress" else time.time(), body or {})
+        op = OperationRecord(
+            str(uuid.uuid4()),
+            kind,
+            status,
+            resource_id,
+            time.time(),
+            None if status == "InProgress" else time.time(),
+            body or {},
+        )
         self._execute(
             "INSERT INTO operations (id, kind, status, resource_id, started, ended, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (op.id, op.kind, op.status, op.resource_id, op.started, op.ended, json.dumps(op.body)))
+            (op.id, op.kind, op.status, op.resource_id, op.started, op.ended, json.dumps(op.body)),
+        )
         return op
 
-    def finish_operation(self, op_id: str, status: str = "Succeeded", body: dict | None = None) -> None:
+    def finish_operation(
+        self, op_id: str, status: str = "Succeeded", body: dict | None = None
+    ) -> None:
         self._execute(
             "UPDATE operations SET status = ?, ended = ?, body = ? WHERE id = ?",
-            (status, time.time(), json.dumps(body or {}), op_id))
+            (status, time.time(), json.dumps(body or {}), op_id),
+        )
 
     def get_operation(self, op_id: str) -> OperationRecord | None:
         rows = self._query(
             "SELECT id, kind, status, resource_id, started, ended, body FROM operations WHERE id = ?",
-            (op_id.lower(),))
+            (op_id.lower(),),
+        )
         if not rows:
             return None
         row = rows[0]
@@ -321,9 +358,14 @@ class Store:
         return self.shares_root / rows[0][0] if rows else None
 
     def get_share(self, name: str) -> ShareRecord | None:
-        rows = self._query("SELECT name, created, quota, metadata FROM shares WHERE name = ?",
-                           (name.lower(),))
-        return ShareRecord(rows[0][0], rows[0][1], rows[0][2], json.loads(rows[0][3])) if rows else None
+        rows = self._query(
+            "SELECT name, created, quota, metadata FROM shares WHERE name = ?", (name.lower(),)
+        )
+        return (
+            ShareRecord(rows[0][0], rows[0][1], rows[0][2], json.loads(rows[0][3]))
+            if rows
+            else None
+        )
 
     def list_shares(self) -> list[ShareRecord]:
         rows = self._query("SELECT name, created, quota, metadata FROM shares ORDER BY name")
@@ -336,8 +378,10 @@ class Store:
             if self.get_share(name):
                 return False
             (self.shares_root / name).mkdir(exist_ok=True)
-            self._db.execute("INSERT INTO shares (name, created, quota, metadata) VALUES (?, ?, ?, ?)",
-                             (name, time.time(), quota, json.dumps(metadata or {})))
+            self._db.execute(
+                "INSERT INTO shares (name, created, quota, metadata) VALUES (?, ?, ?, ?)",
+                (name, time.time(), quota, json.dumps(metadata or {})),
+            )
         return True
 
     def delete_share(self, name: str) -> bool:
@@ -359,19 +403,24 @@ class Store:
 
     def get_file_props(self, share: str, path: str) -> dict:
         """Content settings and metadata kept for a file ({} if none were given)."""
-        rows = self._query("SELECT props FROM file_properties WHERE share = ? AND path = ?",
-                           (share.lower(), path))
+        rows = self._query(
+            "SELECT props FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path)
+        )
         return json.loads(rows[0][0]) if rows else {}
 
     def set_file_props(self, share: str, path: str, props: dict) -> None:
         if props:
-            self._execute("INSERT OR REPLACE INTO file_properties (share, path, props) VALUES (?, ?, ?)",
-                          (share.lower(), path, json.dumps(props)))
+            self._execute(
+                "INSERT OR REPLACE INTO file_properties (share, path, props) VALUES (?, ?, ?)",
+                (share.lower(), path, json.dumps(props)),
+            )
         else:
             self.delete_file_props(share, path)
 
     def delete_file_props(self, share: str, path: str) -> None:
-        self._execute("DELETE FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path))
+        self._execute(
+            "DELETE FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path)
+        )
 
     def temp_path(self) -> Path:
         """A fresh path on the same file system as the shares, for write-then-rename."""
@@ -403,5 +452,14 @@ class Store:
 
 
 def _resource(row: tuple) -> ResourceRecord:
-    return ResourceRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),
-                          json.loads(row[6]), row[7], row[8])
+    return ResourceRecord(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        json.loads(row[5]),
+        json.loads(row[6]),
+        row[7],
+        row[8],
+    )

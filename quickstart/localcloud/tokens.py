@@ -4,6 +4,7 @@ Signed with the state directory's secret key (credentials.token_signing_key), so
 be forged or altered, and carrying ``exp`` so it really expires. The claims mirror an AAD
 app-only token (``aud``, ``iss``, ``appid``, ``tid``, ``oid``) closely enough for tools that peek.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,16 @@ class TokenError(Exception):
         self.message = message
 
 
-def issue_token(key: bytes, *, audience: str, issuer: str, client_id: str, tenant: str,
-                lifetime: float, now: float | None = None) -> tuple[str, dict]:
+def issue_token(
+    key: bytes,
+    *,
+    audience: str,
+    issuer: str,
+    client_id: str,
+    tenant: str,
+    lifetime: float,
+    now: float | None = None,
+) -> tuple[str, dict]:
     """Return (token, claims) for a client-credentials grant."""
     now = int(time.time() if now is None else now)
     claims = {
@@ -43,43 +52,66 @@ def issue_token(key: bytes, *, audience: str, issuer: str, client_id: str, tenan
     return jwt.encode(claims, key, algorithm=ALGORITHM), claims
 
 
-def verify_token(token: str, key: bytes, *, audience: str, issuer: str,
-                 now: float | None = None) -> dict:
+def verify_token(
+    token: str, key: bytes, *, audience: str, issuer: str, now: float | None = None
+) -> dict:
     """Return the claims of a valid token, or raise TokenError saying what is wrong."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
-        raise TokenError("InvalidAuthenticationToken",
-                         "The access token is invalid: it is not a well-formed JWT.") from None
+        raise TokenError(
+            "InvalidAuthenticationToken",
+            "The access token is invalid: it is not a well-formed JWT.",
+        ) from None
     if header.get("alg") != ALGORITHM:
-        raise TokenError("InvalidAuthenticationToken",
-                         "The access token is invalid: it is not signed by this local cloud.")
+        raise TokenError(
+            "InvalidAuthenticationToken",
+            "The access token is invalid: it is not signed by this local cloud.",
+        )
     try:
-        claims = jwt.decode(token, key, algorithms=[ALGORITHM],
-                            options={"verify_exp": False, "verify_aud": False, "verify_iss": False,
-                                     "require": ["exp", "aud", "iss"]})
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            options={
+                "verify_exp": False,
+                "verify_aud": False,
+                "verify_iss": False,
+                "require": ["exp", "aud", "iss"],
+            },
+        )
     except jwt.InvalidSignatureError:
-        raise TokenError("InvalidAuthenticationToken",
-                         "The access token is invalid: its signature does not match "
-                         "(was it issued by another local cloud or altered?).") from None
+        raise TokenError(
+            "InvalidAuthenticationToken",
+            "The access token is invalid: its signature does not match "
+            "(was it issued by another local cloud or altered?).",
+        ) from None
     except jwt.InvalidTokenError as err:
-        raise TokenError("InvalidAuthenticationToken", f"The access token is invalid: {err}.") from None
+        raise TokenError(
+            "InvalidAuthenticationToken", f"The access token is invalid: {err}."
+        ) from None
     now = time.time() if now is None else now
     expiry = claims["exp"]
     if not isinstance(expiry, (int, float)) or expiry <= now:
-        raise TokenError("ExpiredAuthenticationToken",
-                         f"The access token expiry UTC time '{_utc(expiry)}' is earlier than "
-                         f"current UTC time '{_utc(now)}'.")
+        raise TokenError(
+            "ExpiredAuthenticationToken",
+            f"The access token expiry UTC time '{_utc(expiry)}' is earlier than "
+            f"current UTC time '{_utc(now)}'.",
+        )
     if claims.get("nbf", 0) > now + 300:
         raise TokenError("InvalidAuthenticationToken", "The access token is not yet valid.")
     if claims["aud"].rstrip("/") != audience.rstrip("/"):
-        raise TokenError("InvalidAuthenticationTokenAudience",
-                         f"The access token has been obtained for wrong audience or resource "
-                         f"'{claims['aud']}'. It should exactly match with one of the allowed "
-                         f"audiences '{audience}'.")
+        raise TokenError(
+            "InvalidAuthenticationTokenAudience",
+            f"The access token has been obtained for wrong audience or resource "
+            f"'{claims['aud']}'. It should exactly match with one of the allowed "
+            f"audiences '{audience}'.",
+        )
     if claims["iss"] != issuer:
-        raise TokenError("InvalidAuthenticationTokenTenant",
-                         f"The access token is from the wrong issuer '{claims['iss']}'.")
+        raise TokenError(
+            "InvalidAuthenticationTokenTenant",
+            f"The access token is from the wrong issuer '{claims['iss']}'.",
+        )
     return claims
 
 

@@ -14,6 +14,7 @@ that misses it. A run takes about 40 times the per-epoch figure of bench_trainin
 The default test run's short training (and the error bound it asserts) is measured with
 ``--max-epochs 3 --epoch-size 10000 --seeds 0,1,2,3,4,5,6,7``.
 """
+
 import argparse
 import re
 import statistics
@@ -32,8 +33,18 @@ FINAL_LINE = re.compile(r"^Final Results: Minibatch\[1-\d+\]: errs = (\d+\.\d+)%
 
 def train_once(train_dir, model_dir, max_epochs, epoch_size, seed):
     """Run the script once, streaming its stderr; (final test error %, epoch seconds) or None."""
-    command = [sys.executable, str(REPO / "ConvNet_MNIST.py"), str(train_dir), model_dir,
-               "--max-epochs", str(max_epochs), "--epoch-size", str(epoch_size), "--seed", str(seed)]
+    command = [
+        sys.executable,
+        str(REPO / "ConvNet_MNIST.py"),
+        str(train_dir),
+        model_dir,
+        "--max-epochs",
+        str(max_epochs),
+        "--epoch-size",
+        str(epoch_size),
+        "--seed",
+        str(seed),
+    ]
     process = subprocess.Popen(command, cwd=str(REPO), stderr=subprocess.PIPE, text=True)
     epoch_seconds, error = [], None
     for line in process.stderr:
@@ -46,7 +57,7 @@ def train_once(train_dir, model_dir, max_epochs, epoch_size, seed):
         if match:
             error = float(match.group(1))
     if process.wait() != 0 or error is None:
-        print("training failed (exit status {})".format(process.returncode))
+        print(f"training failed (exit status {process.returncode})")
         return None
     return error, epoch_seconds
 
@@ -55,40 +66,57 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=40)
     parser.add_argument("--epoch-size", type=int, default=60000)
-    parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds, each a training run one after another (default 0)")
-    parser.add_argument("--model-dir", help="keep the model files here, in seed-N folders "
-                        "(default: a temp dir)")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds, each a training run one after another (default 0)",
+    )
+    parser.add_argument(
+        "--model-dir", help="keep the model files here, in seed-N folders (default: a temp dir)"
+    )
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
 
     sys.path.insert(0, str(REPO))
     from quickstart.sample import build_ctf_files
+
     train, _ = build_ctf_files()
     results = []
     for seed in seeds:
         started = time.time()
         with tempfile.TemporaryDirectory() as scratch:
-            model_dir = Path(args.model_dir, "seed-{}".format(seed)) if args.model_dir else scratch
-            outcome = train_once(Path(train).parent, str(model_dir), args.max_epochs,
-                                 args.epoch_size, seed)
+            model_dir = Path(args.model_dir, f"seed-{seed}") if args.model_dir else scratch
+            outcome = train_once(
+                Path(train).parent, str(model_dir), args.max_epochs, args.epoch_size, seed
+            )
         if outcome is None:
             return 1
         error, epoch_seconds = outcome
         results.append(error)
         print("")
-        print("seed {}: test error after {} epochs of {} {:.2f}%; mean {:.2f} s per epoch, {:.1f} "
-              "min in all".format(seed, args.max_epochs, args.epoch_size, error,
-                                  statistics.mean(epoch_seconds), (time.time() - started) / 60))
+        print(
+            f"seed {seed}: test error after {args.max_epochs} epochs of {args.epoch_size} {error:.2f}%; mean {statistics.mean(epoch_seconds):.2f} s per epoch, {(time.time() - started) / 60:.1f} "
+            "min in all"
+        )
     mean = statistics.mean(results)
     print("")
-    print("test error after {} epochs of {} over seeds {}: {}; mean {:.3f}%, worst {:.2f}%{}".format(
-        args.max_epochs, args.epoch_size, args.seeds, ", ".join("{:.2f}%".format(e) for e in results),
-        mean, max(results),
-        ", median {:.2f}%".format(statistics.median(results)) if len(results) > 1 else ""))
+    print(
+        "test error after {} epochs of {} over seeds {}: {}; mean {:.3f}%, worst {:.2f}%{}".format(
+            args.max_epochs,
+            args.epoch_size,
+            args.seeds,
+            ", ".join(f"{e:.2f}%" for e in results),
+            mean,
+            max(results),
+            f", median {statistics.median(results):.2f}%" if len(results) > 1 else "",
+        )
+    )
     if (args.max_epochs, args.epoch_size) == (40, 60000):  # the goal is for the recipe's run
-        print("goal <= {:.2f}%: {}; the CNTK recipe logged {:.2f}% (one run)".format(
-            GOAL_PERCENT, "met" if mean <= GOAL_PERCENT else "NOT met", CNTK_RECIPE_PERCENT))
+        print(
+            "goal <= {:.2f}%: {}; the CNTK recipe logged {:.2f}% (one run)".format(
+                GOAL_PERCENT, "met" if mean <= GOAL_PERCENT else "NOT met", CNTK_RECIPE_PERCENT
+            )
+        )
     return 0
 
 

@@ -18,6 +18,7 @@
 Figures 2 and 3 run against the separate server process, so the client's Python (the SDK's
 deserialisation is the costliest part of a call) does not share a GIL with the server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,22 @@ import azure.mgmt.batchai.models as models  # noqa: E402
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
 from quickstart.localcloud.connection import requests_session  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    make_batchai_client,
+    make_credentials,
+    make_file_service,
+    make_resource_client,
+)
 from tests.localcloud.test_batchai import job_params  # noqa: E402
-from tests.conftest import (make_batchai_client, make_credentials, make_file_service,  # noqa: E402
-                            make_resource_client)
 
-RG, WS, CLUSTER, EXP, SHARE, MOUNT = ("myresourcegroup", "myworkspace", "mycluster", "myexperiment",
-                                      "batchaiquickstart", "azurefileshare")
+RG, WS, CLUSTER, EXP, SHARE, MOUNT = (
+    "myresourcegroup",
+    "myworkspace",
+    "mycluster",
+    "myexperiment",
+    "batchaiquickstart",
+    "azurefileshare",
+)
 TRIVIAL = "import sys\nprint('trained on', sys.argv[1])\nopen(sys.argv[2] + '/model.dnn', 'w').write('m')\n"
 
 
@@ -53,13 +64,27 @@ def pct(values, q):
 def cluster_params(connection, files, nodes=1):
     return models.ClusterCreateParameters(
         vm_size="STANDARD_NC6",
-        scale_settings=models.ScaleSettings(manual=models.ManualScaleSettings(target_node_count=nodes)),
-        node_setup=models.NodeSetup(mount_volumes=models.MountVolumes(azure_file_shares=[
-            models.AzureFileShareReference(
-                account_name=connection["storage_account"],
-                credentials=models.AzureStorageCredentialsInfo(account_key=connection["storage_key"]),
-                azure_file_url=f"https://{files.primary_endpoint}/{SHARE}", relative_mount_path=MOUNT)])),
-        user_account_settings=models.UserAccountSettings(admin_user_name="u", admin_user_password="Pa55-word"))
+        scale_settings=models.ScaleSettings(
+            manual=models.ManualScaleSettings(target_node_count=nodes)
+        ),
+        node_setup=models.NodeSetup(
+            mount_volumes=models.MountVolumes(
+                azure_file_shares=[
+                    models.AzureFileShareReference(
+                        account_name=connection["storage_account"],
+                        credentials=models.AzureStorageCredentialsInfo(
+                            account_key=connection["storage_key"]
+                        ),
+                        azure_file_url=f"https://{files.primary_endpoint}/{SHARE}",
+                        relative_mount_path=MOUNT,
+                    )
+                ]
+            )
+        ),
+        user_account_settings=models.UserAccountSettings(
+            admin_user_name="u", admin_user_password="Pa55-word"
+        ),
+    )
 
 
 def tutorial(workdir: Path) -> dict:
@@ -83,7 +108,9 @@ def tutorial(workdir: Path) -> dict:
         files.create_file_from_path(SHARE, "mnistcntksample", "ConvNet_MNIST.py", str(script))
         marks["resource group, share, upload"] = time.perf_counter()
         client.workspaces.create(RG, WS, "eastus")
-        cluster = client.clusters.create(RG, WS, CLUSTER, cluster_params(connection, files)).result()
+        cluster = client.clusters.create(
+            RG, WS, CLUSTER, cluster_params(connection, files)
+        ).result()
         while client.clusters.get(RG, WS, CLUSTER).node_state_counts.idle_node_count < 1:
             time.sleep(0.1)
         marks["workspace, cluster until idle"] = time.perf_counter()
@@ -94,9 +121,20 @@ def tutorial(workdir: Path) -> dict:
         while True:
             job = client.jobs.get(RG, WS, EXP, "myjob")
             if url is None and job.execution_state != "queued":
-                url = next((f.download_url for f in client.jobs.list_output_files(
-                    RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr"))
-                    if f.name == "stdout.txt"), None)
+                url = next(
+                    (
+                        f.download_url
+                        for f in client.jobs.list_output_files(
+                            RG,
+                            WS,
+                            EXP,
+                            "myjob",
+                            models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr"),
+                        )
+                        if f.name == "stdout.txt"
+                    ),
+                    None,
+                )
             if url:
                 part = http.get(url, headers={"Range": f"bytes={streamed}-"})
                 if part.status_code == 206:
@@ -108,8 +146,11 @@ def tutorial(workdir: Path) -> dict:
         job_seconds = (job.execution_info.end_time - job.execution_info.start_time).total_seconds()
         marks["experiment, job, monitor"] = time.perf_counter()
         for ident in ("stdouterr", "MODEL"):
-            listed = list(client.jobs.list_output_files(
-                RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid=ident)))
+            listed = list(
+                client.jobs.list_output_files(
+                    RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid=ident)
+                )
+            )
             assert listed, ident
         marks["list outputs"] = time.perf_counter()
         client.jobs.delete(RG, WS, EXP, "myjob")
@@ -118,8 +159,13 @@ def tutorial(workdir: Path) -> dict:
         marks["teardown"] = time.perf_counter()
     finally:
         cloud.stop()
-    return {"wall": time.perf_counter() - start, "job": job_seconds, "marks": marks, "start": start,
-            "streamed": streamed}
+    return {
+        "wall": time.perf_counter() - start,
+        "job": job_seconds,
+        "marks": marks,
+        "start": start,
+        "streamed": streamed,
+    }
 
 
 def direct_run_seconds(workdir: Path) -> float:
@@ -127,8 +173,11 @@ def direct_run_seconds(workdir: Path) -> float:
     out = workdir / "direct"
     out.mkdir(exist_ok=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(workdir / "ConvNet_MNIST.py"), str(workdir), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(workdir / "ConvNet_MNIST.py"), str(workdir), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - started
 
 
@@ -137,7 +186,9 @@ def setup(cloud: LocalCloud, workdir: Path):
     credentials = make_credentials(connection)
     client = make_batchai_client(connection, credentials)
     files = make_file_service(connection)
-    make_resource_client(connection, credentials).resource_groups.create_or_update(RG, {"location": "eastus"})
+    make_resource_client(connection, credentials).resource_groups.create_or_update(
+        RG, {"location": "eastus"}
+    )
     files.create_share(SHARE)
     client.workspaces.create(RG, WS, "eastus")
     cluster = client.clusters.create(RG, WS, CLUSTER, cluster_params(connection, files)).result()
@@ -167,7 +218,9 @@ def end_to_visible(client, cluster, jobs: int, workdir: Path) -> tuple[list, lis
     return latencies, round_trips
 
 
-def load(call_factory, threads: int, seconds: float, rate: float | None = None) -> tuple[float, list]:
+def load(
+    call_factory, threads: int, seconds: float, rate: float | None = None
+) -> tuple[float, list]:
     """(calls per second, latencies) of ``threads`` threads calling for ``seconds``: back to
     back, or together offering ``rate`` calls/s (each thread on its own fixed schedule)."""
     latencies, lock, workers_started = [], threading.Lock(), []
@@ -194,6 +247,7 @@ def load(call_factory, threads: int, seconds: float, rate: float | None = None) 
             mine.append(time.perf_counter() - sent)
         with lock:
             latencies.extend(mine)
+
     workers = [threading.Thread(target=worker) for _ in range(threads)]
     for w in workers:
         w.start()
@@ -209,15 +263,22 @@ class ServerProcess:
 
     def __init__(self, state: Path):
         self.state = state
-        code = ("import sys; from quickstart.localcloud import serve_forever; "
-                f"sys.exit(serve_forever({str(state)!r}, 0, cluster_allocation_delay=0.1, access_log=False))")
-        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parents[2]),
-                                        stdout=subprocess.PIPE, text=True)
+        code = (
+            "import sys; from quickstart.localcloud import serve_forever; "
+            f"sys.exit(serve_forever({str(state)!r}, 0, cluster_allocation_delay=0.1, access_log=False))"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=str(Path(__file__).resolve().parents[2]),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stdout.readline()
         if "serving" not in line:
             self.process.kill()
             raise RuntimeError(f"the local cloud did not start: {line!r}")
         from quickstart.localcloud import read_connection
+
         self.connection = read_connection(state)
 
     def stop(self):
@@ -240,15 +301,21 @@ def main() -> int:
         result = tutorial(workdir)
         direct = direct_run_seconds(workdir)
         overhead = result["wall"] - result["job"]
-        print("1. Whole tutorial against the local cloud (trivial job, default 1 s cluster allocation)")
+        print(
+            "1. Whole tutorial against the local cloud (trivial job, default 1 s cluster allocation)"
+        )
         previous = result["start"]
         for step, mark in result["marks"].items():
             print(f"   {step:32s} {mark - previous:6.2f} s")
             previous = mark
-        print(f"   wall {result['wall']:.2f} s, job's own run time {result['job']:.2f} s "
-              f"(direct run of the same script: {direct:.2f} s)")
-        print(f"   => wall - job = {overhead:.2f} s   goal <= 5 s: {'MET' if overhead <= 5 else 'NOT MET'} "
-              f"(x{overhead / 5:.2f} of goal; x{result['wall'] / direct:.1f} a direct run)")
+        print(
+            f"   wall {result['wall']:.2f} s, job's own run time {result['job']:.2f} s "
+            f"(direct run of the same script: {direct:.2f} s)"
+        )
+        print(
+            f"   => wall - job = {overhead:.2f} s   goal <= 5 s: {'MET' if overhead <= 5 else 'NOT MET'} "
+            f"(x{overhead / 5:.2f} of goal; x{result['wall'] / direct:.1f} a direct run)"
+        )
 
         server = ServerProcess(workdir / "state2")
         try:
@@ -256,11 +323,17 @@ def main() -> int:
             client, credentials, cluster = setup(cloud, workdir)
             latencies, trips = end_to_visible(client, cluster, args.latency_jobs, workdir)
             p50 = statistics.median(latencies)
-            print(f"\n2. Job end -> 'succeeded' visible through jobs.get ({len(latencies)} jobs, 10 ms polling)")
-            print(f"   p50 {p50 * 1000:.0f} ms, p90 {pct(latencies, 90) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
-                  f"; baseline jobs.get round trip p50 {statistics.median(trips) * 1000:.1f} ms")
-            print(f"   => p50 goal <= 500 ms: {'MET' if p50 <= 0.5 else 'NOT MET'} (x{p50 / 0.5:.2f} of goal; "
-                  f"x{p50 / statistics.median(trips):.1f} a round trip)")
+            print(
+                f"\n2. Job end -> 'succeeded' visible through jobs.get ({len(latencies)} jobs, 10 ms polling)"
+            )
+            print(
+                f"   p50 {p50 * 1000:.0f} ms, p90 {pct(latencies, 90) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+                f"; baseline jobs.get round trip p50 {statistics.median(trips) * 1000:.1f} ms"
+            )
+            print(
+                f"   => p50 goal <= 500 ms: {'MET' if p50 <= 0.5 else 'NOT MET'} (x{p50 / 0.5:.2f} of goal; "
+                f"x{p50 / statistics.median(trips):.1f} a round trip)"
+            )
 
             client.jobs.create(RG, WS, EXP, "busy", job_params(cluster.id, "sleep 120")).result()
             while client.jobs.get(RG, WS, EXP, "busy").execution_state != "running":
@@ -273,25 +346,38 @@ def main() -> int:
                     if keep_alive:
                         own.__enter__()  # what `with client:` does: keep the connection
                     return lambda: own.jobs.get(RG, WS, EXP, "busy")
+
                 return make
 
             def health():
                 session = requests_session(connection)
                 url = connection["resource_manager_url"].rstrip("/") + "/_localcloud/health"
                 return lambda: session.get(url).raise_for_status()
+
             base_rate, base_lat = load(health, 8, args.load_seconds / 2)
-            print(f"\n3. jobs.get from 8 threads while a job runs ({args.load_seconds:g} s each; server in its own process)")
-            print(f"   baseline health endpoint back to back: {base_rate:.0f} calls/s, p99 {pct(base_lat, 99) * 1000:.1f} ms")
-            for label, keep in (("SDK as shipped (new connection per call)", False), ("with client: (kept-alive)", True)):
+            print(
+                f"\n3. jobs.get from 8 threads while a job runs ({args.load_seconds:g} s each; server in its own process)"
+            )
+            print(
+                f"   baseline health endpoint back to back: {base_rate:.0f} calls/s, p99 {pct(base_lat, 99) * 1000:.1f} ms"
+            )
+            for label, keep in (
+                ("SDK as shipped (new connection per call)", False),
+                ("with client: (kept-alive)", True),
+            ):
                 rate, lats = load(jobs_get(keep), 8, args.load_seconds)
                 paced_rate, paced = load(jobs_get(keep), 8, args.load_seconds, rate=100)
                 p99, paced_p99 = pct(lats, 99), pct(paced, 99)
                 print(f"   {label}:")
-                print(f"     back to back: {rate:.0f} calls/s (x{rate / 100:.2f} of goal 100, x{rate / base_rate:.2f} of "
-                      f"baseline), p50 {statistics.median(lats) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-                print(f"     offered 100 calls/s: {paced_rate:.0f} calls/s done, p50 {statistics.median(paced) * 1000:.1f} ms, "
-                      f"p99 {paced_p99 * 1000:.1f} ms => >= 100 calls/s with p99 <= 50 ms: "
-                      f"{'MET' if paced_rate >= 95 and paced_p99 <= 0.05 else 'NOT MET'} (p99 x{paced_p99 / 0.05:.2f} of goal)")
+                print(
+                    f"     back to back: {rate:.0f} calls/s (x{rate / 100:.2f} of goal 100, x{rate / base_rate:.2f} of "
+                    f"baseline), p50 {statistics.median(lats) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+                )
+                print(
+                    f"     offered 100 calls/s: {paced_rate:.0f} calls/s done, p50 {statistics.median(paced) * 1000:.1f} ms, "
+                    f"p99 {paced_p99 * 1000:.1f} ms => >= 100 calls/s with p99 <= 50 ms: "
+                    f"{'MET' if paced_rate >= 95 and paced_p99 <= 0.05 else 'NOT MET'} (p99 x{paced_p99 / 0.05:.2f} of goal)"
+                )
             assert client.jobs.get(RG, WS, EXP, "busy").execution_state == "running"
             client.jobs.terminate(RG, WS, EXP, "busy").result()
         finally:

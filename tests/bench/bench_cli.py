@@ -6,6 +6,7 @@ line counts of quickstart/steps.py and of its longest function.
 
     .venv/bin/python tests/bench/bench_cli.py [--runs N]
 """
+
 import argparse
 import ast
 import statistics
@@ -22,7 +23,9 @@ def wall_times(argv, runs):
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            argv, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         times.append(time.perf_counter() - start)
     return times
 
@@ -42,25 +45,39 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
 
-    subprocess.run([sys.executable, "-m", "quickstart", "--help"], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL)  # warm the bytecode cache once
+    subprocess.run(
+        [sys.executable, "-m", "quickstart", "--help"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # warm the bytecode cache once
     baseline = wall_times([sys.executable, "-c", "pass"], args.runs)
     cli = wall_times([sys.executable, "-m", "quickstart", "--help"], args.runs)
     base_median, cli_median = statistics.median(baseline), statistics.median(cli)
-    print("python -c pass           median {:.3f} s  (min {:.3f}, max {:.3f}, {} runs)".format(
-        base_median, min(baseline), max(baseline), args.runs))
-    print("python -m quickstart --help  median {:.3f} s  (min {:.3f}, max {:.3f}, {} runs)".format(
-        cli_median, min(cli), max(cli), args.runs))
-    print("ratio --help / bare python: {:.2f}x; --help costs {:.3f} s over the bare interpreter".format(
-        cli_median / base_median, cli_median - base_median))
-    print("goal --help <= {:.1f} s: {}".format(GOAL_SECONDS, "met" if cli_median <= GOAL_SECONDS else "NOT met"))
+    print(
+        f"python -c pass           median {base_median:.3f} s  (min {min(baseline):.3f}, max {max(baseline):.3f}, {args.runs} runs)"
+    )
+    print(
+        f"python -m quickstart --help  median {cli_median:.3f} s  (min {min(cli):.3f}, max {max(cli):.3f}, {args.runs} runs)"
+    )
+    print(
+        f"ratio --help / bare python: {cli_median / base_median:.2f}x; --help costs {cli_median - base_median:.3f} s over the bare interpreter"
+    )
+    print(
+        "goal --help <= {:.1f} s: {}".format(
+            GOAL_SECONDS, "met" if cli_median <= GOAL_SECONDS else "NOT met"
+        )
+    )
 
     steps = REPO / "quickstart" / "steps.py"
     lengths = function_lengths(steps)
     total = len(steps.read_text().splitlines())
-    print("quickstart/steps.py: {} lines, {} functions".format(total, len(lengths)))
-    print("longest function: {} ({} lines); then {}".format(
-        lengths[0][1], lengths[0][0], ", ".join("{} ({})".format(name, n) for n, name in lengths[1:4])))
+    print(f"quickstart/steps.py: {total} lines, {len(lengths)} functions")
+    print(
+        "longest function: {} ({} lines); then {}".format(
+            lengths[0][1], lengths[0][0], ", ".join(f"{name} ({n})" for n, name in lengths[1:4])
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ uses; best of --repeats for ours (the plain versions take long enough to run onc
 
     nice .venv/bin/python tests/bench/bench_ctf_io.py [--repeats 3]
 """
+
 import argparse
 import os
 import shutil
@@ -46,9 +47,10 @@ def plain_write(path, images, labels):
     """CNTK's mnist_utils.savetxt, as the original installer wrote the files."""
     one_hot = list(map(" ".join, np.eye(10, dtype=np.uint).astype(str)))
     with open(path, "w") as stream:
-        for row, label in zip(images.reshape(len(images), -1), labels):
-            stream.write("|labels {} |features {}\n".format(one_hot[label],
-                                                           " ".join(row.astype(str))))
+        for row, label in zip(images.reshape(len(images), -1), labels, strict=False):
+            stream.write(
+                "|labels {} |features {}\n".format(one_hot[label], " ".join(row.astype(str)))
+            )
 
 
 def best_of(repeats, function):
@@ -63,9 +65,14 @@ def best_of(repeats, function):
 def load_splits():
     mnist = REPO / "data" / "mnist"
     manifest = sample.read_manifest(mnist / sample.MANIFEST_FILE)
-    return [(text, sample.load_idx(mnist, images, manifest, sample.IMAGE_MAGIC, count),
-             sample.load_idx(mnist, labels, manifest, sample.LABEL_MAGIC, count))
-            for text, images, labels, count in sample._SPLITS]
+    return [
+        (
+            text,
+            sample.load_idx(mnist, images, manifest, sample.IMAGE_MAGIC, count),
+            sample.load_idx(mnist, labels, manifest, sample.LABEL_MAGIC, count),
+        )
+        for text, images, labels, count in sample._SPLITS
+    ]
 
 
 def main():
@@ -78,15 +85,20 @@ def main():
     train_path, _ = sample.build_ctf_files()
     size_mb = os.path.getsize(train_path) / 1e6
 
-    ours_read, (features, labels) = best_of(args.repeats,
-                                            lambda: ConvNet_MNIST.read_ctf(train_path))
+    ours_read, (features, labels) = best_of(
+        args.repeats, lambda: ConvNet_MNIST.read_ctf(train_path)
+    )
     plain_read_s, (plain_features, plain_labels) = best_of(1, lambda: plain_read(train_path))
     assert np.array_equal(features, plain_features) and np.array_equal(labels, plain_labels)
-    print("read {} ({:.0f} MB, 60,000 lines):".format(Path(train_path).name, size_mb))
-    print("  ConvNet_MNIST.read_ctf  {:6.2f} s   goal <= {} s: {}".format(
-        ours_read, READ_GOAL_S, "met" if ours_read <= READ_GOAL_S else "NOT met"))
-    print("  plain str.split reader  {:6.2f} s   ({:.1f}x slower)".format(
-        plain_read_s, plain_read_s / ours_read))
+    print(f"read {Path(train_path).name} ({size_mb:.0f} MB, 60,000 lines):")
+    print(
+        "  ConvNet_MNIST.read_ctf  {:6.2f} s   goal <= {} s: {}".format(
+            ours_read, READ_GOAL_S, "met" if ours_read <= READ_GOAL_S else "NOT met"
+        )
+    )
+    print(
+        f"  plain str.split reader  {plain_read_s:6.2f} s   ({plain_read_s / ours_read:.1f}x slower)"
+    )
 
     splits = load_splits()
     with tempfile.TemporaryDirectory() as scratch:
@@ -116,12 +128,15 @@ def main():
         for name, _, _ in splits:
             assert (scratch / name).read_bytes() == (scratch / ("plain-" + name)).read_bytes()
     print("write Train- and Test-28x28_cntk_text.txt (byte-identical to savetxt's):")
-    print("  quickstart.sample, from arrays        {:6.2f} s   goal <= {} s: {}".format(
-        ours_write, WRITE_GOAL_S, "met" if ours_write <= WRITE_GOAL_S else "NOT met"))
-    print("  quickstart.sample, from idx.gz files  {:6.2f} s   (verify + write)".format(
-        end_to_end))
-    print("  plain mnist_utils.savetxt port        {:6.2f} s   ({:.1f}x slower)".format(
-        plain_write_s, plain_write_s / ours_write))
+    print(
+        "  quickstart.sample, from arrays        {:6.2f} s   goal <= {} s: {}".format(
+            ours_write, WRITE_GOAL_S, "met" if ours_write <= WRITE_GOAL_S else "NOT met"
+        )
+    )
+    print(f"  quickstart.sample, from idx.gz files  {end_to_end:6.2f} s   (verify + write)")
+    print(
+        f"  plain mnist_utils.savetxt port        {plain_write_s:6.2f} s   ({plain_write_s / ours_write:.1f}x slower)"
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ and for one serving from its own process (as ``python -m quickstart localcloud``
 
 Goals: >= 200 MB/s up and down, p50 <= 5 ms, start <= 1.5 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,29 +67,46 @@ def best_of_with_cpu(runs: int, fn) -> tuple[float, float]:
     return min(timings)
 
 
-def throughput(connection: dict, source: Path, work: Path, runs: int, label: str, copy_rate: float) -> None:
+def throughput(
+    connection: dict, source: Path, work: Path, runs: int, label: str, copy_rate: float
+) -> None:
     size = source.stat().st_size
     service = make_file_service(connection)
     service.create_share("benchshare", fail_on_exist=False)
     for connections in (2, 4):
-        seconds = best_of(runs, lambda: service.create_file_from_path(
-            "benchshare", None, "big.bin", str(source), max_connections=connections))
+        seconds = best_of(
+            runs,
+            lambda: service.create_file_from_path(
+                "benchshare", None, "big.bin", str(source), max_connections=connections
+            ),
+        )
         rate = mb_per_s(size, seconds)
-        print(f"  [{label}] upload   create_file_from_path max_connections={connections}: "
-              f"{rate:7.1f} MB/s  ({rate / copy_rate:.2f}x copyfile; goal 200: {rate / 200:.2f}x)")
+        print(
+            f"  [{label}] upload   create_file_from_path max_connections={connections}: "
+            f"{rate:7.1f} MB/s  ({rate / copy_rate:.2f}x copyfile; goal 200: {rate / 200:.2f}x)"
+        )
     plain_service = make_file_service(connection, session=plain_session(connection))
-    for session_label, client in (("whole-body session", service), ("plain session", plain_service)):
+    for session_label, client in (
+        ("whole-body session", service),
+        ("plain session", plain_service),
+    ):
         for connections in (2, 4):
             target = work / "downloaded.bin"
             target.unlink(missing_ok=True)
-            seconds, cpu = best_of_with_cpu(runs, lambda: client.get_file_to_path(
-                "benchshare", None, "big.bin", str(target), max_connections=connections))
+            seconds, cpu = best_of_with_cpu(
+                runs,
+                lambda: client.get_file_to_path(
+                    "benchshare", None, "big.bin", str(target), max_connections=connections
+                ),
+            )
             rate = mb_per_s(size, seconds)
             # In process mode the CPU is the SDK client's alone: near 100% of the wall time means
             # the client, not the server, sets the pace.
-            print(f"  [{label}] download get_file_to_path, {session_label:18} max_connections={connections}: "
-                  f"{rate:7.1f} MB/s  ({rate / copy_rate:.2f}x copyfile; goal 200: {rate / 200:.2f}x; "
-                  f"this process busy {cpu / seconds:.0%} of the time)")
+            print(
+                f"  [{label}] download get_file_to_path, {session_label:18} max_connections={connections}: "
+                f"{rate:7.1f} MB/s  ({rate / copy_rate:.2f}x copyfile; goal 200: {rate / 200:.2f}x; "
+                f"this process busy {cpu / seconds:.0%} of the time)"
+            )
             if target.read_bytes() != source.read_bytes():
                 raise SystemExit("download differs from upload")
     download_ceilings(connection, service, source, work, runs, label)
@@ -119,29 +137,43 @@ class DiscardingSink(io.RawIOBase):
         return len(data)
 
 
-def download_ceilings(connection: dict, service, source: Path, work: Path, runs: int, label: str) -> None:
+def download_ceilings(
+    connection: dict, service, source: Path, work: Path, runs: int, label: str
+) -> None:
     """What bounds get_file_to_path, measured in the same run: the SDK client's own read path
     (into a sink that discards), this disk's write rate (the same bytes from memory), and the
     server (the same file read through a SAS URL in 4 MiB chunks, as a client that reads in
     large pieces does)."""
     size = source.stat().st_size
     for connections in (2, 4):
-        seconds = best_of(runs, lambda: service.get_file_to_stream(
-            "benchshare", None, "big.bin", DiscardingSink(), max_connections=connections))
-        print(f"  [{label}]   ceiling: the SDK client alone (whole-body session, get_file_to_stream "
-              f"into a discarding sink) max_connections={connections}: {mb_per_s(size, seconds):7.1f} MB/s")
+        seconds = best_of(
+            runs,
+            lambda: service.get_file_to_stream(
+                "benchshare", None, "big.bin", DiscardingSink(), max_connections=connections
+            ),
+        )
+        print(
+            f"  [{label}]   ceiling: the SDK client alone (whole-body session, get_file_to_stream "
+            f"into a discarding sink) max_connections={connections}: {mb_per_s(size, seconds):7.1f} MB/s"
+        )
     data = source.read_bytes()
 
     def write_from_memory():
         with open(work / "written.bin", "wb") as out:
             for offset in range(0, size, 4 * 1024 * 1024):
-                out.write(data[offset:offset + 4 * 1024 * 1024])
+                out.write(data[offset : offset + 4 * 1024 * 1024])
 
-    print(f"  [{label}]   ceiling: this disk (the same bytes written from memory): "
-          f"{mb_per_s(size, best_of(runs, write_from_memory)):7.1f} MB/s")
+    print(
+        f"  [{label}]   ceiling: this disk (the same bytes written from memory): "
+        f"{mb_per_s(size, best_of(runs, write_from_memory)):7.1f} MB/s"
+    )
     token = service.generate_file_shared_access_signature(
-        "benchshare", None, "big.bin", permission=FilePermissions.READ,
-        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+        "benchshare",
+        None,
+        "big.bin",
+        permission=FilePermissions.READ,
+        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1),
+    )
     url = service.make_file_url("benchshare", None, "big.bin", sas_token=token)
     session = plain_session(connection)
 
@@ -152,15 +184,17 @@ def download_ceilings(connection: dict, service, source: Path, work: Path, runs:
         if received != size:
             raise SystemExit(f"SAS download returned {received} bytes, not {size}")
 
-    print(f"  [{label}]   ceiling: the server (requests through a SAS URL, 4 MiB reads, one "
-          f"connection): {mb_per_s(size, best_of(runs, read_through_sas)):7.1f} MB/s")
+    print(
+        f"  [{label}]   ceiling: the server (requests through a SAS URL, 4 MiB reads, one "
+        f"connection): {mb_per_s(size, best_of(runs, read_through_sas)):7.1f} MB/s"
+    )
 
 
 def latency(connection: dict, calls: int, label: str) -> None:
     client = make_resource_client(connection)
     client.resource_groups.create_or_update("benchgroup", {"location": "eastus"})
     for _ in range(20):
-        client.resource_groups.get("benchgroup")          # warm up: token cached, connection open
+        client.resource_groups.get("benchgroup")  # warm up: token cached, connection open
     samples = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -169,13 +203,16 @@ def latency(connection: dict, calls: int, label: str) -> None:
     samples.sort()
     p50 = statistics.median(samples)
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    print(f"  [{label}] resource group GET x{calls}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-          f"(goal p50 5 ms: {p50 / 5:.2f}x of budget)")
+    print(
+        f"  [{label}] resource group GET x{calls}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+        f"(goal p50 5 ms: {p50 / 5:.2f}x of budget)"
+    )
 
 
 def health_ok(port: int, ca_cert: str) -> bool:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1,
-                                       context=ssl.create_default_context(cafile=ca_cert))
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, timeout=1, context=ssl.create_default_context(cafile=ca_cert)
+    )
     try:
         conn.request("GET", "/_localcloud/health")
         return conn.getresponse().status == 200
@@ -197,15 +234,21 @@ def start_times_embedded(base: Path, later: int) -> None:
         cloud = LocalCloud(state).start()
         times.append(time.perf_counter() - start)
         cloud.stop()
-    print(f"  [embedded] LocalCloud.start() to health 200: first (certificate made) {first * 1000:.0f} ms, "
-          f"later median {statistics.median(times) * 1000:.0f} ms (goal 1500 ms)")
+    print(
+        f"  [embedded] LocalCloud.start() to health 200: first (certificate made) {first * 1000:.0f} ms, "
+        f"later median {statistics.median(times) * 1000:.0f} ms (goal 1500 ms)"
+    )
 
 
 def serve_process(state: Path) -> subprocess.Popen:
     """``python -m quickstart localcloud --state-dir STATE`` (no config file), as a user starts it."""
-    return subprocess.Popen([sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)],
-                            cwd=state.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)],
+        cwd=state.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def wait_serving(state: Path, proc: subprocess.Popen, timeout: float = 30) -> dict:
@@ -243,9 +286,11 @@ def start_times_process(base: Path, later: int) -> None:
         wait_serving(state, proc)
         times.append(time.perf_counter() - start)
         stop_process(proc)
-    print(f"  [process]  python -m quickstart localcloud to health 200: first (certificate made) "
-          f"{times[0] * 1000:.0f} ms, later median {statistics.median(times[1:]) * 1000:.0f} ms "
-          f"(goal 1500 ms; includes interpreter start and imports)")
+    print(
+        f"  [process]  python -m quickstart localcloud to health 200: first (certificate made) "
+        f"{times[0] * 1000:.0f} ms, later median {statistics.median(times[1:]) * 1000:.0f} ms "
+        f"(goal 1500 ms; includes interpreter start and imports)"
+    )
 
 
 def main() -> None:
@@ -260,8 +305,10 @@ def main() -> None:
         source.write_bytes(os.urandom(args.size_mib * 1024 * 1024))
         copy_seconds = best_of(args.runs, lambda: shutil.copyfile(source, base / "copy.bin"))
         copy_rate = mb_per_s(source.stat().st_size, copy_seconds)
-        print(f"Local cloud core figures ({args.size_mib} MiB file, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f})")
+        print(
+            f"Local cloud core figures ({args.size_mib} MiB file, {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f})"
+        )
         print(f"  baseline shutil.copyfile: {copy_rate:7.1f} MB/s")
 
         start_times_embedded(base, later=5)

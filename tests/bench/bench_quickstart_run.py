@@ -12,6 +12,7 @@ machine with nothing of the tutorial around it. The ratio says what the tutorial
 The machine's load average is printed before and after: other work on shared cores slows the
 training, and the figures are only comparable with the load noted beside them.
 """
+
 import argparse
 import os
 import re
@@ -43,9 +44,17 @@ def seconds(hms):
 def run_logged(command, workdir, log_path):
     """Run the command to its end, copying its output line by line to log_path (when given)."""
     lines = []
-    with subprocess.Popen(command, cwd=workdir, env=user_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as process, \
-            open(log_path or os.devnull, "w") as log:
+    with (
+        subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=user_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process,
+        open(log_path or os.devnull, "w") as log,
+    ):
         for line in process.stdout:
             lines.append(line)
             log.write(line)
@@ -55,22 +64,35 @@ def run_logged(command, workdir, log_path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1, help="run --epochs N; 0 for the default (40)")
-    parser.add_argument("--log", metavar="FILE", help="also write the command's output here as it comes")
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="run --epochs N; 0 for the default (40)"
+    )
+    parser.add_argument(
+        "--log", metavar="FILE", help="also write the command's output here as it comes"
+    )
     args = parser.parse_args()
-    command = [sys.executable, "-m", "quickstart", "run"] + (["--epochs", str(args.epochs)] if args.epochs else [])
+    command = [sys.executable, "-m", "quickstart", "run"] + (
+        ["--epochs", str(args.epochs)] if args.epochs else []
+    )
     print("before: " + load(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_quickstart_run.") as workdir:
         started = time.monotonic()
         result = run_logged(command, workdir, args.log)
         wall = time.monotonic() - started
         print("after:  " + load())
-        teardown = subprocess.run([sys.executable, "-m", "quickstart", "teardown"], cwd=workdir, env=user_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        teardown = subprocess.run(
+            [sys.executable, "-m", "quickstart", "teardown"],
+            cwd=workdir,
+            env=user_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     output = result.stdout
     if result.returncode != 0 or teardown.returncode != 0:
-        sys.exit("run exited {}, teardown {}:\n{}{}".format(result.returncode, teardown.returncode,
-                                                          output[-3000:], teardown.stdout[-1000:]))
+        sys.exit(
+            f"run exited {result.returncode}, teardown {teardown.returncode}:\n{output[-3000:]}{teardown.stdout[-1000:]}"
+        )
     summary = re.search(r"^Wall time: .*$", output, re.M).group(0)
     execution = seconds(re.search(r"execution took (\d+:\d\d:\d\d)", output).group(1))
     test_error = re.search(r"^Final test error: .*$", output, re.M).group(0)
@@ -79,10 +101,11 @@ def main():
     print(epochs[-1] if epochs else "no epoch line")
     print(test_error)
     print(summary)
-    print("wall time of the command (measured here): {:.1f} s".format(wall))
-    print("baseline, the job's execution as the local cloud recorded it: {} s".format(execution))
-    print("tutorial around the training: {:.1f} s; ratio wall / execution = {:.2f}".format(
-        wall - execution, wall / max(execution, 1)))
+    print(f"wall time of the command (measured here): {wall:.1f} s")
+    print(f"baseline, the job's execution as the local cloud recorded it: {execution} s")
+    print(
+        f"tutorial around the training: {wall - execution:.1f} s; ratio wall / execution = {wall / max(execution, 1):.2f}"
+    )
 
 
 if __name__ == "__main__":

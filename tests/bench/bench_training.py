@@ -19,6 +19,7 @@ least 1.8 (about 8 s per epoch on the reference machine).
 
     nice .venv/bin/python tests/bench/bench_training.py [--rounds 15] [--steps 40]
 """
+
 import argparse
 import math
 import os
@@ -37,8 +38,9 @@ WARMUP_STEPS = 20
 
 def load_training_set():
     sys.path.insert(0, str(REPO))
-    from quickstart.sample import build_ctf_files
     import ConvNet_MNIST
+    from quickstart.sample import build_ctf_files
+
     train_path, _ = build_ctf_files()
     return ConvNet_MNIST.read_ctf(train_path)
 
@@ -46,19 +48,20 @@ def load_training_set():
 def make_baseline_step():
     import torch
     import torch.nn.functional as F
+
     import ConvNet_MNIST
+
     pixels, labels = load_training_set()
     torch.manual_seed(0)
     x = torch.from_numpy(pixels).float().reshape(-1, 1, 28, 28)
     y = torch.from_numpy(labels)
     model = ConvNet_MNIST.define_convnet(torch)()
     mu = math.exp(-MINIBATCH / 1024)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001 * MINIBATCH, momentum=mu,
-                                dampening=mu)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001 * MINIBATCH, momentum=mu, dampening=mu)
     order = torch.randperm(len(y))
 
     def step(i):
-        batch = order[(i * MINIBATCH) % 59968:][:MINIBATCH]
+        batch = order[(i * MINIBATCH) % 59968 :][:MINIBATCH]
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
@@ -69,8 +72,10 @@ def make_baseline_step():
 
 def make_our_step():
     import ConvNet_MNIST
+
     ConvNet_MNIST.let_idle_threads_sleep()  # before torch loads OpenMP, as the script does
     import torch
+
     ConvNet_MNIST._keep_freed_memory()
     torch.set_num_threads(ConvNet_MNIST.cpu_thread_count(os.environ))
     pixels, labels = load_training_set()
@@ -113,20 +118,24 @@ def serve(make_step):
         done += steps
 
 
-class Worker(object):
+class Worker:
     """One kind of training loop in its own process (neither inherits the other's allocator or
     thread settings), kept alive between blocks so that blocks of both kinds can alternate."""
 
     def __init__(self, kind):
         self.kind = kind
-        self.process = subprocess.Popen([sys.executable, __file__, "--worker", kind],
-                                        cwd=str(REPO), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", kind],
+            cwd=str(REPO),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if self.process.stdout.readline().strip() != "ready":
-            raise SystemExit("the {} worker did not start".format(kind))
+            raise SystemExit(f"the {kind} worker did not start")
 
     def seconds_per_step(self, steps):
-        self.process.stdin.write("{}\n".format(steps))
+        self.process.stdin.write(f"{steps}\n")
         self.process.stdin.flush()
         return float(self.process.stdout.readline()) / steps
 
@@ -137,8 +146,12 @@ class Worker(object):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15,
-                        help="pairs of blocks, one of each loop, the order alternating")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=15,
+        help="pairs of blocks, one of each loop, the order alternating",
+    )
     parser.add_argument("--steps", type=int, default=40, help="timed steps per block")
     parser.add_argument("--worker", choices=("baseline", "ours"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,8 +160,9 @@ def main():
         serve(make_baseline_step if args.worker == "baseline" else make_our_step)
         return 0
 
-    print("training speed, minibatch {}, {} CPU cores, {} rounds of {} steps of each loop".format(
-        MINIBATCH, len(os.sched_getaffinity(0)), args.rounds, args.steps))
+    print(
+        f"training speed, minibatch {MINIBATCH}, {len(os.sched_getaffinity(0))} CPU cores, {args.rounds} rounds of {args.steps} steps of each loop"
+    )
     workers = {"baseline": Worker("baseline"), "ours": Worker("ours")}
     times = {"baseline": [], "ours": []}
     try:
@@ -159,16 +173,20 @@ def main():
     finally:
         for worker in workers.values():
             worker.close()
-    ratios = [b / o for b, o in zip(times["baseline"], times["ours"])]
+    ratios = [b / o for b, o in zip(times["baseline"], times["ours"], strict=False)]
     baseline = statistics.median(times["baseline"])
     ours = statistics.median(times["ours"])
-    print("per-round ratios: " + ", ".join("{:.2f}".format(r) for r in ratios))
-    print("baseline (plain eager loop): {:.2f} ms/step = {:.2f} s/epoch (median of blocks)".format(
-        baseline * 1e3, baseline * STEPS_PER_EPOCH))
-    print("ours (ConvNet_MNIST.py):     {:.2f} ms/step = {:.2f} s/epoch".format(
-        ours * 1e3, ours * STEPS_PER_EPOCH))
-    print("speed-up: {:.2f}x on the medians, {:.2f}x the median of the rounds' ratios; "
-          "goal >= {}x".format(baseline / ours, statistics.median(ratios), GOAL_RATIO))
+    print("per-round ratios: " + ", ".join(f"{r:.2f}" for r in ratios))
+    print(
+        f"baseline (plain eager loop): {baseline * 1e3:.2f} ms/step = {baseline * STEPS_PER_EPOCH:.2f} s/epoch (median of blocks)"
+    )
+    print(
+        f"ours (ConvNet_MNIST.py):     {ours * 1e3:.2f} ms/step = {ours * STEPS_PER_EPOCH:.2f} s/epoch"
+    )
+    print(
+        f"speed-up: {baseline / ours:.2f}x on the medians, {statistics.median(ratios):.2f}x the median of the rounds' ratios; "
+        f"goal >= {GOAL_RATIO}x"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """AAD client-credentials tokens and the bearer check in front of every ARM request."""
+
 from __future__ import annotations
 
 import time
@@ -15,21 +16,25 @@ from tests.conftest import make_credentials, make_resource_client
 
 
 def _token_form(connection, **overrides):
-    form = {"grant_type": "client_credentials", "client_id": connection["client_id"],
-            "client_secret": connection["client_secret"],
-            "resource": connection["active_directory_resource_id"]}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": connection["client_id"],
+        "client_secret": connection["client_secret"],
+        "resource": connection["active_directory_resource_id"],
+    }
     form.update(overrides)
     return form
 
 
 def test_token_response_has_every_field_adal_needs(local_cloud):
     conn = local_cloud.connection
-    response = requests_session(conn).post(conn["active_directory_url"] + "/oauth2/token",
-                                           data=_token_form(conn))
+    response = requests_session(conn).post(
+        conn["active_directory_url"] + "/oauth2/token", data=_token_form(conn)
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["token_type"] == "Bearer"
-    assert int(body["expires_in"]) > 300          # adal treats < 5 minutes as expired
+    assert int(body["expires_in"]) > 300  # adal treats < 5 minutes as expired
     assert int(body["expires_on"]) > time.time()
     assert body["resource"] == conn["active_directory_resource_id"]
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
@@ -48,24 +53,29 @@ def test_wrong_secret_raises_the_sdk_authentication_error(local_cloud):
     assert "not-the-secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("field,value,status,error", [
-    ("client_id", "00000000-0000-0000-0000-000000000000", 400, "unauthorized_client"),
-    ("grant_type", "password", 400, "unsupported_grant_type"),
-    ("resource", "https://management.azure.com/", 400, "invalid_resource"),
-    ("client_secret", "", 401, "invalid_client"),
-])
+@pytest.mark.parametrize(
+    "field,value,status,error",
+    [
+        ("client_id", "00000000-0000-0000-0000-000000000000", 400, "unauthorized_client"),
+        ("grant_type", "password", 400, "unsupported_grant_type"),
+        ("resource", "https://management.azure.com/", 400, "invalid_resource"),
+        ("client_secret", "", 401, "invalid_client"),
+    ],
+)
 def test_token_endpoint_errors_are_aad_json(local_cloud, field, value, status, error):
     conn = local_cloud.connection
-    response = requests_session(conn).post(conn["active_directory_url"] + "/oauth2/token",
-                                           data=_token_form(conn, **{field: value}))
+    response = requests_session(conn).post(
+        conn["active_directory_url"] + "/oauth2/token", data=_token_form(conn, **{field: value})
+    )
     assert response.status_code == status
     assert response.json()["error"] == error
     assert response.json()["error_description"].startswith("AADSTS")
 
 
 def _arm_with_token(local_cloud, token):
-    return make_resource_client(local_cloud.connection,
-                                credentials=BasicTokenAuthentication({"access_token": token}))
+    return make_resource_client(
+        local_cloud.connection, credentials=BasicTokenAuthentication({"access_token": token})
+    )
 
 
 def _assert_401(local_cloud, token, code):
@@ -77,36 +87,54 @@ def _assert_401(local_cloud, token, code):
 
 def test_expired_token_is_refused(local_cloud):
     ctx = local_cloud.context
-    token, _ = issue_token(ctx.credentials.token_signing_key, audience=ctx.resource_id,
-                           issuer=ctx.token_issuer, client_id=ctx.credentials.client_id,
-                           tenant=ctx.credentials.tenant, lifetime=-60)
+    token, _ = issue_token(
+        ctx.credentials.token_signing_key,
+        audience=ctx.resource_id,
+        issuer=ctx.token_issuer,
+        client_id=ctx.credentials.client_id,
+        tenant=ctx.credentials.tenant,
+        lifetime=-60,
+    )
     _assert_401(local_cloud, token, "ExpiredAuthenticationToken")
 
 
 def test_token_with_wrong_signature_is_refused(local_cloud):
     ctx = local_cloud.context
-    token, _ = issue_token(b"some other key" * 3, audience=ctx.resource_id,
-                           issuer=ctx.token_issuer, client_id=ctx.credentials.client_id,
-                           tenant=ctx.credentials.tenant, lifetime=3600)
+    token, _ = issue_token(
+        b"some other key" * 3,
+        audience=ctx.resource_id,
+        issuer=ctx.token_issuer,
+        client_id=ctx.credentials.client_id,
+        tenant=ctx.credentials.tenant,
+        lifetime=3600,
+    )
     _assert_401(local_cloud, token, "InvalidAuthenticationToken")
 
 
 def test_tampered_token_is_refused(local_cloud):
     conn = local_cloud.connection
-    token = requests_session(conn).post(conn["active_directory_url"] + "/oauth2/token",
-                                        data=_token_form(conn)).json()["access_token"]
+    token = (
+        requests_session(conn)
+        .post(conn["active_directory_url"] + "/oauth2/token", data=_token_form(conn))
+        .json()["access_token"]
+    )
     header, payload, signature = token.split(".")
     claims = jwt.decode(token, options={"verify_signature": False})
-    claims["exp"] += 10 ** 6
+    claims["exp"] += 10**6
     forged_payload = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")[1]
     _assert_401(local_cloud, f"{header}.{forged_payload}.{signature}", "InvalidAuthenticationToken")
 
 
 def test_token_for_another_audience_is_refused(local_cloud):
     ctx = local_cloud.context
-    token, _ = issue_token(ctx.credentials.token_signing_key, audience="https://management.azure.com/",
-                           issuer=ctx.token_issuer, client_id=ctx.credentials.client_id,
-                           tenant=ctx.credentials.tenant, lifetime=3600)
+    token, _ = issue_token(
+        ctx.credentials.token_signing_key,
+        audience="https://management.azure.com/",
+        issuer=ctx.token_issuer,
+        client_id=ctx.credentials.client_id,
+        tenant=ctx.credentials.tenant,
+        lifetime=3600,
+    )
     _assert_401(local_cloud, token, "InvalidAuthenticationTokenAudience")
 
 
@@ -114,17 +142,22 @@ def test_malformed_token_is_refused(local_cloud):
     _assert_401(local_cloud, "not-a-jwt", "InvalidAuthenticationToken")
 
 
-@pytest.mark.parametrize("header,code", [
-    (None, "AuthenticationFailed"),
-    ("Basic dXNlcjpwYXNz", "AuthenticationFailedInvalidHeader"),
-    ("Bearer", "AuthenticationFailedInvalidHeader"),
-])
+@pytest.mark.parametrize(
+    "header,code",
+    [
+        (None, "AuthenticationFailed"),
+        ("Basic dXNlcjpwYXNz", "AuthenticationFailedInvalidHeader"),
+        ("Bearer", "AuthenticationFailedInvalidHeader"),
+    ],
+)
 def test_missing_or_malformed_authorization_header(local_cloud, header, code):
     conn = local_cloud.connection
     headers = {"Authorization": header} if header else {}
     response = requests_session(conn).get(
         f"{local_cloud.base_url}/subscriptions/{conn['subscription_id']}/resourcegroups",
-        params={"api-version": "2021-04-01"}, headers=headers)
+        params={"api-version": "2021-04-01"},
+        headers=headers,
+    )
     assert response.status_code == 401
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["error"]["code"] == code

@@ -1,8 +1,8 @@
 """Microsoft.BatchAI 2018-05-01 on the local cloud, driven by the real azure-mgmt-batchai 2.0.0
 client over HTTPS, with jobs that really run on this host (small shell/Python stand-ins)."""
+
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -16,7 +16,12 @@ from msrestazure.azure_exceptions import CloudError
 
 from quickstart.localcloud import LocalCloud, nodeagent
 from quickstart.localcloud.connection import requests_session
-from tests.conftest import make_batchai_client, make_credentials, make_file_service, make_resource_client
+from tests.conftest import (
+    make_batchai_client,
+    make_credentials,
+    make_file_service,
+    make_resource_client,
+)
 
 RG, WS, CLUSTER, EXP = "myresourcegroup", "myworkspace", "mycluster", "myexperiment"
 SHARE, MOUNT = "batchaiquickstart", "azurefileshare"
@@ -31,42 +36,79 @@ for epoch in range(3):
 
 # ---------------------------------------------------------------------- helpers
 
-def cluster_params(connection: dict, file_service, nodes: int = 1, share: str = SHARE,
-                   key: str | None = None, **scale) -> models.ClusterCreateParameters:
+
+def cluster_params(
+    connection: dict,
+    file_service,
+    nodes: int = 1,
+    share: str = SHARE,
+    key: str | None = None,
+    **scale,
+) -> models.ClusterCreateParameters:
     """The quickstart's cluster: STANDARD_NC6, the share mounted at azurefileshare."""
     return models.ClusterCreateParameters(
         vm_size="STANDARD_NC6",
         scale_settings=models.ScaleSettings(
             manual=scale.get("manual") or models.ManualScaleSettings(target_node_count=nodes),
-            auto_scale=scale.get("auto_scale")) if scale.get("auto_scale") is None
+            auto_scale=scale.get("auto_scale"),
+        )
+        if scale.get("auto_scale") is None
         else models.ScaleSettings(auto_scale=scale["auto_scale"]),
-        node_setup=models.NodeSetup(mount_volumes=models.MountVolumes(azure_file_shares=[
-            models.AzureFileShareReference(
-                account_name=connection["storage_account"],
-                credentials=models.AzureStorageCredentialsInfo(account_key=key or connection["storage_key"]),
-                azure_file_url=f"https://{file_service.primary_endpoint}/{share}",
-                relative_mount_path=MOUNT)])),
-        user_account_settings=models.UserAccountSettings(admin_user_name="demoUser",
-                                                         admin_user_password="Adm1n-Passw0rd!"))
+        node_setup=models.NodeSetup(
+            mount_volumes=models.MountVolumes(
+                azure_file_shares=[
+                    models.AzureFileShareReference(
+                        account_name=connection["storage_account"],
+                        credentials=models.AzureStorageCredentialsInfo(
+                            account_key=key or connection["storage_key"]
+                        ),
+                        azure_file_url=f"https://{file_service.primary_endpoint}/{share}",
+                        relative_mount_path=MOUNT,
+                    )
+                ]
+            )
+        ),
+        user_account_settings=models.UserAccountSettings(
+            admin_user_name="demoUser", admin_user_password="Adm1n-Passw0rd!"
+        ),
+    )
 
 
 def job_params(cluster_id: str, command: str | None = None, *, node_count: int = 1, **extra):
     """A job like the quickstart's: input SAMPLE, output MODEL, stdouterr on the share.
     ``command`` runs through customToolkitSettings; without it, cntkSettings runs the stand-in."""
-    settings = {"custom_toolkit_settings": models.CustomToolkitSettings(command_line=command)} if command \
-        else {"cntk_settings": models.CNTKsettings(
-            python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
-            command_line_args="$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL")}
+    settings = (
+        {"custom_toolkit_settings": models.CustomToolkitSettings(command_line=command)}
+        if command
+        else {
+            "cntk_settings": models.CNTKsettings(
+                python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
+                command_line_args="$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+            )
+        }
+    )
     settings.update(extra)
     return models.JobCreateParameters(
-        cluster=models.ResourceId(id=cluster_id), node_count=node_count,
-        container_settings=models.ContainerSettings(image_source_registry=models.ImageSourceRegistry(
-            image="microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0")),
+        cluster=models.ResourceId(id=cluster_id),
+        node_count=node_count,
+        container_settings=models.ContainerSettings(
+            image_source_registry=models.ImageSourceRegistry(
+                image="microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
+            )
+        ),
         std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
-        input_directories=[models.InputDirectory(id="SAMPLE", path=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}/mnistcntksample")],
-        output_directories=[models.OutputDirectory(id="MODEL", path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
-                                                   path_suffix="Models")],
-        **settings)
+        input_directories=[
+            models.InputDirectory(
+                id="SAMPLE", path=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}/mnistcntksample"
+            )
+        ],
+        output_directories=[
+            models.OutputDirectory(
+                id="MODEL", path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}", path_suffix="Models"
+            )
+        ],
+        **settings,
+    )
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
@@ -81,13 +123,20 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
 
 
 def wait_for_job(client, name: str, states=("succeeded", "failed"), timeout: float = 30):
-    return wait_for(lambda: (lambda j: j if j.execution_state in states else None)(
-        client.jobs.get(RG, WS, EXP, name)), timeout)
+    return wait_for(
+        lambda: (lambda j: j if j.execution_state in states else None)(
+            client.jobs.get(RG, WS, EXP, name)
+        ),
+        timeout,
+    )
 
 
 def wait_for_idle_cluster(client, nodes: int = 1, name: str = CLUSTER):
-    return wait_for(lambda: (lambda c: c if c.node_state_counts.idle_node_count >= nodes else None)(
-        client.clusters.get(RG, WS, name)))
+    return wait_for(
+        lambda: (lambda c: c if c.node_state_counts.idle_node_count >= nodes else None)(
+            client.clusters.get(RG, WS, name)
+        )
+    )
 
 
 def output_file(env, job: str, ident: str, name: str) -> Path:
@@ -119,12 +168,20 @@ def sdk_env(cloud: LocalCloud, tmp_path: Path, nodes: int = 1) -> SimpleNamespac
     script.write_text(STAND_IN)
     files.create_file_from_path(SHARE, "mnistcntksample", "ConvNet_MNIST.py", str(script))
     client.workspaces.create(RG, WS, "eastus").result()
-    cluster = client.clusters.create(RG, WS, CLUSTER, cluster_params(connection, files, nodes)).result()
+    cluster = client.clusters.create(
+        RG, WS, CLUSTER, cluster_params(connection, files, nodes)
+    ).result()
     client.experiments.create(RG, WS, EXP).result()
     wait_for_idle_cluster(client, nodes)
-    return SimpleNamespace(cloud=cloud, connection=connection, client=client, resources=resources,
-                           files=files, cluster=cluster,
-                           share_dir=Path(cloud.state_dir) / "shares" / SHARE)
+    return SimpleNamespace(
+        cloud=cloud,
+        connection=connection,
+        client=client,
+        resources=resources,
+        files=files,
+        cluster=cluster,
+        share_dir=Path(cloud.state_dir) / "shares" / SHARE,
+    )
 
 
 def processes_under(folder: Path) -> list[int]:
@@ -167,6 +224,7 @@ def env(local_cloud, tmp_path):
 
 # ---------------------------------------------------------------------- the tutorial
 
+
 def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
     connection = local_cloud.connection
     credentials = make_credentials(connection)
@@ -192,6 +250,7 @@ def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
         counts = c.node_state_counts
         seen.add((c.allocation_state, counts.preparing_node_count, counts.idle_node_count))
         return c if counts.idle_node_count == 1 else None
+
     cluster = wait_for(idle, interval=0.01)
     assert cluster.allocation_state == "steady" and cluster.current_node_count == 1
     assert cluster.scale_settings.manual.target_node_count == 1
@@ -203,14 +262,20 @@ def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
     assert job.tool_type == "cntk" and job.cntk_settings.language_type == "Python"
     job = wait_for_job(client, "myjob")
     assert job.execution_state == "succeeded", job.execution_info.errors
-    assert job.execution_info.exit_code == 0 and job.execution_info.end_time >= job.execution_info.start_time
+    assert (
+        job.execution_info.exit_code == 0
+        and job.execution_info.end_time >= job.execution_info.start_time
+    )
     assert job.container_settings.image_source_registry.image.startswith("microsoft/cntk:2.1")
     segment = job.job_output_directory_path_segment
     sub = connection["subscription_id"]
     assert segment.startswith(f"{sub}/{RG}/workspaces/{WS}/experiments/{EXP}/jobs/myjob/")
 
-    logs = list(client.jobs.list_output_files(
-        RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")))
+    logs = list(
+        client.jobs.list_output_files(
+            RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")
+        )
+    )
     assert [f.name for f in logs] == ["execution.log", "stderr.txt", "stdout.txt"]
     assert all(f.file_type == "file" and f.download_url for f in logs)
     assert f"/{SHARE}/{segment}/stdouterr/stdout.txt?" in logs[2].download_url
@@ -218,8 +283,11 @@ def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
     assert stdout.status_code == 200 and stdout.text.startswith("training on ")
     execution_log = requests.get(logs[0].download_url, verify=connection["ca_cert"]).text
     assert "runs on this host" in execution_log and "microsoft/cntk:2.1" in execution_log
-    models_listed = list(client.jobs.list_output_files(
-        RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")))
+    models_listed = list(
+        client.jobs.list_output_files(
+            RG, WS, EXP, "myjob", models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")
+        )
+    )
     assert [f.name for f in models_listed] == [f"ConvNet_MNIST_{i}.dnn" for i in range(3)]
     assert models_listed[1].content_length == len("model 1")
 
@@ -231,7 +299,9 @@ def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
     assert err.value.status_code == 404
     assert not resources.resource_groups.check_existence(RG)
     # The job's output stays on the share, as on Azure.
-    assert (Path(local_cloud.state_dir) / "shares" / SHARE / segment / "outputs" / "Models").is_dir()
+    assert (
+        Path(local_cloud.state_dir) / "shares" / SHARE / segment / "outputs" / "Models"
+    ).is_dir()
 
 
 def test_async_operation_headers_and_bodies_on_the_wire(env):
@@ -240,9 +310,13 @@ def test_async_operation_headers_and_bodies_on_the_wire(env):
     token = make_credentials(connection).token["access_token"]
     session = requests_session(connection)
     session.headers["Authorization"] = f"Bearer {token}"
-    base = (f"{connection['resource_manager_url'].rstrip('/')}/subscriptions/{connection['subscription_id']}"
-            f"/resourceGroups/{RG}/providers/Microsoft.BatchAI/workspaces/{WS}")
-    body = env.client.clusters._serialize.body(job_params(env.cluster.id, "true"), "JobCreateParameters")
+    base = (
+        f"{connection['resource_manager_url'].rstrip('/')}/subscriptions/{connection['subscription_id']}"
+        f"/resourceGroups/{RG}/providers/Microsoft.BatchAI/workspaces/{WS}"
+    )
+    body = env.client.clusters._serialize.body(
+        job_params(env.cluster.id, "true"), "JobCreateParameters"
+    )
     answer = session.put(f"{base}/experiments/{EXP}/jobs/wirejob?api-version=2018-05-01", json=body)
     assert answer.status_code == 202 and answer.content == b""
     assert answer.headers["Retry-After"] == "0"
@@ -254,15 +328,22 @@ def test_async_operation_headers_and_bodies_on_the_wire(env):
     location = session.get(answer.headers["Location"])
     assert location.status_code == 200 and location.headers["Retry-After"] == "0"
     experiment = session.put(f"{base}/experiments/other?api-version=2018-05-01")  # no body at all
-    assert experiment.status_code == 200 and experiment.json()["properties"]["provisioningState"] == "succeeded"
+    assert (
+        experiment.status_code == 200
+        and experiment.json()["properties"]["provisioningState"] == "succeeded"
+    )
     deleted = session.delete(f"{base}/experiments/{EXP}/jobs/wirejob?api-version=2018-05-01")
     assert deleted.status_code == 202 and deleted.headers["Retry-After"] == "0"
-    assert session.get(f"{base}/experiments/{EXP}/jobs/wirejob?api-version=2018-05-01").status_code == 404
+    assert (
+        session.get(f"{base}/experiments/{EXP}/jobs/wirejob?api-version=2018-05-01").status_code
+        == 404
+    )
     old = session.get(f"{base}?api-version=2018-03-01")
     assert old.status_code == 400 and old.json()["error"]["code"] == "InvalidApiVersionParameter"
 
 
 # ---------------------------------------------------------------------- errors
+
 
 def test_errors_are_arm_json_a_person_can_act_on(env):
     client, cluster_id = env.client, env.cluster.id
@@ -280,15 +361,26 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
     with pytest.raises(CloudError, match="names no cluster") as err:
         client.jobs.create(RG, WS, EXP, "j1", job_params(unknown, "true")).result()
     assert err.value.status_code == 400
-    with pytest.raises(CloudError, match=r"nodeCount' \(2\) is more than cluster 'mycluster' can have \(1 node\)"):
+    with pytest.raises(
+        CloudError, match=r"nodeCount' \(2\) is more than cluster 'mycluster' can have \(1 node\)"
+    ):
         client.jobs.create(RG, WS, EXP, "j2", job_params(cluster_id, "true", node_count=2)).result()
     no_toolkit = job_params(cluster_id, "true")
     no_toolkit.custom_toolkit_settings = None
     with pytest.raises(CloudError, match="no toolkit settings"):
         client.jobs.create(RG, WS, EXP, "j3", no_toolkit).result()
     with pytest.raises(CloudError, match="more than one toolkit"):
-        client.jobs.create(RG, WS, EXP, "j4", job_params(
-            cluster_id, "true", py_torch_settings=models.PyTorchSettings(python_script_file_path="x.py"))).result()
+        client.jobs.create(
+            RG,
+            WS,
+            EXP,
+            "j4",
+            job_params(
+                cluster_id,
+                "true",
+                py_torch_settings=models.PyTorchSettings(python_script_file_path="x.py"),
+            ),
+        ).result()
     outside = job_params(cluster_id, "true")
     outside.std_out_err_path_prefix = "$AZ_BATCHAI_JOB_TEMP"
     with pytest.raises(CloudError, match="not on a mounted file share"):
@@ -307,9 +399,14 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
     with pytest.raises(CloudError, match="does not emulate usages"):
         list(client.usages.list("eastus"))
     blob = cluster_params(env.connection, env.files)
-    blob.node_setup.mount_volumes.azure_blob_file_systems = [models.AzureBlobFileSystemReference(
-        account_name="a", container_name="c", credentials=models.AzureStorageCredentialsInfo(account_key="k"),
-        relative_mount_path="bfs")]
+    blob.node_setup.mount_volumes.azure_blob_file_systems = [
+        models.AzureBlobFileSystemReference(
+            account_name="a",
+            container_name="c",
+            credentials=models.AzureStorageCredentialsInfo(account_key="k"),
+            relative_mount_path="bfs",
+        )
+    ]
     with pytest.raises(CloudError, match="does not emulate Azure Blob containers"):
         client.clusters.create(RG, WS, "blobcluster", blob).result()
 
@@ -317,20 +414,31 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
 def test_the_provider_lists_the_operations_it_serves(local_cloud):
     client = make_batchai_client(local_cloud.connection)
     names = {operation.name: operation for operation in client.operations.list()}
-    assert {"Microsoft.BatchAI/workspaces/clusters/write",
-            "Microsoft.BatchAI/workspaces/experiments/jobs/terminate/action",
-            "Microsoft.BatchAI/workspaces/experiments/jobs/listoutputfiles/action"} <= set(names)
+    assert {
+        "Microsoft.BatchAI/workspaces/clusters/write",
+        "Microsoft.BatchAI/workspaces/experiments/jobs/terminate/action",
+        "Microsoft.BatchAI/workspaces/experiments/jobs/listoutputfiles/action",
+    } <= set(names)
     assert not any("fileservers" in name.lower() for name in names)  # not emulated, not listed
     job_write = names["Microsoft.BatchAI/workspaces/experiments/jobs/write"]
-    assert job_write.display.provider == "Microsoft Batch AI" and job_write.display.resource == "Job"
+    assert (
+        job_write.display.provider == "Microsoft Batch AI" and job_write.display.resource == "Job"
+    )
     anonymous = requests_session(local_cloud.connection).get(
-        local_cloud.base_url + "/providers/Microsoft.BatchAI/operations", params={"api-version": "2018-05-01"})
+        local_cloud.base_url + "/providers/Microsoft.BatchAI/operations",
+        params={"api-version": "2018-05-01"},
+    )
     assert anonymous.status_code == 401  # a token is needed, as on ARM
 
 
 def test_brainscript_job_fails_saying_only_python_cntk_runs(env):
-    params = job_params(env.cluster.id, cntk_settings=models.CNTKsettings(
-        language_type="BrainScript", config_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.cntk"))
+    params = job_params(
+        env.cluster.id,
+        cntk_settings=models.CNTKsettings(
+            language_type="BrainScript",
+            config_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.cntk",
+        ),
+    )
     env.client.jobs.create(RG, WS, EXP, "brain", params).result()
     job = wait_for_job(env.client, "brain")
     assert job.execution_state == "failed"
@@ -339,8 +447,11 @@ def test_brainscript_job_fails_saying_only_python_cntk_runs(env):
 
 # ---------------------------------------------------------------------- job life
 
+
 def test_a_failing_job_is_failed_with_its_exit_code(env):
-    env.client.jobs.create(RG, WS, EXP, "bad", job_params(env.cluster.id, "echo oops >&2; exit 3")).result()
+    env.client.jobs.create(
+        RG, WS, EXP, "bad", job_params(env.cluster.id, "echo oops >&2; exit 3")
+    ).result()
     job = wait_for_job(env.client, "bad")
     assert job.execution_state == "failed" and job.execution_info.exit_code == 3
     assert job.execution_info.errors[0].code == "JobFailed"
@@ -358,14 +469,22 @@ def test_terminate_a_queued_and_a_running_job(env):
     pid, pgid = read_pid_group(output_file(env, "long", "MODEL", "pid"))
     assert client.jobs.get(RG, WS, EXP, "waiting").execution_state == "queued"  # one node, busy
     nodes = list(client.jobs.list_remote_login_information(RG, WS, EXP, "long"))
-    assert [n.node_id for n in nodes] == [n.node_id for n in client.clusters.list_remote_login_information(RG, WS, CLUSTER)]
+    assert [n.node_id for n in nodes] == [
+        n.node_id for n in client.clusters.list_remote_login_information(RG, WS, CLUSTER)
+    ]
     assert list(client.jobs.list_remote_login_information(RG, WS, EXP, "waiting")) == []
     cluster = client.clusters.get(RG, WS, CLUSTER)
-    assert cluster.node_state_counts.running_node_count == 1 and cluster.node_state_counts.idle_node_count == 0
+    assert (
+        cluster.node_state_counts.running_node_count == 1
+        and cluster.node_state_counts.idle_node_count == 0
+    )
 
     client.jobs.terminate(RG, WS, EXP, "waiting").result()
     waiting = client.jobs.get(RG, WS, EXP, "waiting")
-    assert waiting.execution_state == "failed" and waiting.execution_info.errors[0].code == "JobTerminated"
+    assert (
+        waiting.execution_state == "failed"
+        and waiting.execution_info.errors[0].code == "JobTerminated"
+    )
 
     client.jobs.terminate(RG, WS, EXP, "long").result()
     long_job = client.jobs.get(RG, WS, EXP, "long")
@@ -384,13 +503,20 @@ def test_queued_jobs_start_by_priority_then_age(env):
     client, cluster_id = env.client, env.cluster.id
     client.jobs.create(RG, WS, EXP, "blocker", job_params(cluster_id, "sleep 60")).result()
     wait_for_job(client, "blocker", states=("running",))
-    for name, priority in (("low1", "low"), ("normal1", "normal"), ("high1", "high"), ("normal2", "normal")):
+    for name, priority in (
+        ("low1", "low"),
+        ("normal1", "normal"),
+        ("high1", "high"),
+        ("normal2", "normal"),
+    ):
         params = job_params(cluster_id, "true")
         params.scheduling_priority = priority
         client.jobs.create(RG, WS, EXP, name, params).result()
     client.jobs.terminate(RG, WS, EXP, "blocker").result()
-    order = sorted(("high1", "normal1", "normal2", "low1"),
-                   key=lambda n: wait_for_job(client, n).execution_info.start_time)
+    order = sorted(
+        ("high1", "normal1", "normal2", "low1"),
+        key=lambda n: wait_for_job(client, n).execution_info.start_time,
+    )
     assert order == ["high1", "normal1", "normal2", "low1"]
     with pytest.raises(CloudError, match="LocationNotAvailableForResourceType|not available"):
         client.workspaces.create(RG, "elsewhere", "moon-central").result()
@@ -398,9 +524,12 @@ def test_queued_jobs_start_by_priority_then_age(env):
 
 def test_secrets_reach_the_job_but_are_never_echoed(env):
     secret, password = "s3cr3t-Value-42", "Adm1n-Passw0rd!"
-    params = job_params(env.cluster.id, 'echo "$API_TOKEN $PLAIN" > "$AZ_BATCHAI_OUTPUT_MODEL/seen"',
-                        secrets=[models.EnvironmentVariableWithSecretValue(name="API_TOKEN", value=secret)],
-                        environment_variables=[models.EnvironmentVariable(name="PLAIN", value="visible")])
+    params = job_params(
+        env.cluster.id,
+        'echo "$API_TOKEN $PLAIN" > "$AZ_BATCHAI_OUTPUT_MODEL/seen"',
+        secrets=[models.EnvironmentVariableWithSecretValue(name="API_TOKEN", value=secret)],
+        environment_variables=[models.EnvironmentVariable(name="PLAIN", value="visible")],
+    )
     env.client.jobs.create(RG, WS, EXP, "secretive", params).result()
     job = wait_for_job(env.client, "secretive")
     assert job.execution_state == "succeeded"
@@ -414,43 +543,86 @@ def test_secrets_reach_the_job_but_are_never_echoed(env):
     token = make_credentials(env.connection).token["access_token"]
     base = f"{env.connection['resource_manager_url'].rstrip('/')}{env.cluster.id.rsplit('/clusters/', 1)[0]}"
     raw = ""
-    for path in (f"/clusters/{CLUSTER}", "/clusters", f"/experiments/{EXP}/jobs/secretive", f"/experiments/{EXP}/jobs"):
-        raw += requests.get(f"{base}{path}?api-version=2018-05-01", headers={"Authorization": f"Bearer {token}"},
-                            verify=env.connection["ca_cert"]).text
+    for path in (
+        f"/clusters/{CLUSTER}",
+        "/clusters",
+        f"/experiments/{EXP}/jobs/secretive",
+        f"/experiments/{EXP}/jobs",
+    ):
+        raw += requests.get(
+            f"{base}{path}?api-version=2018-05-01",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=env.connection["ca_cert"],
+        ).text
     assert secret not in raw and password not in raw and env.connection["storage_key"] not in raw
     assert secret not in output_file(env, "secretive", "stdouterr", "execution.log").read_text()
 
 
 def test_output_listing_directories_paging_and_sas_download(env):
-    command = ('mkdir -p "$AZ_BATCHAI_OUTPUT_MODEL/sub/deeper"; for i in 1 2 3 4 5; do echo $i > '
-               '"$AZ_BATCHAI_OUTPUT_MODEL/f$i.txt"; done; echo nested > "$AZ_BATCHAI_OUTPUT_MODEL/sub/n.txt"; '
-               'echo started; sleep 30')
+    command = (
+        'mkdir -p "$AZ_BATCHAI_OUTPUT_MODEL/sub/deeper"; for i in 1 2 3 4 5; do echo $i > '
+        '"$AZ_BATCHAI_OUTPUT_MODEL/f$i.txt"; done; echo nested > "$AZ_BATCHAI_OUTPUT_MODEL/sub/n.txt"; '
+        "echo started; sleep 30"
+    )
     env.client.jobs.create(RG, WS, EXP, "lister", job_params(env.cluster.id, command)).result()
-    wait_for(lambda: output_file(env, "lister", "stdouterr", "stdout.txt").exists()
-             and output_file(env, "lister", "stdouterr", "stdout.txt").read_text())
-    options = models.JobsListOutputFilesOptions(outputdirectoryid="MODEL", max_results=2, linkexpiryinminutes=5)
-    listed = list(env.client.jobs.list_output_files(RG, WS, EXP, "lister", options))  # follows nextLink
+    wait_for(
+        lambda: (
+            output_file(env, "lister", "stdouterr", "stdout.txt").exists()
+            and output_file(env, "lister", "stdouterr", "stdout.txt").read_text()
+        )
+    )
+    options = models.JobsListOutputFilesOptions(
+        outputdirectoryid="MODEL", max_results=2, linkexpiryinminutes=5
+    )
+    listed = list(
+        env.client.jobs.list_output_files(RG, WS, EXP, "lister", options)
+    )  # follows nextLink
     assert [f.name for f in listed] == ["f1.txt", "f2.txt", "f3.txt", "f4.txt", "f5.txt", "sub"]
     assert listed[-1].file_type == "directory" and listed[-1].download_url is None
     assert listed[0].content_length == 2 and listed[0].last_modified is not None
     url = listed[0].download_url
     assert "sp=rl" in url and "sr=f" in url and "sig=" in url
     expiry = requests.utils.unquote(url.split("se=")[1].split("&")[0])
-    assert abs(time.mktime(time.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone - time.time() - 300) < 60
-    nested = list(env.client.jobs.list_output_files(RG, WS, EXP, "lister", models.JobsListOutputFilesOptions(
-        outputdirectoryid="MODEL", directory="sub")))
+    assert (
+        abs(
+            time.mktime(time.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ"))
+            - time.timezone
+            - time.time()
+            - 300
+        )
+        < 60
+    )
+    nested = list(
+        env.client.jobs.list_output_files(
+            RG,
+            WS,
+            EXP,
+            "lister",
+            models.JobsListOutputFilesOptions(outputdirectoryid="MODEL", directory="sub"),
+        )
+    )
     assert [(f.name, f.file_type) for f in nested] == [("deeper", "directory"), ("n.txt", "file")]
     assert requests.get(nested[1].download_url, verify=env.connection["ca_cert"]).text == "nested\n"
     # a file still being written downloads with ranges, as `az batchai job file stream` did
-    stdout = [f for f in env.client.jobs.list_output_files(RG, WS, EXP, "lister", models.JobsListOutputFilesOptions(
-        outputdirectoryid="stdouterr")) if f.name == "stdout.txt"][0]
-    part = requests.get(stdout.download_url, headers={"Range": "bytes=2-"}, verify=env.connection["ca_cert"])
+    stdout = [
+        f
+        for f in env.client.jobs.list_output_files(
+            RG, WS, EXP, "lister", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")
+        )
+        if f.name == "stdout.txt"
+    ][0]
+    part = requests.get(
+        stdout.download_url, headers={"Range": "bytes=2-"}, verify=env.connection["ca_cert"]
+    )
     assert part.status_code == 206 and part.text == "arted\n"
     tampered = stdout.download_url.replace("sp=rl", "sp=rwl")
     assert requests.get(tampered, verify=env.connection["ca_cert"]).status_code == 403
     with pytest.raises(CloudError, match="no output directory 'NOPE'"):
-        list(env.client.jobs.list_output_files(RG, WS, EXP, "lister",
-                                               models.JobsListOutputFilesOptions(outputdirectoryid="NOPE")))
+        list(
+            env.client.jobs.list_output_files(
+                RG, WS, EXP, "lister", models.JobsListOutputFilesOptions(outputdirectoryid="NOPE")
+            )
+        )
     env.client.jobs.terminate(RG, WS, EXP, "lister").result()
 
 
@@ -458,12 +630,22 @@ def test_twenty_jobs_on_two_nodes_all_finish_never_more_than_two_at_once(local_c
     env = sdk_env(local_cloud, tmp_path, nodes=2)
     log = env.share_dir / "intervals"
     log.mkdir()
-    command = (f'echo "start $(date +%s.%N)" >> {log}/$JOB_NO; sleep 0.2; '
-               f'echo "end $(date +%s.%N)" >> {log}/$JOB_NO')
+    command = (
+        f'echo "start $(date +%s.%N)" >> {log}/$JOB_NO; sleep 0.2; '
+        f'echo "end $(date +%s.%N)" >> {log}/$JOB_NO'
+    )
     for i in range(20):
-        env.client.jobs.create(RG, WS, EXP, f"job{i:02d}", job_params(
-            env.cluster.id, command,
-            environment_variables=[models.EnvironmentVariable(name="JOB_NO", value=str(i))]))
+        env.client.jobs.create(
+            RG,
+            WS,
+            EXP,
+            f"job{i:02d}",
+            job_params(
+                env.cluster.id,
+                command,
+                environment_variables=[models.EnvironmentVariable(name="JOB_NO", value=str(i))],
+            ),
+        )
     peak = 0
 
     def all_done():
@@ -471,7 +653,12 @@ def test_twenty_jobs_on_two_nodes_all_finish_never_more_than_two_at_once(local_c
         counts = env.client.clusters.get(RG, WS, CLUSTER).node_state_counts
         peak = max(peak, counts.running_node_count)
         jobs = list(env.client.jobs.list_by_experiment(RG, WS, EXP))
-        return len(jobs) == 20 and all(j.execution_state in ("succeeded", "failed") for j in jobs) and jobs
+        return (
+            len(jobs) == 20
+            and all(j.execution_state in ("succeeded", "failed") for j in jobs)
+            and jobs
+        )
+
     jobs = wait_for(all_done, timeout=120)
     assert all(j.execution_state == "succeeded" for j in jobs)
     assert 1 <= peak <= 2
@@ -488,13 +675,20 @@ def test_twenty_jobs_on_two_nodes_all_finish_never_more_than_two_at_once(local_c
 
 
 def test_job_preparation_runs_first_with_its_own_output(env):
-    params = job_params(env.cluster.id, 'cat "$AZ_BATCHAI_JOB_TEMP/prepared"',
-                        job_preparation=models.JobPreparation(command_line='echo ready > "$AZ_BATCHAI_JOB_TEMP/prepared"; echo prep'))
+    params = job_params(
+        env.cluster.id,
+        'cat "$AZ_BATCHAI_JOB_TEMP/prepared"',
+        job_preparation=models.JobPreparation(
+            command_line='echo ready > "$AZ_BATCHAI_JOB_TEMP/prepared"; echo prep'
+        ),
+    )
     env.client.jobs.create(RG, WS, EXP, "prepped", params).result()
     assert wait_for_job(env.client, "prepped").execution_state == "succeeded"
     assert output_file(env, "prepped", "stdouterr", "stdout.txt").read_text() == "ready\n"
     assert output_file(env, "prepped", "stdouterr", "stdout-job_prep.txt").read_text() == "prep\n"
-    failing = job_params(env.cluster.id, "true", job_preparation=models.JobPreparation(command_line="exit 4"))
+    failing = job_params(
+        env.cluster.id, "true", job_preparation=models.JobPreparation(command_line="exit 4")
+    )
     env.client.jobs.create(RG, WS, EXP, "unprepared", failing).result()
     job = wait_for_job(env.client, "unprepared")
     assert job.execution_state == "failed" and job.execution_info.exit_code == 4
@@ -503,37 +697,62 @@ def test_job_preparation_runs_first_with_its_own_output(env):
 
 # ---------------------------------------------------------------------- clusters
 
+
 def test_cluster_resize_and_a_mount_that_fails(env):
     client = env.client
-    client.clusters.update(RG, WS, CLUSTER, scale_settings=models.ScaleSettings(
-        manual=models.ManualScaleSettings(target_node_count=3)))
+    client.clusters.update(
+        RG,
+        WS,
+        CLUSTER,
+        scale_settings=models.ScaleSettings(manual=models.ManualScaleSettings(target_node_count=3)),
+    )
     cluster = wait_for_idle_cluster(client, 3)
     assert cluster.current_node_count == 3 and cluster.allocation_state == "steady"
     logins = list(client.clusters.list_remote_login_information(RG, WS, CLUSTER))
     assert len({n.node_id for n in logins}) == 3 and logins[0].ip_address == "127.0.0.1"
-    client.clusters.update(RG, WS, CLUSTER, scale_settings=models.ScaleSettings(
-        manual=models.ManualScaleSettings(target_node_count=1)))
+    client.clusters.update(
+        RG,
+        WS,
+        CLUSTER,
+        scale_settings=models.ScaleSettings(manual=models.ManualScaleSettings(target_node_count=1)),
+    )
     wait_for(lambda: client.clusters.get(RG, WS, CLUSTER).current_node_count == 1)
 
     broken = cluster_params(env.connection, env.files, share="nosuchshare")
     client.clusters.create(RG, WS, "broken", broken).result()
-    cluster = wait_for(lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
-        client.clusters.get(RG, WS, "broken")))
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+            client.clusters.get(RG, WS, "broken")
+        )
+    )
     assert cluster.errors[0].code == "AZFMountError"
     assert "no share named 'nosuchshare'" in cluster.errors[0].message
-    names = [c.name for c in client.clusters.list_by_workspace(
-        RG, WS, models.ClustersListByWorkspaceOptions(max_results=1))]
+    names = [
+        c.name
+        for c in client.clusters.list_by_workspace(
+            RG, WS, models.ClustersListByWorkspaceOptions(max_results=1)
+        )
+    ]
     assert names == ["broken", CLUSTER]
 
 
 def test_lists_page_with_maxresults(env):
     for i in range(3):
-        env.client.jobs.create(RG, WS, EXP, f"paged{i}", job_params(env.cluster.id, "true")).result()
+        env.client.jobs.create(
+            RG, WS, EXP, f"paged{i}", job_params(env.cluster.id, "true")
+        ).result()
     env.client.experiments.create(RG, WS, "second").result()
-    jobs = list(env.client.jobs.list_by_experiment(RG, WS, EXP, models.JobsListByExperimentOptions(max_results=1)))
+    jobs = list(
+        env.client.jobs.list_by_experiment(
+            RG, WS, EXP, models.JobsListByExperimentOptions(max_results=1)
+        )
+    )
     assert [j.name for j in jobs] == ["paged0", "paged1", "paged2"]
-    experiments = list(env.client.experiments.list_by_workspace(
-        RG, WS, models.ExperimentsListByWorkspaceOptions(max_results=1)))
+    experiments = list(
+        env.client.experiments.list_by_workspace(
+            RG, WS, models.ExperimentsListByWorkspaceOptions(max_results=1)
+        )
+    )
     assert [e.name for e in experiments] == [EXP, "second"]
     assert [w.name for w in env.client.workspaces.list()] == [WS]
     assert [w.name for w in env.client.workspaces.list_by_resource_group(RG)] == [WS]
@@ -542,6 +761,7 @@ def test_lists_page_with_maxresults(env):
 
 
 # ---------------------------------------------------------------------- deletes stop jobs
+
 
 @pytest.mark.parametrize("what", ["job", "experiment", "cluster", "workspace", "resource group"])
 def test_deleting_a_container_stops_its_running_job(env, what):
@@ -560,7 +780,10 @@ def test_deleting_a_container_stops_its_running_job(env, what):
     assert not nodeagent.group_members(pgid)  # the whole process group, the background child too
     if what == "cluster":
         job = env.client.jobs.get(RG, WS, EXP, "victim")
-        assert job.execution_state == "failed" and job.execution_info.errors[0].code == "ClusterDeleted"
+        assert (
+            job.execution_state == "failed"
+            and job.execution_info.errors[0].code == "ClusterDeleted"
+        )
     else:
         with pytest.raises(CloudError) as err:
             env.client.jobs.get(RG, WS, EXP, "victim")
@@ -569,10 +792,13 @@ def test_deleting_a_container_stops_its_running_job(env, what):
 
 # ---------------------------------------------------------------------- jobs outlive servers
 
+
 def test_a_job_outlives_its_server_and_a_new_server_reports_it(tmp_path):
     state = tmp_path / "state"
-    command = ('echo $$ > "$AZ_BATCHAI_OUTPUT_MODEL/pid"; sleep 1.5; echo finished; '
-               'echo kept > "$AZ_BATCHAI_OUTPUT_MODEL/after.txt"; exit 7')
+    command = (
+        'echo $$ > "$AZ_BATCHAI_OUTPUT_MODEL/pid"; sleep 1.5; echo finished; '
+        'echo kept > "$AZ_BATCHAI_OUTPUT_MODEL/after.txt"; exit 7'
+    )
     with LocalCloud(state, cluster_allocation_delay=0.1) as cloud:
         env = sdk_env(cloud, tmp_path)
         env.client.jobs.create(RG, WS, EXP, "durable", job_params(env.cluster.id, command)).result()
@@ -594,8 +820,13 @@ def test_a_job_that_vanished_while_no_server_ran_is_failed_saying_so(tmp_path):
     state = tmp_path / "state"
     with LocalCloud(state, cluster_allocation_delay=0.1) as cloud:
         env = sdk_env(cloud, tmp_path)
-        env.client.jobs.create(RG, WS, EXP, "doomed", job_params(
-            env.cluster.id, 'echo $$ > "$AZ_BATCHAI_OUTPUT_MODEL/pid"; sleep 60')).result()
+        env.client.jobs.create(
+            RG,
+            WS,
+            EXP,
+            "doomed",
+            job_params(env.cluster.id, 'echo $$ > "$AZ_BATCHAI_OUTPUT_MODEL/pid"; sleep 60'),
+        ).result()
         pid, pgid = read_pid_group(output_file(env, "doomed", "MODEL", "pid"))
     os.killpg(pgid, signal.SIGKILL)
     assert_group_gone(pgid)
@@ -607,12 +838,17 @@ def test_a_job_that_vanished_while_no_server_ran_is_failed_saying_so(tmp_path):
 
 
 def test_job_environment_matches_batch_ai(env):
-    command = ('env | grep ^AZ_BATCHAI_ | sort > "$AZ_BATCHAI_OUTPUT_MODEL/env"; '
-               'ls "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/mnistcntksample" > "$AZ_BATCHAI_OUTPUT_MODEL/ls"')
+    command = (
+        'env | grep ^AZ_BATCHAI_ | sort > "$AZ_BATCHAI_OUTPUT_MODEL/env"; '
+        'ls "$AZ_BATCHAI_MOUNT_ROOT/azurefileshare/mnistcntksample" > "$AZ_BATCHAI_OUTPUT_MODEL/ls"'
+    )
     env.client.jobs.create(RG, WS, EXP, "envjob", job_params(env.cluster.id, command)).result()
     job = wait_for_job(env.client, "envjob")
     assert job.execution_state == "succeeded"
-    seen = dict(line.split("=", 1) for line in output_file(env, "envjob", "MODEL", "env").read_text().splitlines())
+    seen = dict(
+        line.split("=", 1)
+        for line in output_file(env, "envjob", "MODEL", "env").read_text().splitlines()
+    )
     segment = job.job_output_directory_path_segment
     root = seen["AZ_BATCHAI_MOUNT_ROOT"]
     assert seen["AZ_BATCHAI_INPUT_SAMPLE"] == f"{root}/{MOUNT}/mnistcntksample"
@@ -628,39 +864,67 @@ def test_node_setup_task_runs_before_nodes_turn_idle_and_a_failing_one_makes_the
     params.node_setup.setup_task = models.SetupTask(
         command_line='echo "setting up with $SETUP_KEY" ; sleep 0.3',
         environment_variables=[models.EnvironmentVariable(name="SETUP_KEY", value="key")],
-        std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}")
+        std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
+    )
     env.client.clusters.create(RG, WS, "withsetup", params).result()
     cluster = wait_for_idle_cluster(env.client, name="withsetup")
     suffix = cluster.node_setup.setup_task.std_out_err_path_suffix
-    assert suffix.startswith(f"{env.connection['subscription_id']}/{RG}/workspaces/{WS}/clusters/withsetup/")
+    assert suffix.startswith(
+        f"{env.connection['subscription_id']}/{RG}/workspaces/{WS}/clusters/withsetup/"
+    )
     logins = list(env.client.clusters.list_remote_login_information(RG, WS, "withsetup"))
     out = env.share_dir / suffix / logins[0].node_id / "stdout.txt"
     assert out.read_text() == "setting up with key\n"
 
     params.node_setup.setup_task.command_line = "exit 9"
     env.client.clusters.create(RG, WS, "badsetup", params).result()
-    cluster = wait_for(lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
-        env.client.clusters.get(RG, WS, "badsetup")))
-    assert cluster.errors[0].code == "SetupTaskFailed" and "exited with code 9" in cluster.errors[0].message
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+            env.client.clusters.get(RG, WS, "badsetup")
+        )
+    )
+    assert (
+        cluster.errors[0].code == "SetupTaskFailed"
+        and "exited with code 9" in cluster.errors[0].message
+    )
 
 
 def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env):
-    auto = cluster_params(env.connection, env.files, auto_scale=models.AutoScaleSettings(
-        minimum_node_count=0, maximum_node_count=2, initial_node_count=0))
+    auto = cluster_params(
+        env.connection,
+        env.files,
+        auto_scale=models.AutoScaleSettings(
+            minimum_node_count=0, maximum_node_count=2, initial_node_count=0
+        ),
+    )
     cluster = env.client.clusters.create(RG, WS, "auto", auto).result()
     wait_for(lambda: env.client.clusters.get(RG, WS, "auto").allocation_state == "steady")
     assert env.client.clusters.get(RG, WS, "auto").current_node_count == 0
     env.files.create_share("jobshare")
     env.files.create_file_from_text("jobshare", None, "data.txt", "from the job share")
-    params = job_params(cluster.id, 'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"',
-                        mount_volumes=models.MountVolumes(azure_file_shares=[models.AzureFileShareReference(
-                            account_name=env.connection["storage_account"],
-                            credentials=models.AzureStorageCredentialsInfo(account_key=env.connection["storage_key"]),
-                            azure_file_url=f"https://{env.files.primary_endpoint}/jobshare",
-                            relative_mount_path="jobafs")]))
+    params = job_params(
+        cluster.id,
+        'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"',
+        mount_volumes=models.MountVolumes(
+            azure_file_shares=[
+                models.AzureFileShareReference(
+                    account_name=env.connection["storage_account"],
+                    credentials=models.AzureStorageCredentialsInfo(
+                        account_key=env.connection["storage_key"]
+                    ),
+                    azure_file_url=f"https://{env.files.primary_endpoint}/jobshare",
+                    relative_mount_path="jobafs",
+                )
+            ]
+        ),
+    )
     env.client.jobs.create(RG, WS, EXP, "autojob", params).result()
     job = wait_for_job(env.client, "autojob")
     assert job.execution_state == "succeeded", job.execution_info.errors
     assert job.mount_volumes.azure_file_shares[0].credentials.account_key is None
-    assert output_file(env, "autojob", "stdouterr", "stdout.txt").read_text() == "from the job share"
-    wait_for(lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0)  # shrinks back
+    assert (
+        output_file(env, "autojob", "stdouterr", "stdout.txt").read_text() == "from the job share"
+    )
+    wait_for(
+        lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0
+    )  # shrinks back

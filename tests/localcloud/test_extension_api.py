@@ -1,4 +1,5 @@
 """The extension API other REST surfaces (Microsoft.BatchAI) build on, exercised as they use it."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,9 @@ def widgets(local_cloud):
         if body.get("refuse"):
             raise ArmError(409, "WidgetBusy", "The widget is busy.")
         arm_id = f"/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Contoso.Widgets/widgets/{widgetName}"
-        record = cloud.store.put_resource(arm_id, "Contoso.Widgets/widgets", widgetName,
-                                          {"id": arm_id, "name": widgetName})
+        record = cloud.store.put_resource(
+            arm_id, "Contoso.Widgets/widgets", widgetName, {"id": arm_id, "name": widgetName}
+        )
         return arm_json(200, record.body)
 
     cloud.arm.add("PUT", PROVIDER, put, api_versions=("2018-05-01",))
@@ -35,9 +37,12 @@ def widgets(local_cloud):
 def _put(local_cloud, resource_client, path, body, api_version="2018-05-01", token=True):
     headers = {}
     if token:
-        headers["Authorization"] = "Bearer " + resource_client.config.credentials.token["access_token"]
+        headers["Authorization"] = (
+            "Bearer " + resource_client.config.credentials.token["access_token"]
+        )
     return requests_session(local_cloud.connection).put(
-        local_cloud.base_url + path, params={"api-version": api_version}, json=body, headers=headers)
+        local_cloud.base_url + path, params={"api-version": api_version}, json=body, headers=headers
+    )
 
 
 def _path(local_cloud, group="MyGroup", name="Widget1", casing="resourceGroups"):
@@ -53,10 +58,18 @@ def test_routes_match_case_insensitively_and_keep_name_case(local_cloud, resourc
     assert [r.name for r in stored] == ["Widget1"] and stored[0].resource_group == "mygroup"
 
 
-def test_added_routes_get_the_bearer_check_and_api_version_check(local_cloud, resource_client, widgets):
-    assert _put(local_cloud, resource_client, _path(local_cloud), {}, token=False).status_code == 401
-    wrong = _put(local_cloud, resource_client, _path(local_cloud), {}, api_version="2017-09-01-preview")
-    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "InvalidApiVersionParameter"
+def test_added_routes_get_the_bearer_check_and_api_version_check(
+    local_cloud, resource_client, widgets
+):
+    assert (
+        _put(local_cloud, resource_client, _path(local_cloud), {}, token=False).status_code == 401
+    )
+    wrong = _put(
+        local_cloud, resource_client, _path(local_cloud), {}, api_version="2017-09-01-preview"
+    )
+    assert (
+        wrong.status_code == 400 and wrong.json()["error"]["code"] == "InvalidApiVersionParameter"
+    )
     assert widgets == []
 
 
@@ -101,7 +114,9 @@ def test_unknown_provider_routes_are_arm_404(local_cloud, resource_client):
     token = client.config.credentials.token["access_token"]
     response = requests_session(local_cloud.connection).get(
         local_cloud.base_url + _path(local_cloud).replace("Contoso.Widgets", "Nowhere.Things"),
-        params={"api-version": "2018-05-01"}, headers={"Authorization": f"Bearer {token}"})
+        params={"api-version": "2018-05-01"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "InvalidResourceType"
 

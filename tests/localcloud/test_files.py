@@ -1,4 +1,5 @@
 """Azure Files through azure-storage-file 2.1.0's FileService, plus the raw wire facts it relies on."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,11 +20,12 @@ def _payload(size: int, seed: int = 0) -> bytes:
     block = bytes((i * 7 + seed) % 251 for i in range(4096))
     data = bytearray(block * (size // len(block) + 1))[:size]
     for offset in range(0, size, 4 * MiB):
-        data[offset:offset + 8] = (offset // MiB + seed).to_bytes(8, "big")
+        data[offset : offset + 8] = (offset // MiB + seed).to_bytes(8, "big")
     return bytes(data)
 
 
 # ------------------------------------------------------------------ shares and directories
+
 
 def test_create_share_both_ways_exists_and_delete(file_service):
     assert file_service.create_share("batchaiquickstart", fail_on_exist=False) is True
@@ -49,7 +51,9 @@ def test_share_properties_keep_quota_and_metadata(file_service):
 def test_directories_create_exists_nested_and_delete(file_service):
     file_service.create_share("dirshare")
     assert file_service.create_directory("dirshare", "mnistcntksample", fail_on_exist=False) is True
-    assert file_service.create_directory("dirshare", "mnistcntksample", fail_on_exist=False) is False
+    assert (
+        file_service.create_directory("dirshare", "mnistcntksample", fail_on_exist=False) is False
+    )
     with pytest.raises(AzureConflictHttpError) as caught:
         file_service.create_directory("dirshare", "mnistcntksample", fail_on_exist=True)
     assert caught.value.error_code == "ResourceAlreadyExists"
@@ -76,6 +80,7 @@ def test_operations_on_missing_share_are_share_not_found(file_service):
 
 # ------------------------------------------------------------------ files
 
+
 @pytest.mark.parametrize("max_connections", [1, 4])
 def test_upload_with_out_of_order_ranges_and_download(file_service, tmp_path, max_connections):
     file_service.create_share("data")
@@ -83,11 +88,13 @@ def test_upload_with_out_of_order_ranges_and_download(file_service, tmp_path, ma
     data = _payload(9 * MiB + 123)
     source = tmp_path / "Train-28x28_cntk_text.txt"
     source.write_bytes(data)
-    file_service.create_file_from_path("data", "mnistcntksample", source.name, str(source),
-                                       max_connections=max_connections)
+    file_service.create_file_from_path(
+        "data", "mnistcntksample", source.name, str(source), max_connections=max_connections
+    )
     target = tmp_path / "downloaded"
-    file_service.get_file_to_path("data", "mnistcntksample", source.name, str(target),
-                                  max_connections=max_connections)
+    file_service.get_file_to_path(
+        "data", "mnistcntksample", source.name, str(target), max_connections=max_connections
+    )
     assert target.read_bytes() == data
     on_disk = file_service.get_file_properties("data", "mnistcntksample", source.name)
     assert on_disk.properties.content_length == len(data)
@@ -106,8 +113,10 @@ def test_ranged_reads(file_service):
     file_service.create_share("ranges")
     data = _payload(5 * MiB)
     file_service.create_file_from_bytes("ranges", None, "f.bin", data)
-    part = file_service.get_file_to_bytes("ranges", None, "f.bin", start_range=100, end_range=4 * MiB + 99)
-    assert part.content == data[100:4 * MiB + 100]
+    part = file_service.get_file_to_bytes(
+        "ranges", None, "f.bin", start_range=100, end_range=4 * MiB + 99
+    )
+    assert part.content == data[100 : 4 * MiB + 100]
     assert part.properties.content_range == f"bytes 100-{4 * MiB + 99}/{len(data)}"
 
 
@@ -122,8 +131,13 @@ def test_empty_file_downloads_as_empty(file_service, tmp_path):
 def test_file_properties_content_settings_and_metadata(file_service):
     file_service.create_share("props")
     file_service.create_file_from_bytes(
-        "props", None, "ConvNet_MNIST.py", b"print('hi')\n",
-        content_settings=ContentSettings(content_type="text/x-python"), metadata={"kind": "script"})
+        "props",
+        None,
+        "ConvNet_MNIST.py",
+        b"print('hi')\n",
+        content_settings=ContentSettings(content_type="text/x-python"),
+        metadata={"kind": "script"},
+    )
     f = file_service.get_file_properties("props", None, "ConvNet_MNIST.py")
     assert f.properties.content_length == 12
     assert f.properties.content_settings.content_type == "text/x-python"
@@ -192,16 +206,21 @@ def test_eight_threads_upload_and_read_distinct_files(local_cloud):
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
-    names = sorted(e.name for e in make_file_service(connection).list_directories_and_files("parallel"))
+    names = sorted(
+        e.name for e in make_file_service(connection).list_directories_and_files("parallel")
+    )
     assert names == sorted(f"file-{i}.bin" for i in range(8))
 
 
 # ------------------------------------------------------------------ authentication
 
+
 def test_wrong_key_is_refused_and_creates_nothing(local_cloud, file_service):
     conn = local_cloud.connection
     wrong_key = "A" * 86 + "=="
-    bad = make_file_service(conn, conn["storage_connection_string"].replace(conn["storage_key"], wrong_key))
+    bad = make_file_service(
+        conn, conn["storage_connection_string"].replace(conn["storage_key"], wrong_key)
+    )
     with pytest.raises(AzureHttpError) as caught:
         bad.create_share("sneaky")
     assert caught.value.status_code == 403
@@ -214,7 +233,8 @@ def test_unsigned_request_is_refused(local_cloud, file_service):
     file_service.create_share("private")
     response = requests_session(local_cloud.connection).get(
         f"{local_cloud.base_url}/{local_cloud.connection['storage_account']}/private",
-        params={"restype": "share"})
+        params={"restype": "share"},
+    )
     assert response.status_code == 401
     assert response.headers["x-ms-error-code"] == "NoAuthenticationInformation"
 
@@ -223,7 +243,8 @@ def test_client_request_id_is_echoed_and_errors_are_xml(local_cloud, file_servic
     file_service.create_share("echo")
     response = requests_session(local_cloud.connection).get(
         f"{local_cloud.base_url}/{local_cloud.connection['storage_account']}/echo/nofile.txt",
-        headers={"x-ms-client-request-id": "my-request-42"})
+        headers={"x-ms-client-request-id": "my-request-42"},
+    )
     assert response.headers["x-ms-client-request-id"] == "my-request-42"
     assert response.headers["x-ms-error-code"] == "NoAuthenticationInformation"
     assert response.text.startswith('<?xml version="1.0" encoding="utf-8"?><Error><Code>')
@@ -270,10 +291,18 @@ def test_bad_sas_is_403(local_cloud, file_service, case):
     http = requests_session(local_cloud.connection)
     now = datetime.datetime.utcnow()
     if case == "expired":
-        url = _sas_url(file_service, "guarded", None, "a.txt", expiry=now - datetime.timedelta(minutes=1))
+        url = _sas_url(
+            file_service, "guarded", None, "a.txt", expiry=now - datetime.timedelta(minutes=1)
+        )
     elif case == "not_yet_valid":
-        url = _sas_url(file_service, "guarded", None, "a.txt", start=now + datetime.timedelta(hours=1),
-                       expiry=now + datetime.timedelta(hours=2))
+        url = _sas_url(
+            file_service,
+            "guarded",
+            None,
+            "a.txt",
+            start=now + datetime.timedelta(hours=1),
+            expiry=now + datetime.timedelta(hours=2),
+        )
     else:
         url = _sas_url(file_service, "guarded", None, "a.txt")
     if case == "tampered":
@@ -281,8 +310,10 @@ def test_bad_sas_is_403(local_cloud, file_service, case):
     if case == "other_file":
         url = url.replace("/a.txt?", "/b.txt?")
     if case == "write":
-        response = http.put(url, headers={"x-ms-type": "file", "x-ms-content-length": "5",
-                                          "x-ms-version": "2019-02-02"})
+        response = http.put(
+            url,
+            headers={"x-ms-type": "file", "x-ms-content-length": "5", "x-ms-version": "2019-02-02"},
+        )
         expected_code = "AuthorizationPermissionMismatch"
     else:
         response = http.get(url)
@@ -297,11 +328,15 @@ def test_share_sas_in_a_connection_string_lists_and_reads(local_cloud, file_serv
     file_service.create_share("shared")
     file_service.create_file_from_bytes("shared", None, "readme.txt", b"hello")
     token = file_service.generate_share_shared_access_signature(
-        "shared", permission=SharePermissions(read=True, list=True),
-        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+        "shared",
+        permission=SharePermissions(read=True, list=True),
+        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1),
+    )
     endpoint = f"{local_cloud.base_url}/{local_cloud.connection['storage_account']}"
-    reader = FileService(connection_string=f"FileEndpoint={endpoint};SharedAccessSignature={token}",
-                         request_session=requests_session(local_cloud.connection))
+    reader = FileService(
+        connection_string=f"FileEndpoint={endpoint};SharedAccessSignature={token}",
+        request_session=requests_session(local_cloud.connection),
+    )
     assert [e.name for e in reader.list_directories_and_files("shared")] == ["readme.txt"]
     assert reader.get_file_to_bytes("shared", None, "readme.txt").content == b"hello"
     with pytest.raises(AzureHttpError) as caught:
@@ -331,8 +366,13 @@ def test_names_are_case_insensitive_and_case_preserving(file_service):
     assert file_service.create_directory("cases", "mnistsample", fail_on_exist=False) is False
     file_service.create_file_from_bytes("cases", "MNISTSAMPLE", "Data.TXT", b"one")
     assert file_service.get_file_to_bytes("cases", "mnistsample", "data.txt").content == b"one"
-    file_service.create_file_from_bytes("cases", "mnistsample", "DATA.txt", b"two",  # replaces
-                                        content_settings=ContentSettings(content_type="text/plain"))
+    file_service.create_file_from_bytes(
+        "cases",
+        "mnistsample",
+        "DATA.txt",
+        b"two",  # replaces
+        content_settings=ContentSettings(content_type="text/plain"),
+    )
     props = file_service.get_file_properties("cases", "MNISTsample", "data.TXT")
     assert props.properties.content_settings.content_type == "text/plain"
     listing = list(file_service.list_directories_and_files("cases", "MnistSample"))
@@ -356,11 +396,15 @@ def test_a_directory_is_not_a_file_and_a_file_is_not_a_directory(file_service):
 def test_share_sas_cannot_delete_its_share(local_cloud, file_service):
     file_service.create_share("keepme")
     token = file_service.generate_share_shared_access_signature(
-        "keepme", permission=SharePermissions(read=True, write=True, delete=True, list=True),
-        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+        "keepme",
+        permission=SharePermissions(read=True, write=True, delete=True, list=True),
+        expiry=datetime.datetime.utcnow() + datetime.timedelta(hours=1),
+    )
     endpoint = f"{local_cloud.base_url}/{local_cloud.connection['storage_account']}"
-    holder = FileService(connection_string=f"FileEndpoint={endpoint};SharedAccessSignature={token}",
-                         request_session=requests_session(local_cloud.connection))
+    holder = FileService(
+        connection_string=f"FileEndpoint={endpoint};SharedAccessSignature={token}",
+        request_session=requests_session(local_cloud.connection),
+    )
     with pytest.raises(AzureHttpError) as caught:
         holder.delete_share("keepme", fail_not_exist=True)
     assert caught.value.status_code == 403
@@ -376,21 +420,32 @@ def test_stored_content_md5_comes_back_on_whole_and_ranged_reads(file_service):
     file_service.create_share("md5s")
     file_service.create_file_from_bytes("md5s", None, "w.bin", data)
     file_service.set_file_properties("md5s", None, "w.bin", ContentSettings(content_md5=md5))
-    assert file_service.get_file_properties("md5s", None, "w.bin").properties.content_settings.content_md5 == md5
-    ranged = file_service.get_file_to_bytes("md5s", None, "w.bin")   # a ranged GET underneath
+    assert (
+        file_service.get_file_properties(
+            "md5s", None, "w.bin"
+        ).properties.content_settings.content_md5
+        == md5
+    )
+    ranged = file_service.get_file_to_bytes("md5s", None, "w.bin")  # a ranged GET underneath
     assert ranged.content == data
     assert ranged.properties.content_settings.content_md5 == md5
 
 
 def test_properties_do_not_outlive_a_file_replaced_directly_on_the_share(local_cloud, file_service):
     file_service.create_share("mounted")
-    file_service.create_file_from_bytes("mounted", None, "out.txt", b"v1",
-                                        content_settings=ContentSettings(content_type="text/plain",
-                                                                         content_md5="AAAAAAAAAAAAAAAAAAAAAA=="))
+    file_service.create_file_from_bytes(
+        "mounted",
+        None,
+        "out.txt",
+        b"v1",
+        content_settings=ContentSettings(
+            content_type="text/plain", content_md5="AAAAAAAAAAAAAAAAAAAAAA=="
+        ),
+    )
     on_disk = local_cloud.context.share_path("mounted", "out.txt")
     replacement = on_disk.with_name("out.txt.new")
     replacement.write_bytes(b"v2 written by a job through the mount")
-    replacement.replace(on_disk)                      # what a job on the node does
+    replacement.replace(on_disk)  # what a job on the node does
     props = file_service.get_file_properties("mounted", None, "out.txt").properties
     assert props.content_length == len(b"v2 written by a job through the mount")
     assert props.content_settings.content_md5 is None

@@ -1,4 +1,5 @@
 """The node agent runs real processes on this host: these tests start them and watch them end."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ def node(tmp_path) -> NodeContext:
     mounts = tmp_path / "node" / "mounts"
     mounts.mkdir(parents=True)
     (mounts / "afs").symlink_to(share, target_is_directory=True)
-    return NodeContext(mount_root=str(mounts), job_temp_root=str(tmp_path / "node" / "jobs"),
-                       default_python=sys.executable, num_gpus=0)
+    return NodeContext(
+        mount_root=str(mounts),
+        job_temp_root=str(tmp_path / "node" / "jobs"),
+        default_python=sys.executable,
+        num_gpus=0,
+    )
 
 
 def share_of(node: NodeContext) -> Path:
@@ -37,8 +42,9 @@ def job_props(**toolkit) -> dict:
         "nodeCount": 1,
         "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
         "inputDirectories": [{"id": "SAMPLE", "path": "$AZ_BATCHAI_MOUNT_ROOT/afs/sample"}],
-        "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
-                               "pathSuffix": "Models"}],
+        "outputDirectories": [
+            {"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs", "pathSuffix": "Models"}
+        ],
     }
     props.update(toolkit or {"customToolkitSettings": {"commandLine": "echo hello"}})
     return props
@@ -71,9 +77,14 @@ def process_lives(pid: int) -> bool:
 
 
 def run_job(node, props, secrets=None, timeout=30):
-    plan = plan_job(props, job_name="rg/ws/exp/job", segment=SEGMENT, node=node,
-                    job_mount_root=os.path.join(node.job_temp_root, "mounts"),
-                    secret_values=secrets or {})
+    plan = plan_job(
+        props,
+        job_name="rg/ws/exp/job",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root=os.path.join(node.job_temp_root, "mounts"),
+        secret_values=secrets or {},
+    )
     handle = nodeagent.launch(plan.spec)
     state, outcome = wait_for_end(handle, timeout)
     assert_no_process_left(handle)
@@ -82,9 +93,16 @@ def run_job(node, props, secrets=None, timeout=30):
 
 # ---------------------------------------------------------------------- planning
 
+
 def test_plan_lays_out_the_documented_paths_and_variables(node):
-    plan = plan_job(job_props(), job_name="j", segment=SEGMENT, node=node,
-                    job_mount_root="/jm", secret_values={"TOKEN": "s3cret"})
+    plan = plan_job(
+        job_props(),
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/jm",
+        secret_values={"TOKEN": "s3cret"},
+    )
     root = os.path.join(node.mount_root, "afs", SEGMENT)
     assert plan.stdouterr_dir == os.path.join(root, "stdouterr")
     assert plan.output_dirs == {"MODEL": os.path.join(root, "outputs", "Models")}
@@ -102,32 +120,53 @@ def test_plan_lays_out_the_documented_paths_and_variables(node):
 def test_output_directory_without_suffix_is_the_outputs_folder(node):
     props = job_props()
     props["outputDirectories"] = [{"id": "OUT", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}]
-    plan = plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm",
-                    secret_values={})
+    plan = plan_job(
+        props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm", secret_values={}
+    )
     assert plan.output_dirs["OUT"] == os.path.join(node.mount_root, "afs", SEGMENT, "outputs")
 
 
 def test_cntk_python_runs_the_local_clouds_interpreter_or_the_given_one(node):
-    cntk = {"pythonScriptFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
-            "commandLineArgs": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"}
-    plan = plan_job(job_props(cntkSettings=cntk), job_name="j", segment=SEGMENT, node=node,
-                    job_mount_root="/jm", secret_values={})
+    cntk = {
+        "pythonScriptFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
+        "commandLineArgs": "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
+    }
+    plan = plan_job(
+        job_props(cntkSettings=cntk),
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/jm",
+        secret_values={},
+    )
     script = os.path.join(node.mount_root, "afs", "sample", "ConvNet_MNIST.py")
-    assert plan.spec.command == (f"exec {sys.executable} {script} "
-                                 "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL")
+    assert plan.spec.command == (
+        f"exec {sys.executable} {script} $AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"
+    )
     assert plan.tool_type == "cntk" and plan.spec.failure is None
     assert any(sys.executable in note for note in plan.spec.notes)
     cntk["pythonInterpreterPath"] = "/opt/py/bin/python3"
-    plan = plan_job(job_props(cntkSettings=cntk), job_name="j", segment=SEGMENT, node=node,
-                    job_mount_root="/jm", secret_values={})
+    plan = plan_job(
+        job_props(cntkSettings=cntk),
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/jm",
+        secret_values={},
+    )
     assert plan.spec.command.startswith("exec /opt/py/bin/python3 ")
 
 
 def test_brainscript_is_planned_as_a_clear_failure(node):
-    props = job_props(cntkSettings={"languageType": "BrainScript",
-                                    "configFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/x.cntk"})
-    plan = plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm",
-                    secret_values={})
+    props = job_props(
+        cntkSettings={
+            "languageType": "BrainScript",
+            "configFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/x.cntk",
+        }
+    )
+    plan = plan_job(
+        props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm", secret_values={}
+    )
     assert plan.spec.command is None
     assert "only Python CNTK jobs" in plan.spec.failure["message"]
 
@@ -136,8 +175,9 @@ def test_a_path_outside_the_known_variables_is_refused(node):
     props = job_props()
     props["stdOutErrPathPrefix"] = "$NO_SUCH_MOUNT/afs"
     with pytest.raises(nodeagent.PlanError, match="NO_SUCH_MOUNT"):
-        plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm",
-                 secret_values={})
+        plan_job(
+            props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/jm", secret_values={}
+        )
 
 
 def test_iso_durations():
@@ -148,6 +188,7 @@ def test_iso_durations():
 
 
 # ---------------------------------------------------------------------- running
+
 
 def test_a_job_runs_with_its_environment_and_writes_its_output_on_the_share(node):
     script = textwrap.dedent("""\
@@ -174,9 +215,14 @@ def test_a_python_toolkit_job_says_which_interpreter_runs_it(node):
     sample = share_of(node) / "sample"
     sample.mkdir()
     (sample / "train.py").write_text(
-        "import sys\nprint('args', sys.argv[1:])\nprint(sys.executable, file=sys.stderr)\n")
-    props = job_props(cntkSettings={"pythonScriptFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/train.py",
-                                    "commandLineArgs": "$AZ_BATCHAI_INPUT_SAMPLE 'two words'"})
+        "import sys\nprint('args', sys.argv[1:])\nprint(sys.executable, file=sys.stderr)\n"
+    )
+    props = job_props(
+        cntkSettings={
+            "pythonScriptFilePath": "$AZ_BATCHAI_INPUT_SAMPLE/train.py",
+            "commandLineArgs": "$AZ_BATCHAI_INPUT_SAMPLE 'two words'",
+        }
+    )
     plan, handle, state, outcome = run_job(node, props)
     assert outcome.succeeded
     stdouterr = share_of(node) / SEGMENT / "stdouterr"
@@ -187,7 +233,8 @@ def test_a_python_toolkit_job_says_which_interpreter_runs_it(node):
 
 def test_a_failing_job_records_its_exit_code(node):
     plan, handle, state, outcome = run_job(
-        node, job_props(customToolkitSettings={"commandLine": "echo bad >&2; exit 3"}))
+        node, job_props(customToolkitSettings={"commandLine": "echo bad >&2; exit 3"})
+    )
     assert state == "ended" and outcome.exit_code == 3 and not outcome.succeeded
     assert outcome.phase == "job" and outcome.error is None
 
@@ -213,8 +260,14 @@ def test_failing_job_preparation_stops_the_job(node):
 
 def test_output_streams_while_the_job_runs(node):
     props = job_props(customToolkitSettings={"commandLine": "echo first; sleep 30; echo never"})
-    plan = plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/tmp/jm-x",
-                    secret_values={})
+    plan = plan_job(
+        props,
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/tmp/jm-x",
+        secret_values={},
+    )
     handle = nodeagent.launch(plan.spec)
     try:
         stdout = Path(plan.stdouterr_dir) / "stdout.txt"
@@ -233,9 +286,17 @@ def test_output_streams_while_the_job_runs(node):
 
 def test_terminate_kills_the_whole_process_group_even_a_stubborn_one(node):
     # A background child that ignores SIGTERM: only SIGKILL to the group ends it.
-    command = "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > $AZ_BATCHAI_OUTPUT_MODEL/bg; sleep 60"
-    plan = plan_job(job_props(customToolkitSettings={"commandLine": command}), job_name="j",
-                    segment=SEGMENT, node=node, job_mount_root="/tmp/jm-y", secret_values={})
+    command = (
+        "trap '' TERM; (trap '' TERM; sleep 60) & echo $! > $AZ_BATCHAI_OUTPUT_MODEL/bg; sleep 60"
+    )
+    plan = plan_job(
+        job_props(customToolkitSettings={"commandLine": command}),
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/tmp/jm-y",
+        secret_values={},
+    )
     handle = nodeagent.launch(plan.spec)
     bg_file = Path(plan.output_dirs["MODEL"]) / "bg"
     deadline = time.monotonic() + 10
@@ -250,7 +311,9 @@ def test_terminate_kills_the_whole_process_group_even_a_stubborn_one(node):
 
 def test_background_processes_end_with_the_job(node):
     command = "sleep 60 & echo $! > $AZ_BATCHAI_OUTPUT_MODEL/bg; echo done"
-    plan, handle, state, outcome = run_job(node, job_props(customToolkitSettings={"commandLine": command}))
+    plan, handle, state, outcome = run_job(
+        node, job_props(customToolkitSettings={"commandLine": command})
+    )
     assert outcome.succeeded
     background = int((Path(plan.output_dirs["MODEL"]) / "bg").read_text())
     assert not process_lives(background)
@@ -270,19 +333,35 @@ def test_a_job_outlives_the_process_that_launched_it(node, tmp_path):
     """The server is just a process: start a job from one that exits at once, then find the
     job again from here by its handle, as a restarted server does."""
     props = job_props(customToolkitSettings={"commandLine": "sleep 1; echo finished"})
-    plan = plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root="/tmp/jm-z",
-                    secret_values={})
+    plan = plan_job(
+        props,
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/tmp/jm-z",
+        secret_values={},
+    )
     spec_file = tmp_path / "spec.json"
     import dataclasses
     import json
+
     spec_file.write_text(json.dumps(dataclasses.asdict(plan.spec)))
     launcher = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(f"""\
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""\
             import json, sys
             from quickstart.localcloud import nodeagent
             spec = nodeagent.LaunchSpec(**json.load(open({str(spec_file)!r})))
             print(json.dumps(nodeagent.launch(spec).to_json()))
-        """)], capture_output=True, text=True, check=True, timeout=60)
+        """),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     handle = JobHandle.from_json(json.loads(launcher.stdout))
     assert nodeagent.probe(handle) == ("running", None)
     state, outcome = wait_for_end(handle)
@@ -292,8 +371,14 @@ def test_a_job_outlives_the_process_that_launched_it(node, tmp_path):
 
 
 def test_a_job_killed_without_a_record_is_reported_vanished(node):
-    plan = plan_job(job_props(customToolkitSettings={"commandLine": "sleep 60"}), job_name="j",
-                    segment=SEGMENT, node=node, job_mount_root="/tmp/jm-w", secret_values={})
+    plan = plan_job(
+        job_props(customToolkitSettings={"commandLine": "sleep 60"}),
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root="/tmp/jm-w",
+        secret_values={},
+    )
     handle = nodeagent.launch(plan.spec)
     os.killpg(handle.pid, signal.SIGKILL)
     state, outcome = wait_for_end(handle)
@@ -307,11 +392,19 @@ def test_job_level_mounts_are_links_under_the_job_mount_root(node, tmp_path):
     target = tmp_path / "other-share"
     target.mkdir()
     (target / "data.txt").write_text("mounted")
-    props = job_props(customToolkitSettings={
-        "commandLine": "cat $AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"})
+    props = job_props(
+        customToolkitSettings={"commandLine": "cat $AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"}
+    )
     jm = tmp_path / "jobmounts"
-    plan = plan_job(props, job_name="j", segment=SEGMENT, node=node, job_mount_root=str(jm),
-                    secret_values={}, job_mounts={"jobafs": str(target)})
+    plan = plan_job(
+        props,
+        job_name="j",
+        segment=SEGMENT,
+        node=node,
+        job_mount_root=str(jm),
+        secret_values={},
+        job_mounts={"jobafs": str(target)},
+    )
     handle = nodeagent.launch(plan.spec)
     state, outcome = wait_for_end(handle)
     assert outcome.succeeded

@@ -1,4 +1,5 @@
 """State survives a restart byte for byte; a crash never exposes a half-written file."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.store import Store
@@ -25,13 +25,17 @@ def test_restart_keeps_groups_shares_directories_and_files(tmp_path):
     }
     with LocalCloud(state) as first:
         rm = make_resource_client(first.connection)
-        rm.resource_groups.create_or_update("myresourcegroup", {"location": "eastus", "tags": {"k": "v"}})
+        rm.resource_groups.create_or_update(
+            "myresourcegroup", {"location": "eastus", "tags": {"k": "v"}}
+        )
         files = make_file_service(first.connection)
         files.create_share("batchaiquickstart")
         files.create_directory("batchaiquickstart", "mnistcntksample")
         files.create_directory("batchaiquickstart", "mnistcntksample/deeper")
         for (directory, name), data in contents.items():
-            files.create_file_from_bytes("batchaiquickstart", directory, name, data, max_connections=4)
+            files.create_file_from_bytes(
+                "batchaiquickstart", directory, name, data, max_connections=4
+            )
         connection = dict(first.connection)
 
     with LocalCloud(state) as second:
@@ -63,9 +67,12 @@ _KILLED_WRITER = textwrap.dedent("""
 
 def test_write_killed_midway_never_appears_under_its_final_name(tmp_path):
     state = tmp_path / "state"
-    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(state)],
-                              stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(state)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     try:
         for _ in range(3):
             assert writer.stdout.readline().strip() == "writing"
@@ -75,8 +82,8 @@ def test_write_killed_midway_never_appears_under_its_final_name(tmp_path):
         writer.stdout.close()
     final = state / "shares" / "crashy" / "model.dnn"
     assert not final.exists()
-    assert any((state / "tmp").iterdir())            # the partial write is only in tmp/
-    store = Store(state)                              # the next start clears it
+    assert any((state / "tmp").iterdir())  # the partial write is only in tmp/
+    store = Store(state)  # the next start clears it
     try:
         assert list((state / "tmp").iterdir()) == []
         assert store.share_dir("crashy") is not None and not final.exists()
@@ -94,6 +101,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         def broken():
             yield b"new half"
             raise OSError("disk full")
+
         try:
             store.write_file_atomically(final, broken())
         except OSError:

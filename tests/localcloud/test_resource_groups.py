@@ -1,4 +1,5 @@
 """ARM resource groups through azure-mgmt-resource's ResourceManagementClient."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,9 @@ from quickstart.localcloud.connection import requests_session
 
 
 def test_create_get_list_and_check_existence(resource_client, local_cloud):
-    created = resource_client.resource_groups.create_or_update("myresourcegroup", {"location": "eastus"})
+    created = resource_client.resource_groups.create_or_update(
+        "myresourcegroup", {"location": "eastus"}
+    )
     sub = local_cloud.connection["subscription_id"]
     assert created.id == f"/subscriptions/{sub}/resourceGroups/myresourcegroup"
     assert created.name == "myresourcegroup"
@@ -17,7 +20,9 @@ def test_create_get_list_and_check_existence(resource_client, local_cloud):
     assert resource_client.resource_groups.check_existence("myresourcegroup") is True
     assert resource_client.resource_groups.check_existence("othergroup") is False
     fetched = resource_client.resource_groups.get("MyResourceGroup")  # names are case-insensitive
-    assert fetched.name == "myresourcegroup" and fetched.type == "Microsoft.Resources/resourceGroups"
+    assert (
+        fetched.name == "myresourcegroup" and fetched.type == "Microsoft.Resources/resourceGroups"
+    )
     assert [g.name for g in resource_client.resource_groups.list()] == ["myresourcegroup"]
 
 
@@ -29,8 +34,12 @@ def test_create_answers_201_then_200_and_keeps_tags(local_cloud, resource_client
     params = {"api-version": "2021-04-01"}
     headers = {"Authorization": f"Bearer {token}", "x-ms-client-request-id": "abc-123"}
     first = session.put(url, params=params, headers=headers, json={"location": "East US"})
-    again = session.put(url, params=params, headers=headers,
-                        json={"location": "eastus", "tags": {"purpose": "quickstart"}})
+    again = session.put(
+        url,
+        params=params,
+        headers=headers,
+        json={"location": "eastus", "tags": {"purpose": "quickstart"}},
+    )
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.headers["x-ms-client-request-id"] == "abc-123"
     assert again.json()["tags"] == {"purpose": "quickstart"}
@@ -56,7 +65,9 @@ def test_delete_answers_202_with_absolute_location_and_retry_after(local_cloud, 
     session = requests_session(conn)
     response = session.delete(
         f"{local_cloud.base_url}/subscriptions/{conn['subscription_id']}/resourcegroups/rg2",
-        params={"api-version": "2021-04-01"}, headers={"Authorization": f"Bearer {token}"})
+        params={"api-version": "2021-04-01"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 202
     assert response.headers["Location"].startswith(local_cloud.base_url + "/subscriptions/")
     assert response.headers["Retry-After"] == "0"
@@ -69,8 +80,12 @@ def test_deleting_a_group_deletes_every_record_in_it(local_cloud, resource_clien
     sub = local_cloud.connection["subscription_id"]
     resource_client.resource_groups.create_or_update("withstuff", {"location": "eastus"})
     resource_client.resource_groups.create_or_update("bystander", {"location": "eastus"})
-    inside = f"/subscriptions/{sub}/resourceGroups/withstuff/providers/Microsoft.BatchAI/workspaces/ws"
-    outside = f"/subscriptions/{sub}/resourceGroups/bystander/providers/Microsoft.BatchAI/workspaces/ws"
+    inside = (
+        f"/subscriptions/{sub}/resourceGroups/withstuff/providers/Microsoft.BatchAI/workspaces/ws"
+    )
+    outside = (
+        f"/subscriptions/{sub}/resourceGroups/bystander/providers/Microsoft.BatchAI/workspaces/ws"
+    )
     store.put_resource(inside, "Microsoft.BatchAI/workspaces", "ws", {"name": "ws"})
     store.put_resource(inside + "/clusters/c", "Microsoft.BatchAI/workspaces/clusters", "c", {})
     store.put_resource(outside, "Microsoft.BatchAI/workspaces", "ws", {"name": "ws"})
@@ -89,19 +104,24 @@ def test_unknown_location_is_an_arm_error(resource_client):
     assert caught.value.error.error == "LocationNotAvailableForResourceGroup"
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"{}", "LocationRequired"),
-    (b"{not json", "InvalidRequestContent"),
-    (b"[1, 2]", "InvalidRequestContent"),
-    (b"", "InvalidRequestContent"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"{}", "LocationRequired"),
+        (b"{not json", "InvalidRequestContent"),
+        (b"[1, 2]", "InvalidRequestContent"),
+        (b"", "InvalidRequestContent"),
+    ],
+)
 def test_bad_create_bodies_are_arm_errors(local_cloud, resource_client, data, code):
     conn = local_cloud.connection
     token = resource_client.config.credentials.token["access_token"]
     response = requests_session(conn).put(
         f"{local_cloud.base_url}/subscriptions/{conn['subscription_id']}/resourcegroups/badgroup",
-        params={"api-version": "2021-04-01"}, data=data,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        params={"api-version": "2021-04-01"},
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
     assert resource_client.resource_groups.check_existence("badgroup") is False
@@ -134,7 +154,8 @@ def test_missing_api_version_is_400(local_cloud, resource_client):
     token = resource_client.config.credentials.token["access_token"]
     response = requests_session(conn).get(
         f"{local_cloud.base_url}/subscriptions/{conn['subscription_id']}/resourcegroups",
-        headers={"Authorization": f"Bearer {token}"})
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "MissingApiVersionParameter"
 

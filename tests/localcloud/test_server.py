@@ -1,4 +1,5 @@
 """The server itself: start/stop, health, connection.json, TLS, the state-directory lock."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,27 @@ import sys
 import pytest
 import requests
 
-from quickstart.localcloud import (CONNECTION_FILE, LocalCloud, LocalCloudError, is_serving,
-                                   read_connection)
+from quickstart.localcloud import (
+    CONNECTION_FILE,
+    LocalCloud,
+    LocalCloudError,
+    is_serving,
+    read_connection,
+)
 from quickstart.localcloud.connection import CONNECTION_KEYS, requests_session
 
 EXPECTED_KEYS = {
-    "resource_manager_url", "active_directory_url", "active_directory_resource_id", "tenant",
-    "client_id", "client_secret", "subscription_id", "storage_account", "storage_key",
-    "storage_connection_string", "ca_cert",
+    "resource_manager_url",
+    "active_directory_url",
+    "active_directory_resource_id",
+    "tenant",
+    "client_id",
+    "client_secret",
+    "subscription_id",
+    "storage_account",
+    "storage_key",
+    "storage_connection_string",
+    "ca_cert",
 }
 
 
@@ -27,8 +41,10 @@ def test_connection_json_has_exactly_the_documented_keys(local_cloud):
     assert on_disk == local_cloud.connection == read_connection(local_cloud.state_dir)
     assert on_disk["active_directory_url"].endswith("/adfs")
     assert on_disk["resource_manager_url"].startswith("https://127.0.0.1:")
-    assert f"FileEndpoint={local_cloud.base_url}/{on_disk['storage_account']}" in \
-        on_disk["storage_connection_string"]
+    assert (
+        f"FileEndpoint={local_cloud.base_url}/{on_disk['storage_account']}"
+        in on_disk["storage_connection_string"]
+    )
     assert on_disk["storage_account"] != "devstoreaccount1"
     # it holds secrets: readable by its owner only
     mode = (local_cloud.state_dir / CONNECTION_FILE).stat().st_mode
@@ -129,10 +145,23 @@ def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
     import time
 
     state = tmp_path / "fg"
-    proc = subprocess.Popen([sys.executable, "-m", "quickstart", "localcloud", "--port", "0",
-                             "--state-dir", str(state)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quickstart",
+            "localcloud",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     try:
         deadline = time.monotonic() + 20
         connection = None
@@ -155,7 +184,9 @@ def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
     assert "Local cloud serving at https://127.0.0.1:" in out
     assert str(state / CONNECTION_FILE) in out
     assert "Traceback" not in err
-    assert connection["client_secret"] not in out + err and connection["storage_key"] not in out + err
+    assert (
+        connection["client_secret"] not in out + err and connection["storage_key"] not in out + err
+    )
     assert not is_serving(connection)
 
 
@@ -168,10 +199,23 @@ def test_cli_localcloud_exits_2_with_one_line_when_the_port_is_taken(tmp_path):
     blocker.bind(("127.0.0.1", 0))
     blocker.listen(1)
     try:
-        done = subprocess.run([sys.executable, "-m", "quickstart", "localcloud", "--state-dir",
-                               str(tmp_path / "s"), "--port", str(blocker.getsockname()[1])],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quickstart",
+                "localcloud",
+                "--state-dir",
+                str(tmp_path / "s"),
+                "--port",
+                str(blocker.getsockname()[1]),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
     finally:
         blocker.close()
     assert done.returncode == 2
@@ -186,8 +230,10 @@ def test_serve_forever_reports_a_busy_state_directory_in_one_line(local_cloud, c
     assert err.startswith("error: a local cloud is already serving") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"port": -1}, {"port": 70000}, {"cluster_allocation_delay": "soon"},
-                                    {"token_lifetime": -5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"port": -1}, {"port": 70000}, {"cluster_allocation_delay": "soon"}, {"token_lifetime": -5}],
+)
 def test_bad_options_are_clear_errors(tmp_path, kwargs):
     with pytest.raises(LocalCloudError, match="port|seconds"):
         LocalCloud(tmp_path / "state", **kwargs)
@@ -199,13 +245,12 @@ def test_is_serving_is_false_for_another_cloud_on_the_same_port(tmp_path):
     port = int(stale["resource_manager_url"].rstrip("/").rsplit(":", 1)[1])
     with LocalCloud(tmp_path / "two", port=port) as second:
         assert is_serving(second.connection)
-        stale["ca_cert"] = second.connection["ca_cert"]   # even trusting the new certificate
+        stale["ca_cert"] = second.connection["ca_cert"]  # even trusting the new certificate
         assert not is_serving(stale)
 
 
 def test_keep_alive_connection_survives_unread_bodies_and_head(local_cloud):
     import http.client
-    import ssl
 
     port = int(local_cloud.base_url.rsplit(":", 1)[1])
     context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
@@ -213,19 +258,21 @@ def test_keep_alive_connection_survives_unread_bodies_and_head(local_cloud):
     account = local_cloud.connection["storage_account"]
     try:
         # refused before the body is read: the server must skip the body, not parse it as a request
-        conn.request("PUT", f"/{account}/share/file?comp=range", body=b"GET / HTTP/1.1\r\n\r\n" * 50000)
+        conn.request(
+            "PUT", f"/{account}/share/file?comp=range", body=b"GET / HTTP/1.1\r\n\r\n" * 50000
+        )
         first = conn.getresponse()
         first.read()
         assert first.status == 401
         sock = conn.sock
-        assert sock is not None                     # still open: not "Connection: close"
+        assert sock is not None  # still open: not "Connection: close"
         conn.request("HEAD", "/_localcloud/health")
         second = conn.getresponse()
         assert second.status == 200 and second.read() == b""
         conn.request("GET", "/_localcloud/health")
         third = conn.getresponse()
         assert third.status == 200 and third.read().startswith(b"{")
-        assert conn.sock is sock                    # all three on one TLS connection
+        assert conn.sock is sock  # all three on one TLS connection
     finally:
         conn.close()
 
@@ -236,6 +283,7 @@ def test_a_failing_start_hook_fails_start_cleanly(tmp_path, monkeypatch):
     def broken_install(cloud):
         def hook():
             raise RuntimeError("recovery failed")
+
         cloud.on_start(hook)
 
     fake = type(sys)("fake_surface")
@@ -245,7 +293,7 @@ def test_a_failing_start_hook_fails_start_cleanly(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="recovery failed"):
         LocalCloud(tmp_path / "state").start()
     monkeypatch.setattr(server, "SURFACE_MODULES", server.SURFACE_MODULES[:-1])
-    with LocalCloud(tmp_path / "state") as cloud:      # the state directory was released
+    with LocalCloud(tmp_path / "state") as cloud:  # the state directory was released
         assert is_serving(cloud.connection)
 
 

@@ -4,6 +4,7 @@
 first, the follower takes over serving the state directory at the same URL, and its clients
 (the tutorial's own, from steps.create_clients) keep working.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,14 +30,16 @@ def test_a_borrowing_command_serves_the_cloud_when_its_owner_ends(tmp_path, monk
             clients = steps.create_clients(settings)
             clients.resources.resource_groups.create_or_update("kept", {"location": "eastus"})
             owner.stop()  # `run` ends while `status --follow` still watches
-            health = clients.http.get(url.rstrip("/") + HEALTH_PATH, timeout=10)  # the streaming session
+            health = clients.http.get(
+                url.rstrip("/") + HEALTH_PATH, timeout=10
+            )  # the streaming session
             assert health.status_code == 200
             group = clients.resources.resource_groups.get("kept")  # and the ARM clients
             assert group.name == "kept"
             assert read_connection(state)["resource_manager_url"] == url
         out = capsys.readouterr().out
-        assert "Using the local cloud serving at {}".format(url) in out
-        assert "this command serves it now at {}".format(url) in out
+        assert f"Using the local cloud serving at {url}" in out
+        assert f"this command serves it now at {url}" in out
     finally:
         owner.stop()
     assert not is_serving(read_connection(state))  # the taker stopped when its command ended

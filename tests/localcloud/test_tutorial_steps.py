@@ -1,4 +1,5 @@
 """The tutorial's own resource-group and upload steps (quickstart/steps.py) against the local cloud."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,11 @@ def _settings(cloud) -> Settings:
 
 def test_resource_group_share_directory_and_upload_steps(local_cloud, tmp_path, capsys):
     settings = _settings(local_cloud)
-    sample = {"Train-28x28_cntk_text.txt": os.urandom(6 * 1024 * 1024 + 5),
-              "Test-28x28_cntk_text.txt": b"|labels 0 1 |features 0 0\n" * 1000,
-              "ConvNet_MNIST.py": b"import sys\nprint(sys.argv)\n"}
+    sample = {
+        "Train-28x28_cntk_text.txt": os.urandom(6 * 1024 * 1024 + 5),
+        "Test-28x28_cntk_text.txt": b"|labels 0 1 |features 0 0\n" * 1000,
+        "ConvNet_MNIST.py": b"import sys\nprint(sys.argv)\n",
+    }
     paths = []
     for name, data in sample.items():
         (tmp_path / name).write_bytes(data)
@@ -26,7 +29,7 @@ def test_resource_group_share_directory_and_upload_steps(local_cloud, tmp_path, 
 
     clients = steps.create_clients(settings)
     steps.create_resource_group(clients.resources, settings)
-    steps.create_resource_group(clients.resources, settings)          # reuse is fine
+    steps.create_resource_group(clients.resources, settings)  # reuse is fine
     service = steps.create_file_share(settings, clients.http)
     steps.create_sample_directory(service, settings)
     steps.upload_sample_files(service, settings, paths)
