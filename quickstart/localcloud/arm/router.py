@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from werkzeug.wrappers import Request, Response
 
-from .tokens import TokenError, verify_token
+from ..identity.bearer_tokens import TokenError, verify_token
 
 log = logging.getLogger("quickstart.localcloud")
 

@@ -4,7 +4,7 @@ uses it (reference: batchai.md §5).
 Shares are directories under ``shares/``, directories are directories, files are files; content
 settings and metadata live in the store. Every request is authenticated (SharedKey, or a service
 SAS for the operations its permissions allow) before anything is read or written, and every
-path is checked by paths.py before it touches the disk.
+path is checked by names.py before it touches the disk.
 
 Writes: Create File builds the file at its full size under a temporary name and renames it into
 place (readers never see a half-made file); Put Range streams the body straight into the file
@@ -29,7 +29,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Request, Response
 
 from . import sharedkey
-from .paths import PathRejected, check_share_name, resolve_in_share, split_path
+from .names import PathRejected, check_share_name, resolve_in_share, split_path
 from .sas import SasError, verify_sas
 
 log = logging.getLogger("quickstart.localcloud")

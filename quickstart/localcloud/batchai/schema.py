@@ -1,6 +1,6 @@
 """Microsoft.BatchAI 2018-05-01 JSON shapes: checking what clients send, drawing what they read.
 
-Kept apart from the HTTP handlers (batchai.py) and the compute model (compute.py) so each of
+Kept apart from the HTTP handlers (routes.py) and the scheduler (scheduler.py) so each of
 the three reads on its own. Everything here is pure: dicts in, dicts out, ``ArmError`` for bad
 input with a message that names the field and says what to send instead.
 
@@ -19,7 +19,7 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from .arm import ArmError
+from ..arm import ArmError
 from .nodeagent import TOOL_TYPES, duration_seconds
 
 API_VERSION = "2018-05-01"

@@ -1,0 +1,27 @@
+"""Azure Resource Manager: the router other surfaces plug into, resource groups, async operations.
+
+The names below are the extension API that server.py's docstring documents; surfaces import them
+from ``quickstart.localcloud.arm`` so the module layout behind them can change.
+"""
+
+from .router import (
+    LOCATIONS,
+    ArmError,
+    ArmRouter,
+    ResourceGroups,
+    arm_error,
+    arm_json,
+    json_body,
+    utc_now_iso,
+)
+
+__all__ = [
+    "LOCATIONS",
+    "ArmError",
+    "ArmRouter",
+    "ResourceGroups",
+    "arm_error",
+    "arm_json",
+    "json_body",
+    "utc_now_iso",
+]
