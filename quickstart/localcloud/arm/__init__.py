@@ -4,16 +4,9 @@ The names below are the extension API that server.py's docstring documents; surf
 from ``quickstart.localcloud.arm`` so the module layout behind them can change.
 """
 
-from .router import (
-    LOCATIONS,
-    ArmError,
-    ArmRouter,
-    ResourceGroups,
-    arm_error,
-    arm_json,
-    json_body,
-    utc_now_iso,
-)
+from .resource_groups import LOCATIONS, ResourceGroups
+from .responses import ArmError, arm_error, arm_json, json_body, utc_now_iso
+from .router import ArmRouter
 
 __all__ = [
     "LOCATIONS",

@@ -5,6 +5,6 @@ the handlers (what each operation does to the share), and names (Azure's rules f
 path names and how they compare).
 """
 
-from .handlers import install
+from .routes import install
 
 __all__ = ["install"]
