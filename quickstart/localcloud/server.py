@@ -10,9 +10,9 @@ Paths served::
 Extension API (how a REST surface such as ``quickstart/localcloud/batchai/`` plugs in)
 ====================================================================================
 
-A surface is a module or package under ``quickstart.localcloud`` listed in ``SURFACE_MODULES`` (a missing
-optional module is skipped). It defines ``install(cloud)``, called once per start with the
-running ``CloudContext`` before the server accepts requests. Through ``cloud`` it gets:
+A surface is a module or package under ``quickstart.localcloud`` listed in ``SURFACE_MODULES``
+(a missing optional module is skipped). It defines ``install(cloud)``, called once per start
+with the running ``CloudContext`` before the server accepts requests. Through ``cloud`` it gets:
 
 ``cloud.arm.add(method, template, handler, api_versions=("2018-05-01",))``
     Route an ARM request. ``template`` names parameters in braces and is matched
@@ -30,10 +30,10 @@ running ``CloudContext`` before the server accepts requests. Through ``cloud`` i
 ``cloud.store``
     The ``store.Store``: generic resource records keyed by lower-cased ARM id
     (``put_resource(arm_id, type, name, body, extra=None)``, ``get_resource``, ``list_resources(
-    type=, parent_id=, resource_group=)``, ``delete_resource``, ``delete_resource_tree``), long-running
-    operations (``create_operation(kind, resource_id)``, ``finish_operation(id, status, body)``,
-    ``get_operation``), settings, ``transaction()`` for atomic read-modify-write, and
-    ``write_file_atomically(path, chunks)``.
+    type=, parent_id=, resource_group=)``, ``delete_resource``, ``delete_resource_tree``),
+    long-running operations (``create_operation(kind, resource_id)``, ``finish_operation(id,
+    status, body)``, ``get_operation``), settings, ``transaction()`` for atomic
+    read-modify-write, and ``write_file_atomically(path, chunks)``.
 ``cloud.share_dir(share)`` -> Path or None; ``cloud.share_path(share, "dir/file")`` -> Path inside
     the share (ValueError for any path that would leave it).
 ``cloud.file_sas_url(share, "dir/file", permission="rl", expiry_minutes=60)``

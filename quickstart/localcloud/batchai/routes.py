@@ -154,7 +154,10 @@ class BatchAI:
         return record
 
     def _workspace_id(self, rg: str, ws: str) -> str:
-        return f"/subscriptions/{self.sub}/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}"
+        return (
+            f"/subscriptions/{self.sub}/resourceGroups/{rg}"
+            f"/providers/Microsoft.BatchAI/workspaces/{ws}"
+        )
 
     def _get(self, arm_id: str, kind: str, code: str, message: str):
         record = self.store.get_resource(arm_id)
@@ -198,13 +201,17 @@ class BatchAI:
     def _accepted(self, request: Request, kind: str, resource_id: str, location: str) -> Response:
         """202 + the async-operation headers for an operation already done."""
         op = self.store.create_operation(kind, resource_id, status="Succeeded")
-        base = f"{self.cloud.base_url}/subscriptions/{self.sub}/providers/Microsoft.BatchAI/locations/{location}"
+        base = (
+            f"{self.cloud.base_url}/subscriptions/{self.sub}"
+            f"/providers/Microsoft.BatchAI/locations/{location}"
+        )
+        version = f"api-version={API_VERSION}"
         return arm_json(
             202,
             None,
             {
-                "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?api-version={API_VERSION}",
-                "Location": f"{base}/operationstatuses/{op.id}?api-version={API_VERSION}",
+                "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?{version}",
+                "Location": f"{base}/operationstatuses/{op.id}?{version}",
                 "Retry-After": "0",
             },
         )
@@ -583,8 +590,8 @@ class BatchAI:
             cluster_uid, cluster.extra["secrets"].get("mounts", []), uid, secrets.get("mounts", [])
         )
         hint = (
-            "Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the job's "
-            "mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
+            "Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the "
+            "job's mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
             "$AZ_BATCHAI_JOB_MOUNT_ROOT/<relativeMountPath>)."
         )
         dirs = {}
@@ -599,7 +606,8 @@ class BatchAI:
             where = self.scheduler.locate(path, mounts)
             if where is None:
                 raise bad(
-                    f"The pathPrefix of output directory '{ident}' is not on a mounted file share. {hint}"
+                    f"The pathPrefix of output directory '{ident}' is not on a mounted file "
+                    f"share. {hint}"
                 )
             dirs[ident] = where
         return dirs
@@ -778,7 +786,9 @@ class BatchAI:
                     "provider": "Microsoft Batch AI",
                     "resource": resource,
                     "operation": "{} {}".format(OPERATION_VERBS[verb], path.rsplit("/", 1)[-1]),
-                    "description": f"{OPERATION_VERBS[verb]} {path} (as the local cloud emulates it)",
+                    "description": (
+                        f"{OPERATION_VERBS[verb]} {path} (as the local cloud emulates it)"
+                    ),
                 },
                 "origin": "user,system",
             }

@@ -1,4 +1,4 @@
-"""Batch AI compute on this host: clusters' nodes, their allocation, and the job queue.
+"""The Batch AI scheduler on this host: clusters' nodes, their allocation, and the job queue.
 
 A cluster is a list of nodes kept in its store record (``extra["compute"]``); each node is
 ``preparing``, ``idle``, ``running`` (one job at a time), ``unusable`` or ``leaving``. A
