@@ -3,16 +3,16 @@
 Paths served::
 
     GET  /_localcloud/health                      200 {"status": "ok", ...} once serving (no auth)
-    POST /adfs/oauth2/token                       AAD client-credentials grant (aad.py)
-    *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm.py)
-    *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files.py)
+    POST /adfs/oauth2/token                       AAD client-credentials grant (identity/)
+    *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm/)
+    *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files/)
 
-Extension API (how a REST surface such as ``quickstart/localcloud/batchai.py`` plugs in)
-======================================================================================
+Extension API (how a REST surface such as ``quickstart/localcloud/batchai/`` plugs in)
+====================================================================================
 
-A surface is a module under ``quickstart.localcloud`` listed in ``SURFACE_MODULES`` (a missing
-optional module is skipped). It defines ``install(cloud)``, called once per start with the
-running ``CloudContext`` before the server accepts requests. Through ``cloud`` it gets:
+A surface is a module or package under ``quickstart.localcloud`` listed in ``SURFACE_MODULES``
+(a missing optional module is skipped). It defines ``install(cloud)``, called once per start
+with the running ``CloudContext`` before the server accepts requests. Through ``cloud`` it gets:
 
 ``cloud.arm.add(method, template, handler, api_versions=("2018-05-01",))``
     Route an ARM request. ``template`` names parameters in braces and is matched
@@ -30,10 +30,10 @@ running ``CloudContext`` before the server accepts requests. Through ``cloud`` i
 ``cloud.store``
     The ``store.Store``: generic resource records keyed by lower-cased ARM id
     (``put_resource(arm_id, type, name, body, extra=None)``, ``get_resource``, ``list_resources(
-    type=, parent_id=, resource_group=)``, ``delete_resource``, ``delete_resource_tree``), long-running
-    operations (``create_operation(kind, resource_id)``, ``finish_operation(id, status, body)``,
-    ``get_operation``), settings, ``transaction()`` for atomic read-modify-write, and
-    ``write_file_atomically(path, chunks)``.
+    type=, parent_id=, resource_group=)``, ``delete_resource``, ``delete_resource_tree``),
+    long-running operations (``create_operation(kind, resource_id)``, ``finish_operation(id,
+    status, body)``, ``get_operation``), settings, ``transaction()`` for atomic
+    read-modify-write, and ``write_file_atomically(path, chunks)``.
 ``cloud.share_dir(share)`` -> Path or None; ``cloud.share_path(share, "dir/file")`` -> Path inside
     the share (ValueError for any path that would leave it).
 ``cloud.file_sas_url(share, "dir/file", permission="rl", expiry_minutes=60)``
@@ -81,12 +81,12 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import LimitedStream
 
 from . import connection as connection_file
-from .aad import TokenEndpoint
 from .arm import ArmRouter, ResourceGroups, arm_error
 from .certs import ensure_certificates
-from .credentials import ensure_credentials
-from .paths import resolve_in_share
-from .sas import make_file_sas
+from .files.names import resolve_in_share
+from .files.sas import make_file_sas
+from .identity.credentials import ensure_credentials
+from .identity.token_endpoint import TokenEndpoint
 from .store import Store
 
 log = logging.getLogger("quickstart.localcloud")

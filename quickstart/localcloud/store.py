@@ -151,7 +151,8 @@ class Store:
         os.chmod(database, 0o600)
         self._db = sqlite3.connect(str(database), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a crash of this process (not of the OS) without fsync per commit.
+        # NORMAL in WAL mode survives a crash of this process (not of the OS) without an fsync
+        # per commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._depth = 0
@@ -342,7 +343,8 @@ class Store:
 
     def get_operation(self, op_id: str) -> OperationRecord | None:
         rows = self._query(
-            "SELECT id, kind, status, resource_id, started, ended, body FROM operations WHERE id = ?",
+            "SELECT id, kind, status, resource_id, started, ended, body FROM operations "
+            "WHERE id = ?",
             (op_id.lower(),),
         )
         if not rows:

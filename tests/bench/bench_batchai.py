@@ -43,7 +43,7 @@ from tests.conftest import (  # noqa: E402
     make_file_service,
     make_resource_client,
 )
-from tests.localcloud.test_batchai import job_params  # noqa: E402
+from tests.localcloud.batchai.test_batchai import job_params  # noqa: E402
 
 RG, WS, CLUSTER, EXP, SHARE, MOUNT = (
     "myresourcegroup",

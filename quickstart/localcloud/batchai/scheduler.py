@@ -1,4 +1,4 @@
-"""Batch AI compute on this host: clusters' nodes, their allocation, and the job queue.
+"""The Batch AI scheduler on this host: clusters' nodes, their allocation, and the job queue.
 
 A cluster is a list of nodes kept in its store record (``extra["compute"]``); each node is
 ``preparing``, ``idle``, ``running`` (one job at a time), ``unusable`` or ``leaving``. A
@@ -30,7 +30,8 @@ import uuid
 from pathlib import Path
 
 from . import nodeagent
-from .batchai_models import (
+from .nodeagent import JobHandle, NodeContext
+from .schema import (
     CLUSTER_TYPE,
     JOB_TYPE,
     PRIORITIES,
@@ -39,7 +40,6 @@ from .batchai_models import (
     iso,
     job_error,
 )
-from .nodeagent import JobHandle, NodeContext
 
 log = logging.getLogger("quickstart.localcloud")
 
@@ -52,7 +52,7 @@ def _props(record) -> dict:
     return record.body["properties"]
 
 
-class Compute:
+class Scheduler:
     """The nodes and jobs of one local cloud (one instance per running server)."""
 
     def __init__(self, cloud):
@@ -775,4 +775,4 @@ def node_counts(state: dict) -> dict:
     return counts
 
 
-__all__ = ["Compute", "node_counts", "STDOUTERR"]
+__all__ = ["Scheduler", "node_counts", "STDOUTERR"]

@@ -1,7 +1,7 @@
 """Microsoft.BatchAI 2018-05-01: workspaces, experiments, clusters and jobs over ARM.
 
-The REST surface only: it checks requests (batchai_models.py), keeps records in the store, and
-hands compute to compute.py (nodes, queue) and nodeagent.py (running a job). What the wire
+The REST surface only: it checks requests (schema.py), keeps records in the store, and
+hands compute to scheduler.py (nodes, queue) and nodeagent.py (running a job). What the wire
 must look like is in shared/reference/batchai.md §1-2, §8 and §10; the points that decide
 whether the 2018 SDK works at all:
 
@@ -28,9 +28,10 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
+from ..arm import LOCATIONS, ArmError, arm_json, json_body
 from . import nodeagent
-from .arm import LOCATIONS, ArmError, arm_json, json_body
-from .batchai_models import (
+from .scheduler import ACTIVE, Scheduler, node_counts
+from .schema import (
     API_VERSION,
     CLUSTER_TYPE,
     EXPERIMENT_TYPE,
@@ -49,7 +50,6 @@ from .batchai_models import (
     max_nodes,
     workspace_body,
 )
-from .compute import ACTIVE, Compute, node_counts
 
 VERSIONS = (API_VERSION,)
 SUB = "/subscriptions/{subscriptionId}"
@@ -88,7 +88,7 @@ def install(cloud) -> None:
     surface = BatchAI(cloud)
     surface.install(cloud.arm)
     cloud.on_start(surface.start)
-    cloud.on_stop(surface.compute.stop)
+    cloud.on_stop(surface.scheduler.stop)
     cloud.on_resource_group_delete(surface.delete_resource_group)
 
 
@@ -96,11 +96,11 @@ class BatchAI:
     def __init__(self, cloud):
         self.cloud = cloud
         self.store = cloud.store
-        self.compute = Compute(cloud)
+        self.scheduler = Scheduler(cloud)
 
     def start(self) -> None:
-        self.compute.recover()
-        self.compute.start()
+        self.scheduler.recover()
+        self.scheduler.start()
 
     def install(self, router) -> None:
         add = lambda method, template, handler: router.add(method, template, handler, VERSIONS)  # noqa: E731
@@ -154,7 +154,10 @@ class BatchAI:
         return record
 
     def _workspace_id(self, rg: str, ws: str) -> str:
-        return f"/subscriptions/{self.sub}/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/{ws}"
+        return (
+            f"/subscriptions/{self.sub}/resourceGroups/{rg}"
+            f"/providers/Microsoft.BatchAI/workspaces/{ws}"
+        )
 
     def _get(self, arm_id: str, kind: str, code: str, message: str):
         record = self.store.get_resource(arm_id)
@@ -198,13 +201,17 @@ class BatchAI:
     def _accepted(self, request: Request, kind: str, resource_id: str, location: str) -> Response:
         """202 + the async-operation headers for an operation already done."""
         op = self.store.create_operation(kind, resource_id, status="Succeeded")
-        base = f"{self.cloud.base_url}/subscriptions/{self.sub}/providers/Microsoft.BatchAI/locations/{location}"
+        base = (
+            f"{self.cloud.base_url}/subscriptions/{self.sub}"
+            f"/providers/Microsoft.BatchAI/locations/{location}"
+        )
+        version = f"api-version={API_VERSION}"
         return arm_json(
             202,
             None,
             {
-                "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?api-version={API_VERSION}",
-                "Location": f"{base}/operationstatuses/{op.id}?api-version={API_VERSION}",
+                "Azure-AsyncOperation": f"{base}/operationresults/{op.id}?{version}",
+                "Location": f"{base}/operationstatuses/{op.id}?{version}",
                 "Retry-After": "0",
             },
         )
@@ -304,12 +311,12 @@ class BatchAI:
 
     def _tear_down_workspace(self, workspace) -> None:
         jobs = self.store.list_resources(type=JOB_TYPE, parent_id=workspace.id)
-        self.compute.stop_jobs(
+        self.scheduler.stop_jobs(
             jobs, job_error("WorkspaceDeleted", "The job's workspace was deleted."), remove=True
         )
         for cluster in self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id):
-            self.compute.stop_setup_tasks(cluster)
-            self.compute.forget_cluster_files(cluster)
+            self.scheduler.stop_setup_tasks(cluster)
+            self.scheduler.forget_cluster_files(cluster)
         self.store.delete_resource_tree(workspace.id)
 
     def delete_resource_group(self, subscription_id: str, group_name: str) -> None:
@@ -351,7 +358,7 @@ class BatchAI:
     ):
         record = self._experiment(resourceGroupName, workspaceName, experimentName)
         jobs = self.store.list_resources(type=JOB_TYPE, parent_id=record.id)
-        self.compute.stop_jobs(
+        self.scheduler.stop_jobs(
             jobs, job_error("ExperimentDeleted", "The job's experiment was deleted."), remove=True
         )
         self.store.delete_resource_tree(record.id)
@@ -422,10 +429,10 @@ class BatchAI:
             }
             extra = {
                 "secrets": secrets,
-                "compute": Compute.new_cluster_state(props["scaleSettings"]),
+                "compute": Scheduler.new_cluster_state(props["scaleSettings"]),
             }
             self.store.put_resource(arm_id, CLUSTER_TYPE, clusterName, body, extra)
-        self.compute.wake()
+        self.scheduler.wake()
         return self._accepted(
             request, "clusterCreate", arm_id, workspace.body.get("location", "eastus")
         )
@@ -453,8 +460,8 @@ class BatchAI:
             record.body["properties"]["scaleSettings"] = scale
             self.store.put_resource(record.id, record.type, record.name, record.body, record.extra)
         if "manual" in scale:
-            self.compute.resize(record.id, scale["manual"]["targetNodeCount"])
-        self.compute.wake()
+            self.scheduler.resize(record.id, scale["manual"]["targetNodeCount"])
+        self.scheduler.wake()
         return arm_json(200, self._render_cluster(self.store.get_resource(record.id)))
 
     def delete_cluster(
@@ -468,11 +475,11 @@ class BatchAI:
             and j.body["properties"]["executionState"] in ACTIVE
         ]
         self.store.delete_resource(record.id)
-        self.compute.stop_setup_tasks(record)
-        self.compute.stop_jobs(
+        self.scheduler.stop_setup_tasks(record)
+        self.scheduler.stop_jobs(
             jobs, job_error("ClusterDeleted", f"The job's cluster '{record.name}' was deleted.")
         )
-        self.compute.forget_cluster_files(record)
+        self.scheduler.forget_cluster_files(record)
         return self._accepted(
             request,
             "clusterDelete",
@@ -556,7 +563,7 @@ class BatchAI:
                 "handle": None,
             }
             self.store.put_resource(arm_id, JOB_TYPE, jobName, body, extra)
-        self.compute.job_added(arm_id)
+        self.scheduler.job_added(arm_id)
         return self._accepted(
             request, "jobCreate", arm_id, workspace.body.get("location", "eastus")
         )
@@ -573,22 +580,22 @@ class BatchAI:
                 props,
                 job_name="",
                 segment=props["jobOutputDirectoryPathSegment"],
-                node=self.compute.node_context(cluster_uid),
-                job_mount_root=self.compute.job_mount_root(uid),
+                node=self.scheduler.node_context(cluster_uid),
+                job_mount_root=self.scheduler.job_mount_root(uid),
                 secret_values={},
             )
         except nodeagent.PlanError as err:
             raise bad(err.message) from None
-        mounts = self.compute.share_mounts(
+        mounts = self.scheduler.share_mounts(
             cluster_uid, cluster.extra["secrets"].get("mounts", []), uid, secrets.get("mounts", [])
         )
         hint = (
-            "Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the job's "
-            "mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
+            "Mount an Azure Files share (cluster nodeSetup.mountVolumes.azureFileShares or the "
+            "job's mountVolumes) and write below $AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath> (or "
             "$AZ_BATCHAI_JOB_MOUNT_ROOT/<relativeMountPath>)."
         )
         dirs = {}
-        where = self.compute.locate(plan.stdouterr_dir, mounts)
+        where = self.scheduler.locate(plan.stdouterr_dir, mounts)
         if where is None:
             raise bad(
                 f"'properties.stdOutErrPathPrefix' ('{props['stdOutErrPathPrefix']}') is not on a "
@@ -596,10 +603,11 @@ class BatchAI:
             )
         dirs[STDOUTERR] = where
         for ident, path in plan.output_dirs.items():
-            where = self.compute.locate(path, mounts)
+            where = self.scheduler.locate(path, mounts)
             if where is None:
                 raise bad(
-                    f"The pathPrefix of output directory '{ident}' is not on a mounted file share. {hint}"
+                    f"The pathPrefix of output directory '{ident}' is not on a mounted file "
+                    f"share. {hint}"
                 )
             dirs[ident] = where
         return dirs
@@ -627,7 +635,7 @@ class BatchAI:
         jobName,
     ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
-        self.compute.stop_jobs(
+        self.scheduler.stop_jobs(
             [record], job_error("JobDeleted", "The job was deleted."), remove=True
         )
         return self._accepted(
@@ -644,7 +652,7 @@ class BatchAI:
         jobName,
     ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
-        self.compute.stop_jobs(
+        self.scheduler.stop_jobs(
             [record], job_error("JobTerminated", "The job was terminated by the user.")
         )
         return self._accepted(
@@ -778,7 +786,9 @@ class BatchAI:
                     "provider": "Microsoft Batch AI",
                     "resource": resource,
                     "operation": "{} {}".format(OPERATION_VERBS[verb], path.rsplit("/", 1)[-1]),
-                    "description": f"{OPERATION_VERBS[verb]} {path} (as the local cloud emulates it)",
+                    "description": (
+                        f"{OPERATION_VERBS[verb]} {path} (as the local cloud emulates it)"
+                    ),
                 },
                 "origin": "user,system",
             }

@@ -208,94 +208,16 @@ def plan_job(
     it fails like a real job with its stdouterr/ and execution.log in place.
     """
     job_temp = os.path.join(node.job_temp_root, segment.rsplit("/", 1)[-1])
-    env = {
-        "AZ_BATCHAI_MOUNT_ROOT": node.mount_root,
-        "AZ_BATCHAI_JOB_MOUNT_ROOT": job_mount_root,
-        "AZ_BATCHAI_JOB_TEMP_DIR": node.job_temp_root,
-        "AZ_BATCHAI_JOB_TEMP": job_temp,
-        "AZ_BATCHAI_SHARED_JOB_TEMP": os.path.join(job_temp, "shared"),
-        "AZ_BATCHAI_NUM_GPUS": str(node.num_gpus),
-        "AZ_BATCHAI_TASK_INDEX": "0",
-        # Python buffers a redirected stdout in 8 KiB blocks; a node streamed what the job
-        # printed, so ask Python jobs to write through.
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = _node_environment(node, job_mount_root, job_temp)
     host_env = dict(os.environ)
-
-    def resolve(path: str, what: str) -> str:
-        value = expand(path, {**host_env, **env})
-        if "$" in value:
-            raise PlanError(
-                "InvalidParameter",
-                f"{what} '{path}' names an environment variable the local cloud does not "
-                "set; use $AZ_BATCHAI_MOUNT_ROOT, $AZ_BATCHAI_JOB_MOUNT_ROOT or "
-                "$AZ_BATCHAI_JOB_TEMP.",
-            )
-        if not os.path.isabs(value):
-            raise PlanError(
-                "InvalidParameter",
-                f"{what} '{path}' must be an absolute path "
-                "(for example under $AZ_BATCHAI_MOUNT_ROOT).",
-            )
-        return os.path.normpath(value)
-
-    prefix = resolve(props["stdOutErrPathPrefix"], "stdOutErrPathPrefix")
-    stdouterr_dir = os.path.join(prefix, segment, STDOUTERR_DIR_NAME)
-    record_dir = os.path.join(prefix, segment, RECORD_DIR_NAME)
-    env["AZ_BATCHAI_STDOUTERR_DIR"] = stdouterr_dir
-    for item in props.get("inputDirectories") or []:
-        env[f"AZ_BATCHAI_INPUT_{item['id']}"] = resolve(
-            item["path"], f"inputDirectories[{item['id']}].path"
-        )
-    outputs = {}
-    for item in props.get("outputDirectories") or []:
-        base = os.path.join(
-            resolve(item["pathPrefix"], f"outputDirectories[{item['id']}].pathPrefix"),
-            segment,
-            OUTPUTS_DIR_NAME,
-        )
-        suffix = item.get("pathSuffix")
-        path = os.path.normpath(os.path.join(base, suffix)) if suffix else base
-        outputs[item["id"]] = path
-        env[f"AZ_BATCHAI_OUTPUT_{item['id']}"] = path
-    for item in props.get("environmentVariables") or []:
-        env[item["name"]] = item.get("value") or ""
-    for name, value in secret_values.items():
-        env[name] = value or ""
+    stdouterr_dir, record_dir = _plan_stdouterr(props, segment, env, host_env)
+    _plan_inputs(props, env, host_env)
+    outputs = _plan_outputs(props, segment, env, host_env)
+    _add_job_variables(props, secret_values, env)
 
     toolkit = toolkit_of(props)
-    tool_type = TOOL_TYPES.get(toolkit, "custom")
-    notes = [
-        f"Job {job_name} runs on this host ({os.uname().nodename}), directly, not in a container "
-        "and not on an Azure VM: the local cloud's node is this machine and its mounts are "
-        "folders of the local cloud's shares."
-    ]
-    image = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {}).get("image")
-    if image:
-        notes.append(
-            f"Container image {image} is recorded on the job but not pulled or run: "
-            "the job's command runs with this host's programs."
-        )
-    command, failure = None, None
-    try:
-        command, interpreter = _command_line(
-            toolkit,
-            props.get(toolkit) if toolkit else None,
-            env,
-            host_env,
-            node,
-            props.get("nodeCount") or 1,
-        )
-        if interpreter:
-            notes.append(f"Interpreter: {interpreter}")
-        notes.append(f"Shell: {' '.join(_shell())} (command lines and $VARIABLES as on a node)")
-    except PlanError as err:
-        failure = {"code": err.code, "message": err.message}
-    preparation = (props.get("jobPreparation") or {}).get("commandLine")
-    max_seconds = None
-    wall_clock = (props.get("constraints") or {}).get("maxWallClockTime")
-    if wall_clock:
-        max_seconds = duration_seconds(wall_clock)
+    notes = _host_notes(job_name, props)
+    command, failure = _plan_command(toolkit, props, env, host_env, node, notes)
     spec = LaunchSpec(
         job=job_name,
         record_dir=record_dir,
@@ -303,10 +225,10 @@ def plan_job(
         cwd=job_temp,
         env=env,
         secret_values=[v for v in secret_values.values() if v],
-        preparation=preparation,
+        preparation=(props.get("jobPreparation") or {}).get("commandLine"),
         command=command,
         failure=failure,
-        max_seconds=max_seconds,
+        max_seconds=_max_seconds(props),
         notes=notes,
         make_dirs=[
             stdouterr_dir,
@@ -324,9 +246,133 @@ def plan_job(
         segment=segment,
         stdouterr_dir=stdouterr_dir,
         output_dirs=outputs,
-        tool_type=tool_type,
+        tool_type=TOOL_TYPES.get(toolkit, "custom"),
         spec=spec,
     )
+
+
+def _node_environment(node: NodeContext, job_mount_root: str, job_temp: str) -> dict:
+    """The ``$AZ_BATCHAI_*`` variables a node set for every job, before its directories."""
+    return {
+        "AZ_BATCHAI_MOUNT_ROOT": node.mount_root,
+        "AZ_BATCHAI_JOB_MOUNT_ROOT": job_mount_root,
+        "AZ_BATCHAI_JOB_TEMP_DIR": node.job_temp_root,
+        "AZ_BATCHAI_JOB_TEMP": job_temp,
+        "AZ_BATCHAI_SHARED_JOB_TEMP": os.path.join(job_temp, "shared"),
+        "AZ_BATCHAI_NUM_GPUS": str(node.num_gpus),
+        "AZ_BATCHAI_TASK_INDEX": "0",
+        # Python buffers a redirected stdout in 8 KiB blocks; a node streamed what the job
+        # printed, so ask Python jobs to write through.
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _resolve(path: str, what: str, env: dict, host_env: dict) -> str:
+    """An absolute, normalised path from one of the job's path fields, with its $VARIABLES
+    expanded as a node would (the variables planned so far, then the host's)."""
+    value = expand(path, {**host_env, **env})
+    if "$" in value:
+        raise PlanError(
+            "InvalidParameter",
+            f"{what} '{path}' names an environment variable the local cloud does not "
+            "set; use $AZ_BATCHAI_MOUNT_ROOT, $AZ_BATCHAI_JOB_MOUNT_ROOT or "
+            "$AZ_BATCHAI_JOB_TEMP.",
+        )
+    if not os.path.isabs(value):
+        raise PlanError(
+            "InvalidParameter",
+            f"{what} '{path}' must be an absolute path (for example under $AZ_BATCHAI_MOUNT_ROOT).",
+        )
+    return os.path.normpath(value)
+
+
+def _plan_stdouterr(props: dict, segment: str, env: dict, host_env: dict) -> tuple[str, str]:
+    """(stdouterr/, .nodeagent/) under the job's path segment; sets AZ_BATCHAI_STDOUTERR_DIR."""
+    prefix = _resolve(props["stdOutErrPathPrefix"], "stdOutErrPathPrefix", env, host_env)
+    stdouterr_dir = os.path.join(prefix, segment, STDOUTERR_DIR_NAME)
+    env["AZ_BATCHAI_STDOUTERR_DIR"] = stdouterr_dir
+    return stdouterr_dir, os.path.join(prefix, segment, RECORD_DIR_NAME)
+
+
+def _plan_inputs(props: dict, env: dict, host_env: dict) -> None:
+    """AZ_BATCHAI_INPUT_<id> for each input directory."""
+    for item in props.get("inputDirectories") or []:
+        env[f"AZ_BATCHAI_INPUT_{item['id']}"] = _resolve(
+            item["path"], f"inputDirectories[{item['id']}].path", env, host_env
+        )
+
+
+def _plan_outputs(props: dict, segment: str, env: dict, host_env: dict) -> dict:
+    """{id: path} of each output directory (``<prefix>/<segment>/outputs[/<suffix>]``), also
+    set as AZ_BATCHAI_OUTPUT_<id>."""
+    outputs = {}
+    for item in props.get("outputDirectories") or []:
+        prefix = _resolve(
+            item["pathPrefix"], f"outputDirectories[{item['id']}].pathPrefix", env, host_env
+        )
+        base = os.path.join(prefix, segment, OUTPUTS_DIR_NAME)
+        suffix = item.get("pathSuffix")
+        path = os.path.normpath(os.path.join(base, suffix)) if suffix else base
+        outputs[item["id"]] = path
+        env[f"AZ_BATCHAI_OUTPUT_{item['id']}"] = path
+    return outputs
+
+
+def _add_job_variables(props: dict, secret_values: dict, env: dict) -> None:
+    """The job's own environmentVariables, then its secrets (which win on a shared name)."""
+    for item in props.get("environmentVariables") or []:
+        env[item["name"]] = item.get("value") or ""
+    for name, value in secret_values.items():
+        env[name] = value or ""
+
+
+def _host_notes(job_name: str, props: dict) -> list[str]:
+    """The head of execution.log: how running here differs from running on a Batch AI node."""
+    notes = [
+        f"Job {job_name} runs on this host ({os.uname().nodename}), directly, not in a container "
+        "and not on an Azure VM: the local cloud's node is this machine and its mounts are "
+        "folders of the local cloud's shares."
+    ]
+    image = ((props.get("containerSettings") or {}).get("imageSourceRegistry") or {}).get("image")
+    if image:
+        notes.append(
+            f"Container image {image} is recorded on the job but not pulled or run: "
+            "the job's command runs with this host's programs."
+        )
+    return notes
+
+
+def _plan_command(
+    toolkit: str | None,
+    props: dict,
+    env: dict,
+    host_env: dict,
+    node: NodeContext,
+    notes: list,
+) -> tuple[str | None, dict | None]:
+    """(command line, None), or (None, failure) for a job that can be laid out but not run
+    here; adds the interpreter and shell to ``notes``."""
+    try:
+        command, interpreter = _command_line(
+            toolkit,
+            props.get(toolkit) if toolkit else None,
+            env,
+            host_env,
+            node,
+            props.get("nodeCount") or 1,
+        )
+    except PlanError as err:
+        return None, {"code": err.code, "message": err.message}
+    if interpreter:
+        notes.append(f"Interpreter: {interpreter}")
+    notes.append(f"Shell: {' '.join(_shell())} (command lines and $VARIABLES as on a node)")
+    return command, None
+
+
+def _max_seconds(props: dict) -> float | None:
+    """constraints.maxWallClockTime in seconds, or None without one."""
+    wall_clock = (props.get("constraints") or {}).get("maxWallClockTime")
+    return duration_seconds(wall_clock) if wall_clock else None
 
 
 def _command_line(
@@ -554,8 +600,8 @@ def probe(handle: JobHandle) -> tuple[str, Outcome | None]:
         "job",
         {
             "code": "JobProcessVanished",
-            "message": f"The job's node agent process (pid {handle.pid}) ended without recording an "
-            "exit code: it was killed or this host restarted while the job ran.",
+            "message": f"The job's node agent process (pid {handle.pid}) ended without "
+            "recording an exit code: it was killed or this host restarted while the job ran.",
         },
         time.time(),
     )
@@ -786,7 +832,8 @@ def _run_wrapper() -> int:
                     "ended": time.time(),
                     "error": {
                         "code": "NodeAgentFailed",
-                        "message": f"The node agent could not run the job: {type(err).__name__}: {err}",
+                        "message": "The node agent could not run the job: "
+                        f"{type(err).__name__}: {err}",
                     },
                 },
             )

@@ -1,6 +1,6 @@
 """Microsoft.BatchAI 2018-05-01 JSON shapes: checking what clients send, drawing what they read.
 
-Kept apart from the HTTP handlers (batchai.py) and the compute model (compute.py) so each of
+Kept apart from the HTTP handlers (routes.py) and the scheduler (scheduler.py) so each of
 the three reads on its own. Everything here is pure: dicts in, dicts out, ``ArmError`` for bad
 input with a message that names the field and says what to send instead.
 
@@ -19,7 +19,7 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from .arm import ArmError
+from ..arm import ArmError
 from .nodeagent import TOOL_TYPES, duration_seconds
 
 API_VERSION = "2018-05-01"
@@ -382,29 +382,62 @@ def check_secrets(value, where: str) -> tuple[dict, list]:
 # ---------------------------------------------------------------------- jobs
 
 
+_JOB_READ_ONLY = (
+    "executionState",
+    "executionInfo",
+    "jobOutputDirectoryPathSegment",
+    "provisioningState",
+    "creationTime",
+    "toolType",
+)
+
+
 def check_job(body: dict) -> tuple[dict, dict]:
     """(stored properties without secrets, secrets) of a JobCreateParameters body, with the
     service's defaults filled in. The cluster reference and node count are checked by the
-    caller, which knows the clusters."""
+    caller, which knows the clusters.
+
+    Each section of the body has its own check below; they run in a fixed order, so a body
+    with several problems always reports the same one first."""
     props = _obj(body.get("properties"), "properties", required=True)
     out = copy.deepcopy(props)
-    for key in (
-        "executionState",
-        "executionInfo",
-        "jobOutputDirectoryPathSegment",
-        "provisioningState",
-        "creationTime",
-        "toolType",
-    ):
+    for key in _JOB_READ_ONLY:
         out.pop(key, None)
+    _check_job_placement(props)
+    out["schedulingPriority"] = _check_priority(props)
+    _check_toolkit(props, out)
+    _check_job_preparation(props)
+    _check_input_directories(props)
+    _check_output_directories(props)
+    _check_environment_variables(props)
+    secrets = {"values": _take_secret_values(props, out)}
+    secrets["mounts"] = _take_job_mounts(props, out)
+    password = _take_registry_password(props, out)
+    if password:
+        secrets["registry_password"] = password
+    out["constraints"] = _check_constraints(props)
+    return out, secrets
+
+
+def _check_job_placement(props: dict) -> None:
+    """The cluster reference, the node count and where stdout/stderr go are required."""
     cluster = _obj(props.get("cluster"), "properties.cluster", required=True)
     _str(cluster.get("id"), "properties.cluster.id", required=True)
     _int(props.get("nodeCount"), "properties.nodeCount", required=True, minimum=1)
     _str(props.get("stdOutErrPathPrefix"), "properties.stdOutErrPathPrefix", required=True)
+
+
+def _check_priority(props: dict) -> str:
+    """schedulingPriority, ``normal`` when not given."""
     priority = props.get("schedulingPriority") or "normal"
     if priority not in PRIORITIES:
         raise bad(f"'properties.schedulingPriority' must be low, normal or high; got '{priority}'.")
-    out["schedulingPriority"] = priority
+    return priority
+
+
+def _check_toolkit(props: dict, out: dict) -> None:
+    """Exactly one toolkit's settings, checked for what that toolkit needs to run; sets the
+    read-only toolType the service derived from it."""
     toolkits = [key for key in TOOL_TYPES if props.get(key) is not None]
     if not toolkits:
         raise bad(
@@ -421,31 +454,7 @@ def check_job(body: dict) -> tuple[dict, dict]:
         if toolkit == "customMpiSettings" or settings.get("commandLine") is not None:
             _str(settings.get("commandLine"), f"properties.{toolkit}.commandLine", required=True)
     elif toolkit == "cntkSettings":
-        language = settings.get("languageType") or "Python"
-        if language.lower() not in ("python", "brainscript"):
-            raise bad(
-                f"'properties.cntkSettings.languageType' must be Python or BrainScript; got '{language}'."
-            )
-        if (
-            language.lower() == "python"
-            and not settings.get("pythonScriptFilePath")
-            and settings.get("configFilePath")
-        ):
-            language = "BrainScript"
-        out[toolkit]["languageType"] = language
-        if language.lower() == "python":
-            _str(
-                settings.get("pythonScriptFilePath"),
-                "properties.cntkSettings.pythonScriptFilePath",
-                required=True,
-            )
-        else:
-            _str(
-                settings.get("configFilePath"),
-                "properties.cntkSettings.configFilePath",
-                required=True,
-            )
-        out[toolkit].setdefault("processCount", props["nodeCount"])
+        _check_cntk_settings(settings, out[toolkit], props["nodeCount"])
     elif toolkit == "caffeSettings":
         if not settings.get("pythonScriptFilePath") and not settings.get("configFilePath"):
             raise bad("'properties.caffeSettings' needs pythonScriptFilePath or configFilePath.")
@@ -455,51 +464,115 @@ def check_job(body: dict) -> tuple[dict, dict]:
             f"properties.{toolkit}.pythonScriptFilePath",
             required=True,
         )
+
+
+def _check_cntk_settings(settings: dict, out_settings: dict, node_count: int) -> None:
+    """languageType (Python, or BrainScript for a config file alone), the file that language
+    needs, and processCount defaulting to the node count, as the service filled them in."""
+    language = settings.get("languageType") or "Python"
+    if language.lower() not in ("python", "brainscript"):
+        raise bad(
+            "'properties.cntkSettings.languageType' must be Python or BrainScript; "
+            f"got '{language}'."
+        )
+    if (
+        language.lower() == "python"
+        and not settings.get("pythonScriptFilePath")
+        and settings.get("configFilePath")
+    ):
+        language = "BrainScript"
+    out_settings["languageType"] = language
+    if language.lower() == "python":
+        _str(
+            settings.get("pythonScriptFilePath"),
+            "properties.cntkSettings.pythonScriptFilePath",
+            required=True,
+        )
+    else:
+        _str(
+            settings.get("configFilePath"),
+            "properties.cntkSettings.configFilePath",
+            required=True,
+        )
+    out_settings.setdefault("processCount", node_count)
+
+
+def _check_job_preparation(props: dict) -> None:
+    """jobPreparation, when given, needs its commandLine."""
     prep = _obj(props.get("jobPreparation"), "properties.jobPreparation")
     if prep is not None:
         _str(prep.get("commandLine"), "properties.jobPreparation.commandLine", required=True)
+
+
+def _check_input_directories(props: dict) -> None:
+    """Each input directory: a unique id usable in a variable name, and a path."""
     ids = set()
     for i, item in enumerate(_list(props.get("inputDirectories"), "properties.inputDirectories")):
         _obj(item, f"properties.inputDirectories[{i}]", required=True)
         ident = _str(item.get("id"), f"properties.inputDirectories[{i}].id", required=True)
         _str(item.get("path"), f"properties.inputDirectories[{i}].path", required=True)
         _check_directory_id(ident, f"properties.inputDirectories[{i}].id", ids)
+
+
+def _check_output_directories(props: dict) -> None:
+    """Each output directory: a unique id (not ``stdouterr``), a prefix, and a suffix that
+    stays inside the job's outputs folder."""
     ids = set()
     for i, item in enumerate(_list(props.get("outputDirectories"), "properties.outputDirectories")):
-        _obj(item, f"properties.outputDirectories[{i}]", required=True)
-        ident = _str(item.get("id"), f"properties.outputDirectories[{i}].id", required=True)
-        _str(item.get("pathPrefix"), f"properties.outputDirectories[{i}].pathPrefix", required=True)
-        suffix = _str(item.get("pathSuffix"), f"properties.outputDirectories[{i}].pathSuffix")
+        where = f"properties.outputDirectories[{i}]"
+        _obj(item, where, required=True)
+        ident = _str(item.get("id"), f"{where}.id", required=True)
+        _str(item.get("pathPrefix"), f"{where}.pathPrefix", required=True)
+        suffix = _str(item.get("pathSuffix"), f"{where}.pathSuffix")
         if suffix and (suffix.startswith("/") or ".." in suffix.split("/")):
             raise bad(
-                f"'properties.outputDirectories[{i}].pathSuffix' must be a relative path inside "
+                f"'{where}.pathSuffix' must be a relative path inside "
                 f"the job's outputs folder; got '{suffix}'."
             )
-        _check_directory_id(ident, f"properties.outputDirectories[{i}].id", ids)
+        _check_directory_id(ident, f"{where}.id", ids)
         if ident.lower() == STDOUTERR:
             raise bad(
-                f"'properties.outputDirectories[{i}].id' may not be '{STDOUTERR}' (that id "
-                "lists the job's stdout/stderr)."
+                f"'{where}.id' may not be '{STDOUTERR}' (that id lists the job's stdout/stderr)."
             )
-    for i, item in enumerate(
-        _list(props.get("environmentVariables"), "properties.environmentVariables")
-    ):
-        _obj(item, f"properties.environmentVariables[{i}]", required=True)
-        _str(item.get("name"), f"properties.environmentVariables[{i}].name", required=True)
+
+
+def _check_environment_variables(props: dict) -> None:
+    """Each environment variable needs a name."""
+    where = "properties.environmentVariables"
+    for i, item in enumerate(_list(props.get("environmentVariables"), where)):
+        _obj(item, f"{where}[{i}]", required=True)
+        _str(item.get("name"), f"{where}[{i}].name", required=True)
+
+
+def _take_secret_values(props: dict, out: dict) -> dict:
+    """{name: value} of the job's secrets; the stored body keeps only their names."""
     secret_values, stripped = check_secrets(props.get("secrets"), "properties.secrets")
     if "secrets" in props:
         out["secrets"] = stripped
-    secrets = {"values": secret_values}
+    return secret_values
+
+
+def _take_job_mounts(props: dict, out: dict) -> list:
+    """The job-level mount volumes' shares (with their keys); the stored body keeps none."""
     mounts_body, shares = check_mount_volumes(props.get("mountVolumes"), "properties.mountVolumes")
     if mounts_body is not None:
         out["mountVolumes"] = mounts_body
-    secrets["mounts"] = shares
+    return shares
+
+
+def _take_registry_password(props: dict, out: dict) -> str | None:
+    """The container registry's password, removed from the stored body (never drawn)."""
     registry = (props.get("containerSettings") or {}).get("imageSourceRegistry") or {}
-    if registry.get("credentials"):
-        creds = out["containerSettings"]["imageSourceRegistry"]["credentials"]
-        if creds.get("password"):
-            secrets["registry_password"] = creds.pop("password")
-        creds.pop("passwordSecretReference", None)
+    if not registry.get("credentials"):
+        return None
+    creds = out["containerSettings"]["imageSourceRegistry"]["credentials"]
+    password = creds.pop("password") if creds.get("password") else None
+    creds.pop("passwordSecretReference", None)
+    return password
+
+
+def _check_constraints(props: dict) -> dict:
+    """constraints with maxWallClockTime a positive ISO 8601 duration, P7D when not given."""
     constraints = dict(props.get("constraints") or {})
     wall_clock = constraints.get("maxWallClockTime") or DEFAULT_MAX_WALL_CLOCK
     try:
@@ -511,8 +584,7 @@ def check_job(body: dict) -> tuple[dict, dict]:
             f"such as P7D or PT2H; got '{wall_clock}'."
         ) from None
     constraints["maxWallClockTime"] = wall_clock
-    out["constraints"] = constraints
-    return out, secrets
+    return constraints
 
 
 def _check_directory_id(ident: str, where: str, seen: set) -> None:

@@ -1,10 +1,9 @@
-"""Azure Files, path-style: ``/<account>/<share>[/<dir>...][/<file>]``, as azure-storage-file 2.1.0
-uses it (reference: batchai.md §5).
+"""Azure Files operations on the share's folder: shares, directories, files and their ranges.
 
 Shares are directories under ``shares/``, directories are directories, files are files; content
-settings and metadata live in the store. Every request is authenticated (SharedKey, or a service
-SAS for the operations its permissions allow) before anything is read or written, and every
-path is checked by paths.py before it touches the disk.
+settings and metadata live in the store. Requests reach these handlers already routed and
+authenticated (routes.py, auth.py), and every path is checked by names.py before it touches the
+disk.
 
 Writes: Create File builds the file at its full size under a temporary name and renames it into
 place (readers never see a half-made file); Put Range streams the body straight into the file
@@ -15,29 +14,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import hashlib
-import logging
 import os
 import stat
-import time
-import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Request, Response
 
-from . import sharedkey
-from .paths import PathRejected, check_share_name, resolve_in_share, split_path
-from .sas import SasError, verify_sas
+from .names import resolve_in_share
+from .responses import StorageError, empty, etag, http_date, iso7
 
-log = logging.getLogger("quickstart.localcloud")
-
-API_VERSION = "2019-02-02"  # what azure-storage-file 2.1.0 sends; newer ones are refused
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
-MAX_CLOCK_SKEW = 15 * 60
 BLOCK = 1 << 20
 DEFAULT_QUOTA = 5120  # GiB
 _CONTENT_SETTINGS = {  # request header on create/set properties -> response header
@@ -48,263 +38,15 @@ _CONTENT_SETTINGS = {  # request header on create/set properties -> response hea
     "x-ms-content-disposition": "Content-Disposition",
     "x-ms-content-md5": "Content-MD5",
 }
-_SAS_OVERRIDES = {
-    "rscc": "Cache-Control",
-    "rscd": "Content-Disposition",
-    "rsce": "Content-Encoding",
-    "rscl": "Content-Language",
-    "rsct": "Content-Type",
-}
 
 
-class StorageError(Exception):
-    """Answer ``status`` with the storage service's XML error and ``x-ms-error-code``."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-def install(cloud) -> None:
-    """Serve Azure Files for the cloud's storage account (see server.py's extension API)."""
-    cloud.storage_handler = FileService(cloud).handle
-
-
-def _http_date(epoch: float) -> str:
-    return email.utils.formatdate(epoch, usegmt=True)
-
-
-def _iso7(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e7):07d}Z"
-
-
-def _etag(st: os.stat_result) -> str:
-    return f'"0x{st.st_mtime_ns:X}{st.st_size:X}"'
-
-
-class FileService:
-    """The Azure Files REST subset; one instance per running local cloud."""
+class FileHandlers:
+    """What each Azure Files operation does to the share; one instance per running local cloud."""
 
     def __init__(self, cloud):
         self.cloud = cloud
         self.store = cloud.store
         self.account = cloud.credentials.storage_account
-        self.key = cloud.credentials.storage_key
-
-    # ================================================================== entry point
-
-    def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
-        try:
-            response = self._handle(request)
-        except StorageError as err:
-            response = self._error(request, err, request_id)
-        except PathRejected as err:
-            response = self._error(request, StorageError(400, err.code, err.message), request_id)
-        except Exception:
-            log.exception("Azure Files request failed: %s %s", request.method, request.path)
-            response = self._error(
-                request,
-                StorageError(
-                    500,
-                    "InternalError",
-                    "The local cloud hit an internal error; see localcloud.log in its state directory.",
-                ),
-                request_id,
-            )
-        headers = response.headers
-        headers["x-ms-request-id"] = request_id
-        headers["x-ms-version"] = API_VERSION
-        headers["Date"] = _http_date(time.time())
-        client_request_id = request.headers.get("x-ms-client-request-id")
-        if client_request_id is not None:
-            headers["x-ms-client-request-id"] = client_request_id
-        return response
-
-    def _error(self, request: Request, err: StorageError, request_id: str) -> Response:
-        message = f"{err.message}\nRequestId:{request_id}\nTime:{_iso7(time.time())}"
-        body = (
-            b""
-            if request.method == "HEAD"
-            else (
-                '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
-                + escape(err.code)
-                + "</Code><Message>"
-                + escape(message)
-                + "</Message></Error>"
-            ).encode("utf-8")
-        )
-        response = Response(
-            body, status=err.status, headers=err.headers, content_type="application/xml"
-        )
-        response.headers["x-ms-error-code"] = err.code
-        return response
-
-    def _handle(self, request: Request) -> Response:
-        segments = request.path.split("/")[2:]  # after "/<account>"
-        if segments and segments[-1] == "":
-            segments = segments[:-1]  # one trailing slash: "/acct/share/dir/"
-        if not segments:
-            return self._account_level(request)
-        share = segments[0]
-        path = "/".join(segments[1:])
-        args = request.args
-        restype, comp = args.get("restype"), args.get("comp")
-        method = request.method
-        if path == "":
-            if restype == "share" and comp is None:
-                op = {
-                    "PUT": ("write", self.create_share),
-                    "GET": ("read", self.share_properties),
-                    "HEAD": ("read", self.share_properties),
-                    "DELETE": ("delete", self.delete_share),
-                }.get(method)
-            elif restype == "directory" and comp == "list" and method == "GET":
-                op = ("list", self.list_directory)
-            elif restype == "directory" and comp is None and method in ("GET", "HEAD"):
-                op = ("read", self.directory_properties)
-            else:
-                op = None
-        elif restype == "directory":
-            op = {
-                (None, "PUT"): ("create", self.create_directory),
-                (None, "GET"): ("read", self.directory_properties),
-                (None, "HEAD"): ("read", self.directory_properties),
-                (None, "DELETE"): ("delete", self.delete_directory),
-                ("list", "GET"): ("list", self.list_directory),
-            }.get((comp, method))
-        elif restype is None:
-            op = {
-                (None, "PUT"): ("create", self.create_file),
-                (None, "GET"): ("read", self.get_file),
-                (None, "HEAD"): ("read", self.file_properties),
-                (None, "DELETE"): ("delete", self.delete_file),
-                ("range", "PUT"): ("write", self.put_range),
-                ("properties", "PUT"): ("write", self.set_file_properties),
-                ("metadata", "PUT"): ("write", self.set_file_metadata),
-            }.get((comp, method))
-        else:
-            op = None
-        if op is None:
-            raise StorageError(
-                400,
-                "UnsupportedQueryParameter",
-                f"The local cloud's Azure Files does not support {method} with "
-                f"restype={restype}, comp={comp} on this resource.",
-            )
-        operation, handler = op
-        # a service SAS works on files and listings; creating or deleting shares needs the key
-        share_admin = path == "" and restype == "share" and method in ("PUT", "DELETE")
-        grant = self._authenticate(request, share, path, operation, sas_allowed=not share_admin)
-        self._check_version(request)
-        check_share_name(share)
-        parts = split_path(path)
-        response = handler(request, share, parts)
-        if grant is not None and grant.overrides and method in ("GET", "HEAD"):
-            for key, value in grant.overrides.items():
-                response.headers[_SAS_OVERRIDES[key]] = value
-        return response
-
-    def _account_level(self, request: Request) -> Response:
-        if request.method == "GET" and request.args.get("comp") == "list":
-            self._authenticate(request, "", "", "list", sas_allowed=False)
-            return self.list_shares(request)
-        raise StorageError(
-            400,
-            "UnsupportedQueryParameter",
-            "The local cloud's Azure Files supports only GET ?comp=list on the account.",
-        )
-
-    # ================================================================== authentication
-
-    def _authenticate(
-        self, request: Request, share: str, path: str, operation: str, sas_allowed: bool = True
-    ):
-        if "sig" in request.args:
-            if not sas_allowed:
-                raise StorageError(
-                    403,
-                    "AuthorizationResourceTypeMismatch",
-                    "A service SAS cannot list, create or delete shares; use the "
-                    "account key (SharedKey).",
-                )
-            try:
-                return verify_sas(
-                    request.args.to_dict(),
-                    account=self.account,
-                    key_b64=self.key,
-                    share=share,
-                    path=path or None,
-                    operation=operation,
-                    client_ip=request.remote_addr or "",
-                )
-            except SasError as err:
-                raise StorageError(403, err.code, err.message) from None
-        authorization = request.headers.get("Authorization")
-        if not authorization:
-            raise StorageError(
-                401,
-                "NoAuthenticationInformation",
-                "Server failed to authenticate the request. Sign it with the storage "
-                "key (SharedKey) or add a SAS; the local cloud allows no anonymous access.",
-                {"WWW-Authenticate": "SharedKey"},
-            )
-        raw_uri = (
-            request.environ.get("RAW_URI")
-            or request.environ.get("REQUEST_URI")
-            or request.full_path
-        )
-        raw_path, _, raw_query = raw_uri.partition("?")
-        valid, signed = sharedkey.verify(
-            authorization,
-            request.method,
-            request.headers,
-            raw_path,
-            raw_query,
-            self.account,
-            self.key,
-        )
-        if not valid:
-            log.info("SharedKey mismatch; the local cloud signed: %r", signed)
-            raise StorageError(
-                403,
-                "AuthenticationFailed",
-                "Server failed to authenticate the request. Make sure the value of "
-                "Authorization header is formed correctly including the signature "
-                f"(SharedKey {self.account}:<signature> with this account's key). "
-                "Server used following string to sign: '" + signed.replace("\n", "\\n") + "'.",
-            )
-        date = request.headers.get("x-ms-date") or request.headers.get("Date")
-        sent = email.utils.parsedate_tz(date) if date else None
-        if sent is None:
-            raise StorageError(
-                403,
-                "AuthenticationFailed",
-                "Server failed to authenticate the request: the x-ms-date header is "
-                "missing or not an RFC 1123 date.",
-            )
-        if abs(email.utils.mktime_tz(sent) - time.time()) > MAX_CLOCK_SKEW:
-            raise StorageError(
-                403,
-                "AuthenticationFailed",
-                f"Server failed to authenticate the request: the request date '{date}' is "
-                "more than 15 minutes from the server's clock.",
-            )
-        return None
-
-    @staticmethod
-    def _check_version(request: Request) -> None:
-        version = request.headers.get("x-ms-version")
-        if version and version > API_VERSION:
-            raise StorageError(
-                400,
-                "InvalidHeaderValue",
-                f"The API version {version} is not supported by the local cloud, which "
-                f"serves Azure Files up to {API_VERSION} (azure-storage-file 2.1.0).",
-            )
 
     # ================================================================== helpers
 
@@ -338,12 +80,12 @@ class FileService:
     @staticmethod
     def _smb_headers(st: os.stat_result, is_dir: bool, parent: Path | None = None) -> dict:
         headers = {
-            "ETag": _etag(st),
-            "Last-Modified": _http_date(st.st_mtime),
+            "ETag": etag(st),
+            "Last-Modified": http_date(st.st_mtime),
             "x-ms-file-attributes": "Directory" if is_dir else "Archive",
-            "x-ms-file-creation-time": _iso7(st.st_mtime),
-            "x-ms-file-last-write-time": _iso7(st.st_mtime),
-            "x-ms-file-change-time": _iso7(st.st_ctime),
+            "x-ms-file-creation-time": iso7(st.st_mtime),
+            "x-ms-file-last-write-time": iso7(st.st_mtime),
+            "x-ms-file-change-time": iso7(st.st_ctime),
             "x-ms-file-permission-key": "4066528134148476695*1",
             "x-ms-file-id": str(st.st_ino),
             "x-ms-server-encrypted": "true",
@@ -399,18 +141,12 @@ class FileService:
             )
         return value
 
-    @staticmethod
-    def _empty(status: int, headers: dict | None = None) -> Response:
-        response = Response(b"", status=status, headers=headers or {})
-        response.headers.remove("Content-Type")
-        return response
-
     # ================================================================== account and shares
 
     def list_shares(self, request: Request) -> Response:
         prefix = request.args.get("prefix", "")
         entries = "".join(
-            f"<Share><Name>{escape(s.name)}</Name><Properties><Last-Modified>{_http_date(s.created)}"
+            f"<Share><Name>{escape(s.name)}</Name><Properties><Last-Modified>{http_date(s.created)}"
             f'</Last-Modified><Etag>"0x{int(s.created * 1e6):X}"</Etag><Quota>{s.quota}</Quota>'
             f"</Properties></Share>"
             for s in self.store.list_shares()
@@ -441,11 +177,11 @@ class FileService:
         if not self.store.create_share(share, quota, self._metadata(request)):
             raise StorageError(409, "ShareAlreadyExists", "The specified share already exists.")
         record = self.store.get_share(share)
-        return self._empty(
+        return empty(
             201,
             {
                 "ETag": f'"0x{int(record.created * 1e6):X}"',
-                "Last-Modified": _http_date(record.created),
+                "Last-Modified": http_date(record.created),
             },
         )
 
@@ -455,16 +191,16 @@ class FileService:
             raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
         headers = {
             "ETag": f'"0x{int(record.created * 1e6):X}"',
-            "Last-Modified": _http_date(record.created),
+            "Last-Modified": http_date(record.created),
             "x-ms-share-quota": str(record.quota),
         }
         headers.update({f"x-ms-meta-{k}": v for k, v in record.metadata.items()})
-        return self._empty(200, headers)
+        return empty(200, headers)
 
     def delete_share(self, request: Request, share: str, parts) -> Response:
         if not self.store.delete_share(share):
             raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
-        return self._empty(202)
+        return empty(202)
 
     # ================================================================== directories
 
@@ -480,14 +216,14 @@ class FileService:
             raise StorageError(
                 404, "ParentNotFound", "The specified parent path does not exist."
             ) from None
-        return self._empty(201, self._smb_headers(target.stat(), True, target.parent))
+        return empty(201, self._smb_headers(target.stat(), True, target.parent))
 
     def directory_properties(self, request: Request, share: str, parts) -> Response:
         target = self._locate(share, parts, parent_must_exist=False)
         if parts and not target.parent.is_dir():
             raise StorageError(404, "ParentNotFound", "The specified parent path does not exist.")
         st = self._stat(target, want_dir=True)
-        return self._empty(200, self._smb_headers(st, True, target.parent if parts else None))
+        return empty(200, self._smb_headers(st, True, target.parent if parts else None))
 
     def delete_directory(self, request: Request, share: str, parts) -> Response:
         target = self._locate(share, parts)
@@ -498,7 +234,7 @@ class FileService:
             raise StorageError(
                 409, "DirectoryNotEmpty", "The specified directory is not empty."
             ) from None
-        return self._empty(202)
+        return empty(202)
 
     def list_directory(self, request: Request, share: str, parts) -> Response:
         target = self._locate(share, parts, parent_must_exist=False)
@@ -531,8 +267,8 @@ class FileService:
         xml_entries = "".join(
             f"<Directory><Name>{escape(name)}</Name><Properties /></Directory>"
             if size is None
-            else f"<File><Name>{escape(name)}</Name><Properties><Content-Length>{size}</Content-Length>"
-            f"</Properties></File>"
+            else f"<File><Name>{escape(name)}</Name><Properties>"
+            f"<Content-Length>{size}</Content-Length></Properties></File>"
             for name, size in page
         )
         endpoint = f"{self.cloud.base_url}/{self.account}/"
@@ -581,7 +317,7 @@ class FileService:
             )
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, self._file_props_from_request(request))
-        return self._empty(201, self._smb_headers(target.stat(), False, target.parent))
+        return empty(201, self._smb_headers(target.stat(), False, target.parent))
 
     def _existing_file(self, share: str, parts) -> tuple[Path, os.stat_result]:
         if not parts:
@@ -629,9 +365,9 @@ class FileService:
                 zeros = bytes(min(BLOCK, length))
                 for offset in range(start, stop, BLOCK):
                     os.pwrite(out.fileno(), zeros[: min(BLOCK, stop - offset)], offset)
-            return self._empty(
+            return empty(
                 201,
-                {"ETag": _etag(target.stat()), "Last-Modified": _http_date(target.stat().st_mtime)},
+                {"ETag": etag(target.stat()), "Last-Modified": http_date(target.stat().st_mtime)},
             )
         if length > MAX_RANGE:
             raise StorageError(
@@ -665,13 +401,13 @@ class FileService:
             )
         st = target.stat()
         headers = {
-            "ETag": _etag(st),
-            "Last-Modified": _http_date(st.st_mtime),
+            "ETag": etag(st),
+            "Last-Modified": http_date(st.st_mtime),
             "x-ms-request-server-encrypted": "true",
         }
         if expected_md5:
             headers["Content-MD5"] = expected_md5
-        return self._empty(201, headers)
+        return empty(201, headers)
 
     @staticmethod
     def _stream_into(stream, fd: int, offset: int, length: int) -> int:
@@ -767,7 +503,7 @@ class FileService:
                 404, "ResourceNotFound", "The specified resource does not exist."
             ) from None
         self.store.delete_file_props(share, self._props_key(share, target))
-        return self._empty(202)
+        return empty(202)
 
     def set_file_properties(self, request: Request, share: str, parts) -> Response:
         target, st = self._existing_file(share, parts)
@@ -783,7 +519,7 @@ class FileService:
             {**({"metadata": props["metadata"]} if "metadata" in props else {}), **settings},
         )
         st = target.stat()
-        return self._empty(200, self._smb_headers(st, False, target.parent))
+        return empty(200, self._smb_headers(st, False, target.parent))
 
     def set_file_metadata(self, request: Request, share: str, parts) -> Response:
         target, st = self._existing_file(share, parts)
@@ -792,7 +528,7 @@ class FileService:
         if metadata:
             props["metadata"] = metadata
         self._save_props(share, target, props)
-        return self._empty(200, {"ETag": _etag(target.stat())})
+        return empty(200, {"ETag": etag(target.stat())})
 
 
 def _read_span(handle, start: int, stop: int):

@@ -3,7 +3,10 @@
 String to sign for api versions 2015-04-05 and later (azure-storage-file's
 ``_FileSharedAccessHelper.add_resource_signature``)::
 
-    sp\n st\n se\n /file/<account>/<share>[/<path>]\n si\n sip\n spr\n sv\n rscc\n rscd\n rsce\n rscl\n rsct
+    sp\n st\n se\n /file/<account>/<share>[/<path>]\n si\n sip\n spr\n sv\n
+    rscc\n rscd\n rsce\n rscl\n rsct
+
+(one line, wrapped here after ``sv\n``)
 
 HMAC-SHA256 with the decoded account key, base64. ``sr=f`` signs one file, ``sr=s`` a share.
 """
@@ -166,7 +169,8 @@ def verify_sas(
     if params.get("sip") and not _ip_allowed(params["sip"], client_ip):
         raise SasError(
             "AuthorizationSourceIPMismatch",
-            f"This request is not authorized to perform this operation using this source IP {client_ip}.",
+            "This request is not authorized to perform this operation using this source IP "
+            f"{client_ip}.",
         )
     if PERMISSION_FOR[operation] not in params["sp"]:
         raise SasError(

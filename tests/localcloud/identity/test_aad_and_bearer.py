@@ -11,7 +11,7 @@ from msrest.exceptions import AuthenticationError
 from msrestazure.azure_exceptions import CloudError
 
 from quickstart.localcloud.connection import requests_session
-from quickstart.localcloud.tokens import issue_token
+from quickstart.localcloud.identity.bearer_tokens import issue_token
 from tests.conftest import make_credentials, make_resource_client
 
 

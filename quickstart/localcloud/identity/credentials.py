@@ -12,7 +12,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from .store import Store
+from ..store import Store
 
 STORAGE_ACCOUNT = "localcloudstore"  # never devstoreaccount1: azure-storage-file refuses that name
 

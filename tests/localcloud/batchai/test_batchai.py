@@ -14,7 +14,8 @@ import pytest
 import requests
 from msrestazure.azure_exceptions import CloudError
 
-from quickstart.localcloud import LocalCloud, nodeagent
+from quickstart.localcloud import LocalCloud
+from quickstart.localcloud.batchai import nodeagent
 from quickstart.localcloud.connection import requests_session
 from tests.conftest import (
     make_batchai_client,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from quickstart.localcloud import nodeagent
-from quickstart.localcloud.nodeagent import JobHandle, NodeContext, plan_job
+from quickstart.localcloud.batchai import nodeagent
+from quickstart.localcloud.batchai.nodeagent import JobHandle, NodeContext, plan_job
 
 SEGMENT = "sub/rg/workspaces/ws/experiments/exp/jobs/job/0123-uuid"
 
@@ -352,7 +352,7 @@ def test_a_job_outlives_the_process_that_launched_it(node, tmp_path):
             "-c",
             textwrap.dedent(f"""\
             import json, sys
-            from quickstart.localcloud import nodeagent
+            from quickstart.localcloud.batchai import nodeagent
             spec = nodeagent.LaunchSpec(**json.load(open({str(spec_file)!r})))
             print(json.dumps(nodeagent.launch(spec).to_json()))
         """),

@@ -14,8 +14,8 @@ from azure.storage.file import FilePermissions
 from azure.storage.file.sharedaccesssignature import FileSharedAccessSignature
 from requests.structures import CaseInsensitiveDict
 
-from quickstart.localcloud import sharedkey
-from quickstart.localcloud.sas import SasError, make_file_sas, verify_sas
+from quickstart.localcloud.files import sharedkey
+from quickstart.localcloud.files.sas import SasError, make_file_sas, verify_sas
 
 ACCOUNT = "localcloudstore"
 KEY = base64.b64encode(b"k" * 64).decode()

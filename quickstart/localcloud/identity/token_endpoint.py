@@ -16,7 +16,7 @@ import uuid
 
 from werkzeug.wrappers import Request, Response
 
-from .tokens import issue_token
+from .bearer_tokens import issue_token
 
 
 def _aad_json(status: int, body: dict, request: Request) -> Response:
