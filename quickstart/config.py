@@ -260,9 +260,17 @@ def _read_ini(path):
         if path is not None:
             problems.append(f"--config: {file} does not exist; copy config.example.ini to make one")
         return {}, problems
+    if file.is_dir():
+        return {}, [f"--config: {file} is a folder; name the settings file (config.ini) in it"]
+    try:  # ConfigParser.read would skip a file it cannot open, silently
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return {}, [f"{file}: not a UTF-8 text file; --config names an ini file of settings"]
+    except OSError as error:
+        return {}, [f"--config: cannot read {file} ({error.strerror or error})"]
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(file, encoding="utf-8")
+        parser.read_string(text, source=str(file))
     except configparser.MissingSectionHeaderError as error:
         return {}, [f"{file}: line {error.lineno}: settings must follow a [section] header"]
     except configparser.ParsingError as error:
@@ -312,6 +320,9 @@ def _validate(raw):
         setting = SCHEMA_BY_KEY[key]
         return raw.get(key, (None, None))[1] or f"[{setting.section}] {key}"
 
+    if cloud != LOCAL and cloud not in AZURE_CLOUDS:  # alone: what else is needed depends on it
+        return None, [f"{where('cloud')}: must be local or one of {', '.join(AZURE_CLOUDS)}"]
+
     flagged = set()
 
     def problem(key, rule):
@@ -337,8 +348,6 @@ def _validate(raw):
             continue
         values[setting.key] = value
 
-    if cloud != LOCAL and cloud not in AZURE_CLOUDS:
-        problem("cloud", "must be local or one of {}".format(", ".join(AZURE_CLOUDS)))
     for key, (pattern, extra_check, rule) in NAME_RULES.items():
         value = values.get(key)
         if key == "job" and not value:
@@ -372,6 +381,9 @@ def _validate(raw):
     key = values.get("admin_ssh_public_key")
     if key and not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+", key):
         problem("admin_ssh_public_key", "must be an OpenSSH public key line (ssh-rsa AAAA...)")
+    state_dir = Path(values.get("state_dir") or ".")
+    if state_dir.exists() and not state_dir.is_dir():
+        problem("state_dir", f"{state_dir} is a file; name a folder (it is made if missing)")
     storage_key = values.get("storage_key")
     if storage_key and not re.match(r"^[A-Za-z0-9+/]+={0,2}$", storage_key):
         problem("storage_key", "must be the storage account's base64 access key")

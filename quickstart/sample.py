@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 #: The job's training script; the tutorial uploads it next to the two text files.
 CONVNET_SCRIPT = REPO_ROOT / "ConvNet_MNIST.py"
+#: The PyTorch port the script hands over to; uploaded beside it as convnet_pytorch/.
+PYTORCH_PORT = REPO_ROOT / "quickstart" / "convnet_pytorch"
 
 TRAIN_TEXT_FILE = "Train-28x28_cntk_text.txt"
 TEST_TEXT_FILE = "Test-28x28_cntk_text.txt"
@@ -68,6 +70,18 @@ class SampleDataError(Exception):
 def convnet_script_path():
     """Path of ConvNet_MNIST.py at the repository root (what the tutorial uploads)."""
     return CONVNET_SCRIPT
+
+
+def job_files(data_dir=DEFAULT_DATA_DIR):
+    """Every file the job's node needs, as {name in the sample directory: local path}: the two
+    text files (built if missing or stale), ConvNet_MNIST.py, and the PyTorch port it hands
+    over to where CNTK does not import (its modules and its C kernels, nothing else)."""
+    train, test = (Path(path) for path in build_ctf_files(data_dir))
+    files = {train.name: train, test.name: test, CONVNET_SCRIPT.name: CONVNET_SCRIPT}
+    for path in sorted(PYTORCH_PORT.iterdir()):
+        if path.suffix in (".py", ".c"):
+            files[f"{PYTORCH_PORT.name}/{path.name}"] = path
+    return files
 
 
 def build_ctf_files(data_dir=DEFAULT_DATA_DIR):
