@@ -1,17 +1,14 @@
 # ConvNet_MNIST.py: the Azure Batch AI CNTK recipe's MNIST ConvNet, runnable with or without CNTK.
 #
-# Usage: python ConvNet_MNIST.py DATA_DIR MODEL_DIR [--max-epochs N] [--minibatch-size N]
-#                                [--epoch-size N] [--seed N] [--device auto|cpu|cuda]
+# python ConvNet_MNIST.py DATA_DIR MODEL_DIR [--max-epochs N] [--minibatch-size N]
+#                         [--epoch-size N] [--seed N] [--device auto|cpu|cuda]
 #
-# DATA_DIR holds Train-28x28_cntk_text.txt and Test-28x28_cntk_text.txt (CNTK text format);
-# a model file is written to MODEL_DIR after every epoch. Everything is printed on stderr, as
-# the recipe does (it sets sys.stdout = sys.stderr), one flushed line at a time.
-#
-# Where `cntk` imports (the job's container, microsoft/cntk:2.1-gpu-python3.5) this runs the
-# recipe's CNTK code below and saves ConvNet_MNIST_{epoch}.dnn; so this file stays in Python 3.5
-# syntax. Everywhere else it hands over to the PyTorch port (quickstart/convnet_pytorch/, which
-# the tutorial uploads beside this file): the same layers, initialisation, loss, schedule, data
-# order and output lines, saving ConvNet_MNIST_{epoch}.pt state dicts.
+# DATA_DIR holds the two CNTK text files; a model file goes to MODEL_DIR after every epoch.
+# Everything is printed on stderr, as the recipe does, one flushed line at a time. Where `cntk`
+# imports (the job's container, cntk:2.1-gpu-python3.5, hence Python 3.5 syntax) this runs the
+# recipe's CNTK code and saves ConvNet_MNIST_{epoch}.dnn; elsewhere it hands over to the PyTorch
+# port (quickstart/convnet_pytorch/, uploaded beside this file): the same network, schedule and
+# lines, saving ConvNet_MNIST_{epoch}.pt.
 """The Batch AI quickstart's training script: CNTK where it imports, PyTorch elsewhere."""
 
 from __future__ import division, print_function
@@ -35,11 +32,6 @@ LR_PER_SAMPLE = [0.001] * 10 + [0.0005] * 10 + [0.0001]
 MOMENTUM_TIME_CONSTANT = [0] * 5 + [1024]
 TEST_MINIBATCH_SIZE = 1024
 
-DEFAULT_MAX_EPOCHS = 40
-DEFAULT_MINIBATCH_SIZE = 64
-DEFAULT_EPOCH_SIZE = 60000
-DEFAULT_SEED = 0
-
 PROG = 'ConvNet_MNIST.py'
 
 
@@ -53,7 +45,6 @@ def log(text=''):
 
 
 # --- arguments --------------------------------------------------------------------------------
-
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is a single line (no usage dump, no traceback)."""
 
@@ -61,24 +52,18 @@ class _OneLineParser(argparse.ArgumentParser):
         raise InputError('{} (see --help)'.format(message))
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('{!r} is not a whole number'.format(text))
-    if value < 1:
-        raise argparse.ArgumentTypeError('{} must be at least 1'.format(value))
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError('{!r} is not a whole number'.format(text))
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError('{} is not in 0..2**63-1'.format(value))
-    return value
+def _whole_number(least):
+    """An argparse type: a whole number from ``least`` up (below 2**63, as seeds must be)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError('{!r} is not a whole number'.format(text)) from None
+        if not least <= value < 2 ** 63:
+            raise argparse.ArgumentTypeError('{} must be at least {}{}'.format(
+                value, least, ' and below 2**63' if value >= least else ''))
+        return value
+    return parse
 
 
 def parse_args(argv):
@@ -90,15 +75,15 @@ def parse_args(argv):
                         help='folder with {} and {}'.format(TRAIN_FILE, TEST_FILE))
     parser.add_argument('model_dir', metavar='MODEL_DIR',
                         help='folder for the per-epoch model files (created if missing)')
-    parser.add_argument('--max-epochs', type=_positive_int, default=DEFAULT_MAX_EPOCHS,
+    parser.add_argument('--max-epochs', type=_whole_number(1), default=40,
                         metavar='N', help='epochs to train (default %(default)s)')
-    parser.add_argument('--minibatch-size', type=_positive_int, default=DEFAULT_MINIBATCH_SIZE,
+    parser.add_argument('--minibatch-size', type=_whole_number(1), default=64,
                         metavar='N', help='samples per minibatch (default %(default)s)')
-    parser.add_argument('--epoch-size', type=_positive_int, default=DEFAULT_EPOCH_SIZE,
+    parser.add_argument('--epoch-size', type=_whole_number(1), default=60000,
                         metavar='N', help='samples per epoch (default %(default)s)')
-    parser.add_argument('--seed', type=_seed, default=None, metavar='N',
+    parser.add_argument('--seed', type=_whole_number(0), default=None, metavar='N',
                         help='random seed for initialisation, dropout and data order '
-                             '(PyTorch default {}; CNTK keeps its own)'.format(DEFAULT_SEED))
+                             '(PyTorch default 0; CNTK keeps its own)')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                         help='PyTorch only: a CUDA GPU when there is one (auto), or force one')
     return parser.parse_args(argv)
@@ -119,11 +104,10 @@ def check_paths(args):
         os.makedirs(args.model_dir, exist_ok=True)
     except OSError as error:
         raise InputError('cannot create model folder {}: {}'.format(
-            args.model_dir, error.strerror or error))
+            args.model_dir, error.strerror or error)) from None
 
 
 # --- CNTK (the recipe, against the CNTK 2.1 API) ----------------------------------------------
-
 def train_with_cntk(cntk, args):
     """The Batch AI recipe's convnet_mnist(), with its sizes taken from the arguments."""
     data_path, model_path = args.data_dir, args.model_dir
@@ -202,28 +186,23 @@ def report_final(minibatch_count, error, samples):
 
 
 # --- PyTorch (the same network where CNTK cannot be installed) --------------------------------
-
 def train_with_pytorch(args):
-    """Hand over to the PyTorch port: the same network, schedule, lines and per-epoch model files
-    (ConvNet_MNIST_{epoch}.pt). The tutorial uploads it beside this script as convnet_pytorch/;
-    in the repository it is quickstart/convnet_pytorch/."""
+    """Hand over to the PyTorch port: uploaded beside this script, in quickstart/ in the repo."""
     sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'quickstart'))
     try:
         import convnet_pytorch
-    except ImportError as error:
-        if error.name != 'torch':
-            raise
-        raise InputError('neither CNTK nor PyTorch is importable; install one (pip install torch)')
+    except ImportError as error:  # no PyTorch here, or the port was not uploaded with the script
+        raise InputError('neither CNTK nor the PyTorch port imports ({}); install PyTorch '
+                         '(pip install torch) or CNTK'.format(error)) from None
     try:
         report_final(*convnet_pytorch.train(
             args, os.path.join(args.data_dir, TRAIN_FILE), os.path.join(args.data_dir, TEST_FILE),
             LR_PER_SAMPLE, MOMENTUM_TIME_CONSTANT, TEST_MINIBATCH_SIZE))
     except convnet_pytorch.InputError as error:
-        raise InputError(str(error))
+        raise InputError(str(error)) from None
 
 
 # --- entry point ------------------------------------------------------------------------------
-
 def _line_buffered_stderr():
     """stderr that flushes every line even when it is a file (Python < 3.9 block-buffers it)."""
     try:
@@ -244,14 +223,14 @@ def main(argv=None):
             import cntk
         except ImportError:
             cntk = None
-        if cntk is not None:
-            try:
-                train_with_cntk(cntk, args)
-            except (RuntimeError, ValueError) as error:
-                raise InputError('CNTK: {}'.format(
-                    (str(error).strip().splitlines() or [type(error).__name__])[0]))
+        if cntk is None:
+            train_with_pytorch(args)
             return 0
-        train_with_pytorch(args)
+        try:
+            train_with_cntk(cntk, args)
+        except (RuntimeError, ValueError) as error:
+            raise InputError('CNTK: {}'.format(
+                (str(error).strip().splitlines() or [type(error).__name__])[0])) from None
         return 0
     except InputError as error:
         log('{}: error: {}'.format(PROG, error))

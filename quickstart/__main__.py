@@ -54,8 +54,8 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser():
     parser = OneLineParser(
         prog="quickstart",
-        description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local cloud "
-        "or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
+        description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local "
+        "cloud or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
         "environment variables; without a config file everything runs on the local cloud.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -273,7 +273,8 @@ def never_ran_here(settings):
     if not settings.is_local or os.path.isdir(settings.state_dir):
         return False
     print(
-        f"The local cloud has no state in {settings.state_dir} yet: nothing exists. Start with `python -m quickstart run`."
+        f"The local cloud has no state in {settings.state_dir} yet: nothing exists. "
+        "Start with `python -m quickstart run`."
     )
     return True
 
@@ -341,9 +342,8 @@ def connected(settings, secrets, clock=None):
 
 def announce_take_over(cloud):
     print(
-        "The command that served the local cloud has ended; this command serves it now at {}".format(
-            cloud.connection["resource_manager_url"]
-        ),
+        "The command that served the local cloud has ended; this command serves it now at "
+        + cloud.connection["resource_manager_url"],
         flush=True,
     )
 
@@ -362,7 +362,7 @@ def import_local_cloud():
         raise CommandError(
             "cloud = local: the local cloud is not available yet in this checkout; "
             "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure"
-        )
+        ) from None
     return localcloud
 
 

@@ -110,7 +110,8 @@ NAME_RULES = {
     "share": (
         re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$"),
         None,
-        "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+        "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter "
+        "or digit",
     ),
     "directory": (
         re.compile(r'^[^"\\/:|<>*?\x00-\x1f]{1,255}$'),
@@ -210,7 +211,8 @@ class Settings:
         return [v for v in values if v and v != PLACEHOLDER]
 
     def bind_local_cloud(self, connection):
-        """Take credentials, subscription, storage and endpoints from the local cloud's connection."""
+        """Take credentials, subscription, storage and endpoints from the local cloud's
+        connection."""
         return self.replace(
             tenant_id=connection["tenant"],
             client_id=connection["client_id"],
@@ -228,7 +230,8 @@ class Settings:
 
 
 def load_settings(path=None, environ=None, overrides=None, warn=None):
-    """Read `path` (default ./config.ini, optional), apply the environment and `overrides`, validate.
+    """Read `path` (default ./config.ini, optional), apply the environment and `overrides`,
+    validate.
 
     Returns a `Settings`, or raises `ConfigError` listing every problem. `warn(line)` receives
     warnings (a config file holding secrets that others can read).
@@ -253,7 +256,8 @@ def load_settings(path=None, environ=None, overrides=None, warn=None):
 
 
 def _read_ini(path):
-    """Return ({key: (value, origin)}, problems) from the ini file; a missing default file is fine."""
+    """Return ({key: (value, origin)}, problems) from the ini file; a missing default file is
+    fine."""
     problems = []
     file = Path(path) if path is not None else Path(DEFAULT_CONFIG)
     if not file.exists():
@@ -305,8 +309,8 @@ def _warn_if_exposed(file, raw, warn):
     mode = file.stat().st_mode
     if holds_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn(
-            f"warning: {file} holds secrets and is readable by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {file}"
+            f"warning: {file} holds secrets and is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {file}"
         )
 
 

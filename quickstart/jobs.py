@@ -84,7 +84,8 @@ def job_names(batchai_client, settings):
 
 
 def job_exit_status(job):
-    """The process exit status for a finished job: 0, or its exit code (1 when that is not 1-255)."""
+    """The process exit status for a finished job: 0, or its exit code (1 when that is not
+    1-255)."""
     if plain(job.execution_state) == "succeeded":
         return 0
     code = job.execution_info.exit_code if job.execution_info else None

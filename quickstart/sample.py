@@ -117,9 +117,9 @@ def read_manifest(path):
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SampleDataError(f"{path}: unreadable ({_reason(error)})")
+        raise SampleDataError(f"{path}: unreadable ({_reason(error)})") from None
     manifest = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -144,13 +144,14 @@ def load_idx(mnist_dir, raw_name, manifest, magic, count):
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
-        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository") from None
     except (OSError, EOFError, zlib.error) as error:
-        raise SampleDataError(f"{path}: not a readable gzip file ({_reason(error)})")
+        raise SampleDataError(f"{path}: not a readable gzip file ({_reason(error)})") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != manifest[raw_name]:
         raise SampleDataError(
-            f"{path}: corrupt: SHA-256 of its content is {digest}, {MANIFEST_FILE} says {manifest[raw_name]}"
+            f"{path}: corrupt: SHA-256 of its content is {digest}, "
+            f"{MANIFEST_FILE} says {manifest[raw_name]}"
         )
     dims = 3 if magic == IMAGE_MAGIC else 1
     header = np.frombuffer(raw[: 4 + 4 * dims], dtype=">u4") if len(raw) >= 4 + 4 * dims else ()

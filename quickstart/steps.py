@@ -223,25 +223,18 @@ def create_cluster(batchai_client, settings, service):
 
 def cluster_parameters(settings, service):
     """The cluster exactly as the article builds it: VM size, node count, share mount, admin."""
+    share = models.AzureFileShareReference(
+        account_name=settings.storage_account,
+        credentials=models.AzureStorageCredentialsInfo(account_key=settings.storage_key),
+        azure_file_url=f"https://{service.primary_endpoint}/{settings.share}",
+        relative_mount_path=RELATIVE_MOUNT_POINT,
+    )
     return models.ClusterCreateParameters(
         vm_size=settings.vm_size,
         scale_settings=models.ScaleSettings(
             manual=models.ManualScaleSettings(target_node_count=settings.node_count)
         ),
-        node_setup=models.NodeSetup(
-            mount_volumes=models.MountVolumes(
-                azure_file_shares=[
-                    models.AzureFileShareReference(
-                        account_name=settings.storage_account,
-                        credentials=models.AzureStorageCredentialsInfo(
-                            account_key=settings.storage_key
-                        ),
-                        azure_file_url=f"https://{service.primary_endpoint}/{settings.share}",
-                        relative_mount_path=RELATIVE_MOUNT_POINT,
-                    )
-                ]
-            )
-        ),
+        node_setup=models.NodeSetup(mount_volumes=models.MountVolumes(azure_file_shares=[share])),
         user_account_settings=models.UserAccountSettings(
             admin_user_name=settings.admin_user_name,
             admin_user_password=settings.admin_user_password or None,
@@ -321,34 +314,25 @@ def create_job(batchai_client, settings, cluster, job_name):
 
 def job_parameters(settings, cluster):
     """The job exactly as the article builds it, plus the extra arguments the settings ask for."""
-    args = "$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL"
-    if settings.extra_args:
-        args += " " + settings.extra_args
-    if settings.epochs:
-        args += f" --max-epochs {settings.epochs}"
+    args = ["$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL", settings.extra_args]
+    args += [f"--max-epochs {settings.epochs}"] if settings.epochs else []
+    mount = f"$AZ_BATCHAI_MOUNT_ROOT/{RELATIVE_MOUNT_POINT}"
     return models.JobCreateParameters(
         cluster=models.ResourceId(id=cluster.id),
         node_count=1,
-        std_out_err_path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{RELATIVE_MOUNT_POINT}",
+        std_out_err_path_prefix=mount,
         input_directories=[
-            models.InputDirectory(
-                id="SAMPLE",
-                path=f"$AZ_BATCHAI_MOUNT_ROOT/{RELATIVE_MOUNT_POINT}/{settings.directory}",
-            )
+            models.InputDirectory(id="SAMPLE", path=f"{mount}/{settings.directory}")
         ],
         output_directories=[
-            models.OutputDirectory(
-                id="MODEL",
-                path_prefix=f"$AZ_BATCHAI_MOUNT_ROOT/{RELATIVE_MOUNT_POINT}",
-                path_suffix="Models",
-            )
+            models.OutputDirectory(id="MODEL", path_prefix=mount, path_suffix="Models")
         ],
         container_settings=models.ContainerSettings(
             image_source_registry=models.ImageSourceRegistry(image=settings.container_image)
         ),
         cntk_settings=models.CNTKsettings(
             python_script_file_path=f"$AZ_BATCHAI_INPUT_SAMPLE/{SAMPLE_SCRIPT}",
-            command_line_args=args,
+            command_line_args=" ".join(arg for arg in args if arg),
         ),
     )
 
@@ -409,8 +393,6 @@ def download_output_files(http, settings, job_name, listing):
         folder.mkdir(parents=True, exist_ok=True)
         for f in files:
             download(http, f.download_url, folder / f.name)
-    models_count = len(listing.get("MODEL", []))
-    print(
-        f"Downloaded {models_count} model files to {target} (the job's logs to {target / 'stdouterr'})"
-    )
+    count = len(listing.get("MODEL", []))
+    print(f"Downloaded {count} model files to {target} (the job's logs to {target / 'stdouterr'})")
     return target

@@ -75,7 +75,7 @@ class Conv1PoolKernels:
             where = folder or tempfile.gettempdir()
             raise KernelsUnavailable(
                 f"cannot build or load them in {where} ({error.strerror or error})"
-            )
+            ) from None
         finally:
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -125,13 +125,15 @@ def compile_kernels(folder):
             text=True,
         )
     except OSError as error:
-        raise KernelsUnavailable(f"no C compiler {compiler!r} ({error.strerror or error})")
+        raise KernelsUnavailable(
+            f"no C compiler {compiler!r} ({error.strerror or error})"
+        ) from None
     try:
         _, errors = build.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         build.kill()
         build.communicate()
-        raise KernelsUnavailable(f"{compiler} took over 120 s")
+        raise KernelsUnavailable(f"{compiler} took over 120 s") from None
     if build.returncode != 0:
         lines = errors.strip().splitlines() or [f"exit status {build.returncode}"]
         first_error = next((line for line in lines if "error" in line), lines[0])

@@ -32,7 +32,7 @@ def read_ctf(path, num_features=INPUT_DIM, num_labels=NUM_CLASSES):
             buffer = bytearray(size + 1)  # room for a missing final newline
             stream.readinto(memoryview(buffer)[:size])
     except OSError as error:
-        raise InputError(f"cannot read {path}: {error.strerror or error}")
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
     if size == 0:
         raise InputError(f"{path}: empty file, expected CNTK text format lines")
     data = np.frombuffer(buffer, dtype=np.uint8)
