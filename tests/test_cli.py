@@ -326,7 +326,7 @@ def fake_local_cloud(monkeypatch, tmp_path, serving):
     package.serve_forever = lambda state_dir, port: events.append(("serve", state_dir, port))
     module = types.ModuleType("quickstart.localcloud.connection")
     module.read_connection = lambda state_dir: connection if serving else None
-    module.is_serving = lambda conn: serving
+    module.is_serving = lambda conn: serving is True  # "gone": connection.json, nobody serving
     monkeypatch.setitem(sys.modules, "quickstart.localcloud", package)
     monkeypatch.setitem(sys.modules, "quickstart.localcloud.connection", module)
     return events

@@ -1078,7 +1078,7 @@ def test_status_of_a_finished_job_shows_its_result_and_test_error(azure, capsys)
     assert "Output so far" not in out
 
 
-def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
+def test_status_follow_watches_a_running_job_to_its_end_and_downloads_it(azure, tmp_path, capsys):
     azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
     azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
     script_job(
@@ -1086,13 +1086,47 @@ def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
         JobScript(["running", "running", "failed"], [b"epoch 1\n", b"epoch 2\n", b""], exit_code=5),
     )
 
-    assert status.status(azure_settings(), follow=True, sleep=lambda seconds: None) == 5
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    assert status.status(settings, follow=True, sleep=lambda seconds: None) == 5
 
     out = capsys.readouterr().out
     assert "epoch 1\nepoch 2\n" in out
     assert "Job cntk_a failed with exit code 5" in out
     assert "Final test error: not reported (no 'Final Results' line in the job's stderr.txt)" in out
     assert out.index("Job cntk_a failed") < out.index("file: stderr.txt")
+    job_folder = tmp_path / "outputs" / "cntk_a"  # downloaded, as `run` does
+    assert sorted(p.name for p in job_folder.glob("*.dnn")) == [
+        "ConvNet_MNIST_0.dnn",
+        "ConvNet_MNIST_1.dnn",
+    ]
+    assert (job_folder / "stdouterr" / "stderr.txt").read_bytes() == b"epoch 1\nepoch 2\n"
+
+
+def test_download_fetches_a_finished_jobs_files_into_outputs_job(azure, tmp_path, capsys):
+    azure.batchai.jobs.get.side_effect = lambda *args, **kwargs: job("cntk_b", "succeeded", 0)
+    azure.batchai.jobs.list_output_files.side_effect = JobScript.list_output_files
+    script = JobScript(["succeeded"], [])
+    script.content = b"Final Results: Minibatch[1-11]: errs = 0.61% * 10000\n"
+    azure.http.get.side_effect = script.http_get
+
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    assert status.download(settings, "cntk_b") == 0
+
+    assert azure.batchai.jobs.get.call_args.args[3] == "cntk_b"
+    assert (tmp_path / "outputs" / "cntk_b" / "ConvNet_MNIST_1.dnn").is_file()
+    out = capsys.readouterr().out
+    assert "Downloaded 2 model files to " + str(tmp_path / "outputs" / "cntk_b") in out
+    assert out.endswith("Final test error: 0.61% on 10,000 test images\n")
+
+
+def test_download_of_an_unfinished_or_unknown_job_says_what_to_do(azure, tmp_path):
+    azure.batchai.jobs.get.return_value = job("cntk_c", "running")
+    with pytest.raises(steps.StepFailed, match="is still running; `python -m quickstart status"):
+        status.download(azure_settings(download_dir=str(tmp_path)), "cntk_c")
+    azure.batchai.jobs.get.side_effect = cloud_error(404, "JobNotFound")
+    with pytest.raises(steps.StepFailed, match="job nope does not exist in experiment"):
+        status.download(azure_settings(download_dir=str(tmp_path)), "nope")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_status_when_nothing_exists(azure, capsys):
