@@ -3,8 +3,8 @@
 azure-storage-file hands each request to a requests session and takes the answer's
 ``Response.content``, which requests fills 10 KB at a time. A 4 MiB range of a download is then
 about 400 trips through urllib3 and http.client, and on two cores that Python loop, not the
-network or the server, bounds ``get_file_to_path``: 146-248 MB/s here, against 260-444 MB/s
-with 1 MiB pieces (``tests/bench/bench_localcloud_core.py`` prints both).
+network or the server, bounds ``get_file_to_path`` (``tests/bench/bench_localcloud_core.py``
+prints both rates; the figures are in tests/bench/README.md).
 
 ``WholeBodyAdapter`` reads a body that the caller did not ask to stream through requests' own
 ``iter_content`` in 1 MiB pieces: the same bytes, decoding and exceptions as requests gives, in

@@ -21,6 +21,7 @@ import pytest
 
 from quickstart.config import SCHEMA
 from quickstart.sample import job_files
+from tests.test_readme import run_model_loading_code
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny epoch keeps each job to the time it takes to read the sample and test the network.
@@ -147,6 +148,10 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
         re.M,
     )
     first_job = submitted_job(first)
+    readme = run_model_loading_code(workdir)  # the README's snippet, verbatim, after `run`
+    assert readme.returncode == 0, readme.stderr
+    newest = f"outputs/{first_job}/ConvNet_MNIST_0.pt"
+    assert re.fullmatch(rf"{re.escape(newest)}: \d+\.\d\d% test error\n", readme.stdout)
     assert_trained_and_downloaded(first, workdir, first_job)
     connection = json.loads((workdir / ".localcloud" / "connection.json").read_text())
 

@@ -24,7 +24,7 @@ class CntkMomentumSGD:
     vector operations instead of three per parameter tensor. Convolution kernels with more
     than one input channel are held channels-last there ([out, kh, kw, in] in memory, the same
     shape and values): the layout oneDNN's channels-last convolutions read, so that neither
-    the kernels nor their gradients are copied into it twice a step (2% of a step).
+    the kernels nor their gradients are copied into it twice a step.
     """
 
     def __init__(self, parameters):
