@@ -58,7 +58,7 @@ def build_parser():
         "cloud or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
         "environment variables; without a config file everything runs on the local cloud.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action=PrintVersion, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, help_text):
@@ -145,6 +145,17 @@ def port_number(text):
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
     return int(text)
+
+
+class PrintVersion(argparse.Action):
+    """--version, looked up only when asked for (the package metadata is slow to read)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
 
 
 def package_version():
