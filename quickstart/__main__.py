@@ -334,18 +334,15 @@ def connected(settings, secrets, clock=None):
             "this command (`python -m quickstart localcloud` serves one for every terminal)"
         )
     if serving:
-        print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
+        print(f"Using the local cloud serving at {connection['resource_manager_url']}")
         with localcloud.Standby(settings.state_dir, on_take_over=announce_take_over):
             yield bound(settings, connection, secrets)
         return
     with clock.step("start-up") if clock else contextlib.nullcontext():
         cloud = localcloud.LocalCloud(settings.state_dir).start()
     try:
-        print(
-            "Started the local cloud at {} for this command (state in {})".format(
-                cloud.connection["resource_manager_url"], settings.state_dir
-            )
-        )
+        url = cloud.connection["resource_manager_url"]
+        print(f"Started the local cloud at {url} for this command (state in {settings.state_dir})")
         yield bound(settings, cloud.connection, secrets)
     finally:
         cloud.stop()

@@ -131,7 +131,7 @@ def read_manifest(path):
     needed = [name for _, images, labels, _ in _SPLITS for name in (images, labels)]
     absent = [name for name in needed if name not in manifest]
     if absent:
-        raise SampleDataError("{}: no checksum for {}".format(path, ", ".join(absent)))
+        raise SampleDataError(f"{path}: no checksum for {', '.join(absent)}")
     return manifest
 
 
