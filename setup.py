@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(exclude=["tests", "tests.*"]),
+    package_data={"quickstart.convnet_pytorch": ["conv1_pool.c"]},  # compiled by the job
     install_requires=[
         "azure-mgmt-batchai==2.0.0",
         "azure-mgmt-resource==13.0.0",

@@ -1,4 +1,4 @@
-"""Command line: `python -m quickstart run | teardown | status | localcloud`.
+"""Command line: `python -m quickstart run | status | download | teardown | localcloud`.
 
 Only argparse and the settings module are imported up front; the Azure SDKs, the tutorial and the
 local cloud are imported when a command needs them, so `--help` answers at once.
@@ -13,27 +13,52 @@ import importlib
 import logging
 import os
 import re
+import shlex
+import shutil
 import signal
 import sys
+from pathlib import Path
 
-from quickstart.config import DEFAULT_CONFIG, ConfigError, load_settings
+from quickstart.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+
+DEFAULT_STATE_DIR = Settings.state_dir
 
 USAGE_ERROR = 2
+FAILED = 1
 INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
 TERMINATED = 143  # 128 + SIGTERM
+
+
+INTERRUPTED_LINE = (
+    "Interrupted. What was created so far stays; remove it with `python -m quickstart teardown`."
+)
+INTERRUPTED_LINES = {
+    "run": "Stopped. What was created so far stays, and a submitted job keeps running in the "
+    "cloud: `python -m quickstart run` (or `status --follow`) reattaches to it and downloads its "
+    "files, `python -m quickstart status` shows it, `python -m quickstart teardown` removes "
+    "everything.",
+}
 
 
 class CommandError(Exception):
     """A failure the user can act on; its message is printed as one line."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix (no usage dump); exit status 2."""
+
+    def error(self, message):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="quickstart",
-        description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local cloud "
-        "or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
+        description="The Azure Batch AI CNTK quickstart (2018), runnable today against the local "
+        "cloud or Azure. Settings come from an ini file (see config.example.ini) and AZURE_* "
         "environment variables; without a config file everything runs on the local cloud.",
     )
+    parser.add_argument("--version", action=PrintVersion, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, help_text):
@@ -43,6 +68,13 @@ def build_parser():
             metavar="FILE",
             default=None,
             help=f"settings file (default: ./{DEFAULT_CONFIG} when it exists)",
+        )
+        sub.add_argument(
+            "--state-dir",
+            metavar="DIR",
+            default=None,
+            help="the local cloud's state folder, holding connection.json (default: the "
+            "state_dir setting or QUICKSTART_STATE_DIR, else ./.localcloud)",
         )
         return sub
 
@@ -78,6 +110,14 @@ def build_parser():
         action="store_false",
         help="keep the file share (the sample and the jobs' files on it)",
     )
+    download = command(
+        "download",
+        "Download a finished job's model files and logs into <download_dir>/<job>/ "
+        "(./outputs/<job>/ by default), as `run` does at its end.",
+    )
+    download.add_argument(
+        "job", nargs="?", metavar="JOB", help="the job's name (default: the latest job)"
+    )
     status = command(
         "status",
         "Show the cluster's state, the latest job's state (with the last lines of its "
@@ -86,7 +126,8 @@ def build_parser():
     status.add_argument(
         "--follow",
         action="store_true",
-        help="watch a running job to its end, streaming its output; exit with its exit code",
+        help="watch a running job to its end, streaming its output, then download its files "
+        "as `run` does; exit with its exit code",
     )
     local = command(
         "localcloud",
@@ -94,16 +135,36 @@ def build_parser():
         "connection details go to <state_dir>/connection.json.",
     )
     local.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free port)"
-    )
-    local.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        default=None,
-        help="where the local cloud keeps its state and connection.json (default: the "
-        "state_dir setting, ./.localcloud)",
+        "--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free port)"
     )
     return parser
+
+
+def port_number(text):
+    """A TCP port for argparse: 0 (any free port) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
+class PrintVersion(argparse.Action):
+    """--version, looked up only when asked for (the package metadata is slow to read)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
+def package_version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchai-cntk-quickstart")
+    except PackageNotFoundError:
+        return "(not installed: run `.venv/bin/pip install -e .`)"
 
 
 def main(argv=None):
@@ -126,16 +187,13 @@ def main(argv=None):
         try:
             code = COMMANDS[args.command](args, settings, secrets)
         except KeyboardInterrupt:
-            print(
-                "\nInterrupted. What was created so far stays; remove it with `python -m quickstart teardown`.",
-                file=sys.stderr,
-            )
+            print("\n" + INTERRUPTED_LINES.get(args.command, INTERRUPTED_LINE), file=sys.stderr)
             code = INTERRUPTED
         except Exception as error:  # one line, never a traceback, never a secret
             if os.environ.get("QUICKSTART_DEBUG"):
                 raise
             print("error: " + describe(error, secrets), file=sys.stderr)
-            return 1
+            return FAILED
     return TERMINATED if terminated and code == INTERRUPTED else code
 
 
@@ -187,26 +245,37 @@ def run_command(args, settings, secrets):
     clock = StepClock()  # its summary line covers loading the SDKs and starting the local cloud too
     with clock.step("start-up"):
         from quickstart import steps
-    with connected(settings, secrets, clock) as settings:
-        return steps.run(settings, clock=clock)
+    with connected(settings, secrets, clock) as settings, clock.running():
+        code = steps.run(settings)
+    print(clock.summary())
+    return code
 
 
 def teardown_command(args, settings, secrets):
     if never_ran_here(settings):
         return 0
-    from quickstart import steps
+    from quickstart.teardown import teardown
 
     with connected(settings, secrets) as settings:
-        return steps.teardown(settings, delete_share=args.delete_share)
+        return teardown(settings, delete_share=args.delete_share)
 
 
 def status_command(args, settings, secrets):
     if never_ran_here(settings):
         return 0
-    from quickstart import steps
+    from quickstart.status import status
 
     with connected(settings, secrets) as settings:
-        return steps.status(settings, follow=args.follow)
+        return status(settings, follow=args.follow)
+
+
+def download_command(args, settings, secrets):
+    if never_ran_here(settings):
+        return FAILED
+    from quickstart.status import download
+
+    with connected(settings, secrets) as settings:
+        return download(settings, args.job)
 
 
 def never_ran_here(settings):
@@ -215,18 +284,29 @@ def never_ran_here(settings):
     if not settings.is_local or os.path.isdir(settings.state_dir):
         return False
     print(
-        f"The local cloud has no state in {settings.state_dir} yet: nothing exists. Start with `python -m quickstart run`."
+        f"The local cloud has no state in {settings.state_dir} yet: nothing exists. "
+        "Start with `python -m quickstart run`."
     )
     return True
 
 
 def localcloud_command(args, settings, secrets):
     localcloud = import_local_cloud()
-    print(
-        f"Serving the local cloud from {os.path.abspath(settings.state_dir)} (Ctrl-C to stop)",
-        flush=True,
-    )
+    state_dir = os.path.abspath(settings.state_dir)
+    print(f"Serving the local cloud from {state_dir} (Ctrl-C to stop). In another terminal:")
+    print(f"  {python_command()} -m quickstart run --state-dir {shlex.quote(state_dir)}")
+    print(f"  (or: export QUICKSTART_STATE_DIR={shlex.quote(state_dir)})", flush=True)
     return localcloud.serve_forever(settings.state_dir, args.port) or 0  # 2: port or state dir busy
+
+
+def python_command():
+    """How to call this Python from the current folder: `python` where that is this Python
+    (an activated virtual environment), else its path."""
+    found = shutil.which("python")
+    if found and os.path.samefile(found, sys.executable):
+        return "python"
+    relative = os.path.relpath(sys.executable)
+    return shlex.quote(relative if not relative.startswith("..") else sys.executable)
 
 
 @contextlib.contextmanager
@@ -247,19 +327,22 @@ def connected(settings, secrets, clock=None):
     from quickstart.localcloud.connection import is_serving, read_connection
 
     connection = read_connection(settings.state_dir)
-    if connection and is_serving(connection):
-        print("Using the local cloud serving at {}".format(connection["resource_manager_url"]))
+    serving = connection and is_serving(connection)
+    if connection and not serving and Path(settings.state_dir) != Path(DEFAULT_STATE_DIR):
+        print(
+            f"The local cloud that served from {settings.state_dir} is gone; starting one for "
+            "this command (`python -m quickstart localcloud` serves one for every terminal)"
+        )
+    if serving:
+        print(f"Using the local cloud serving at {connection['resource_manager_url']}")
         with localcloud.Standby(settings.state_dir, on_take_over=announce_take_over):
             yield bound(settings, connection, secrets)
         return
     with clock.step("start-up") if clock else contextlib.nullcontext():
         cloud = localcloud.LocalCloud(settings.state_dir).start()
     try:
-        print(
-            "Started the local cloud at {} for this command (state in {})".format(
-                cloud.connection["resource_manager_url"], settings.state_dir
-            )
-        )
+        url = cloud.connection["resource_manager_url"]
+        print(f"Started the local cloud at {url} for this command (state in {settings.state_dir})")
         yield bound(settings, cloud.connection, secrets)
     finally:
         cloud.stop()
@@ -267,9 +350,8 @@ def connected(settings, secrets, clock=None):
 
 def announce_take_over(cloud):
     print(
-        "The command that served the local cloud has ended; this command serves it now at {}".format(
-            cloud.connection["resource_manager_url"]
-        ),
+        "The command that served the local cloud has ended; this command serves it now at "
+        + cloud.connection["resource_manager_url"],
         flush=True,
     )
 
@@ -288,7 +370,7 @@ def import_local_cloud():
         raise CommandError(
             "cloud = local: the local cloud is not available yet in this checkout; "
             "set cloud = AzureCloud (or another Azure cloud) in the config file to use Azure"
-        )
+        ) from None
     return localcloud
 
 
@@ -296,6 +378,7 @@ COMMANDS = {
     "run": run_command,
     "teardown": teardown_command,
     "status": status_command,
+    "download": download_command,
     "localcloud": localcloud_command,
 }
 

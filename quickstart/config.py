@@ -110,7 +110,8 @@ NAME_RULES = {
     "share": (
         re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$"),
         None,
-        "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+        "3-63 lowercase letters, digits and single hyphens, starting and ending with a letter "
+        "or digit",
     ),
     "directory": (
         re.compile(r'^[^"\\/:|<>*?\x00-\x1f]{1,255}$'),
@@ -210,7 +211,8 @@ class Settings:
         return [v for v in values if v and v != PLACEHOLDER]
 
     def bind_local_cloud(self, connection):
-        """Take credentials, subscription, storage and endpoints from the local cloud's connection."""
+        """Take credentials, subscription, storage and endpoints from the local cloud's
+        connection."""
         return self.replace(
             tenant_id=connection["tenant"],
             client_id=connection["client_id"],
@@ -228,7 +230,8 @@ class Settings:
 
 
 def load_settings(path=None, environ=None, overrides=None, warn=None):
-    """Read `path` (default ./config.ini, optional), apply the environment and `overrides`, validate.
+    """Read `path` (default ./config.ini, optional), apply the environment and `overrides`,
+    validate.
 
     Returns a `Settings`, or raises `ConfigError` listing every problem. `warn(line)` receives
     warnings (a config file holding secrets that others can read).
@@ -253,16 +256,25 @@ def load_settings(path=None, environ=None, overrides=None, warn=None):
 
 
 def _read_ini(path):
-    """Return ({key: (value, origin)}, problems) from the ini file; a missing default file is fine."""
+    """Return ({key: (value, origin)}, problems) from the ini file; a missing default file is
+    fine."""
     problems = []
     file = Path(path) if path is not None else Path(DEFAULT_CONFIG)
     if not file.exists():
         if path is not None:
             problems.append(f"--config: {file} does not exist; copy config.example.ini to make one")
         return {}, problems
+    if file.is_dir():
+        return {}, [f"--config: {file} is a folder; name the settings file (config.ini) in it"]
+    try:  # ConfigParser.read would skip a file it cannot open, silently
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return {}, [f"{file}: not a UTF-8 text file; --config names an ini file of settings"]
+    except OSError as error:
+        return {}, [f"--config: cannot read {file} ({error.strerror or error})"]
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(file, encoding="utf-8")
+        parser.read_string(text, source=str(file))
     except configparser.MissingSectionHeaderError as error:
         return {}, [f"{file}: line {error.lineno}: settings must follow a [section] header"]
     except configparser.ParsingError as error:
@@ -297,8 +309,8 @@ def _warn_if_exposed(file, raw, warn):
     mode = file.stat().st_mode
     if holds_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn(
-            f"warning: {file} holds secrets and is readable by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {file}"
+            f"warning: {file} holds secrets and is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {file}"
         )
 
 
@@ -311,6 +323,9 @@ def _validate(raw):
     def where(key):
         setting = SCHEMA_BY_KEY[key]
         return raw.get(key, (None, None))[1] or f"[{setting.section}] {key}"
+
+    if cloud != LOCAL and cloud not in AZURE_CLOUDS:  # alone: what else is needed depends on it
+        return None, [f"{where('cloud')}: must be local or one of {', '.join(AZURE_CLOUDS)}"]
 
     flagged = set()
 
@@ -337,8 +352,6 @@ def _validate(raw):
             continue
         values[setting.key] = value
 
-    if cloud != LOCAL and cloud not in AZURE_CLOUDS:
-        problem("cloud", "must be local or one of {}".format(", ".join(AZURE_CLOUDS)))
     for key, (pattern, extra_check, rule) in NAME_RULES.items():
         value = values.get(key)
         if key == "job" and not value:
@@ -372,6 +385,9 @@ def _validate(raw):
     key = values.get("admin_ssh_public_key")
     if key and not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+", key):
         problem("admin_ssh_public_key", "must be an OpenSSH public key line (ssh-rsa AAAA...)")
+    state_dir = Path(values.get("state_dir") or ".")
+    if state_dir.exists() and not state_dir.is_dir():
+        problem("state_dir", f"{state_dir} is a file; name a folder (it is made if missing)")
     storage_key = values.get("storage_key")
     if storage_key and not re.match(r"^[A-Za-z0-9+/]+={0,2}$", storage_key):
         problem("storage_key", "must be the storage account's base64 access key")

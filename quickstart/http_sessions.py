@@ -3,8 +3,8 @@
 azure-storage-file hands each request to a requests session and takes the answer's
 ``Response.content``, which requests fills 10 KB at a time. A 4 MiB range of a download is then
 about 400 trips through urllib3 and http.client, and on two cores that Python loop, not the
-network or the server, bounds ``get_file_to_path``: 146-248 MB/s here, against 260-444 MB/s
-with 1 MiB pieces (``tests/bench/bench_localcloud_core.py`` prints both).
+network or the server, bounds ``get_file_to_path`` (``tests/bench/bench_localcloud_core.py``
+prints both rates; the figures are in tests/bench/README.md).
 
 ``WholeBodyAdapter`` reads a body that the caller did not ask to stream through requests' own
 ``iter_content`` in 1 MiB pieces: the same bytes, decoding and exceptions as requests gives, in
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 BODY_PIECE = 1 << 20
 
@@ -38,3 +39,12 @@ def whole_body_session(**adapter_options) -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def reconnecting_session() -> requests.Session:
+    """The tutorial's session for storage, streaming and downloads: it retries a refused
+    connection for about 6 s (0, 0.4, 0.8, 1.6 and 3.2 s apart), as the ARM clients' own policy
+    does, long enough for a local cloud to change hands (localcloud.Standby) without failing the
+    command; and it reads whole answers in large pieces."""
+    retry = Retry(total=5, connect=5, read=0, status=0, other=0, backoff_factor=0.2)
+    return whole_body_session(max_retries=retry)

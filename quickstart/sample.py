@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 #: The job's training script; the tutorial uploads it next to the two text files.
 CONVNET_SCRIPT = REPO_ROOT / "ConvNet_MNIST.py"
+#: The PyTorch port the script hands over to; uploaded beside it as convnet_pytorch/.
+PYTORCH_PORT = REPO_ROOT / "quickstart" / "convnet_pytorch"
 
 TRAIN_TEXT_FILE = "Train-28x28_cntk_text.txt"
 TEST_TEXT_FILE = "Test-28x28_cntk_text.txt"
@@ -70,6 +72,18 @@ def convnet_script_path():
     return CONVNET_SCRIPT
 
 
+def job_files(data_dir=DEFAULT_DATA_DIR):
+    """Every file the job's node needs, as {name in the sample directory: local path}: the two
+    text files (built if missing or stale), ConvNet_MNIST.py, and the PyTorch port it hands
+    over to where CNTK does not import (its modules and its C kernels, nothing else)."""
+    train, test = (Path(path) for path in build_ctf_files(data_dir))
+    files = {train.name: train, test.name: test, CONVNET_SCRIPT.name: CONVNET_SCRIPT}
+    for path in sorted(PYTORCH_PORT.iterdir()):
+        if path.suffix in (".py", ".c"):
+            files[f"{PYTORCH_PORT.name}/{path.name}"] = path
+    return files
+
+
 def build_ctf_files(data_dir=DEFAULT_DATA_DIR):
     """Verify ``data_dir/mnist`` and write the two CNTK text files into ``data_dir``.
 
@@ -103,9 +117,9 @@ def read_manifest(path):
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SampleDataError(f"{path}: unreadable ({_reason(error)})")
+        raise SampleDataError(f"{path}: unreadable ({_reason(error)})") from None
     manifest = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -117,7 +131,7 @@ def read_manifest(path):
     needed = [name for _, images, labels, _ in _SPLITS for name in (images, labels)]
     absent = [name for name in needed if name not in manifest]
     if absent:
-        raise SampleDataError("{}: no checksum for {}".format(path, ", ".join(absent)))
+        raise SampleDataError(f"{path}: no checksum for {', '.join(absent)}")
     return manifest
 
 
@@ -130,13 +144,14 @@ def load_idx(mnist_dir, raw_name, manifest, magic, count):
     try:
         raw = gzip.decompress(path.read_bytes())
     except FileNotFoundError:
-        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository")
+        raise SampleDataError(f"{path}: missing; restore data/mnist from the repository") from None
     except (OSError, EOFError, zlib.error) as error:
-        raise SampleDataError(f"{path}: not a readable gzip file ({_reason(error)})")
+        raise SampleDataError(f"{path}: not a readable gzip file ({_reason(error)})") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != manifest[raw_name]:
         raise SampleDataError(
-            f"{path}: corrupt: SHA-256 of its content is {digest}, {MANIFEST_FILE} says {manifest[raw_name]}"
+            f"{path}: corrupt: SHA-256 of its content is {digest}, "
+            f"{MANIFEST_FILE} says {manifest[raw_name]}"
         )
     dims = 3 if magic == IMAGE_MAGIC else 1
     header = np.frombuffer(raw[: 4 + 4 * dims], dtype=">u4") if len(raw) >= 4 + 4 * dims else ()

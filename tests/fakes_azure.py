@@ -175,7 +175,7 @@ def patched_sdk():
             "quickstart.steps.ResourceManagementClient", return_value=fake.resources
         ) as resource_client,
         patch("quickstart.steps.FileService", return_value=fake.files) as file_service,
-        patch("quickstart.steps.whole_body_session", return_value=fake.http),
+        patch("quickstart.steps.reconnecting_session", return_value=fake.http),
     ):
         fake.credentials_class, fake.batchai_class = credentials, batchai_client
         fake.resource_class, fake.file_service_class = resource_client, file_service

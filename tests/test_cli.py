@@ -70,7 +70,7 @@ def sample(tmp_path, monkeypatch):
     for name in ("Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
         (tmp_path / name).write_text("data\n")
         paths.append(tmp_path / name)
-    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: paths)
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: {p.name: p for p in paths})
 
 
 def no_sleep(monkeypatch):
@@ -223,7 +223,11 @@ def test_ctrl_c_while_monitoring_exits_130_and_says_the_job_keeps_running(
         allocating_cluster(azure)
         azure.batchai.jobs.get.side_effect = KeyboardInterrupt
         assert cli.main(["run", "--config", azure_config]) == 130
-    assert "keeps running in the cloud" in capsys.readouterr().out
+        azure.batchai.jobs.delete.assert_not_called()
+    err = capsys.readouterr().err
+    assert "a submitted job keeps running in the cloud" in err
+    assert "`python -m quickstart run` (or `status --follow`) reattaches to it" in err
+    assert "`python -m quickstart teardown` removes everything" in err
 
 
 def test_sigterm_while_monitoring_ends_like_ctrl_c_with_status_143(azure_config, sample, capsys):
@@ -244,7 +248,7 @@ def test_sigterm_while_monitoring_ends_like_ctrl_c_with_status_143(azure_config,
         assert signal.getsignal(signal.SIGTERM) is unhandled  # restored for whatever runs next
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert "keeps running in the cloud" in capsys.readouterr().out
+    assert "keeps running in the cloud" in capsys.readouterr().err
 
 
 def test_teardown_and_status_through_the_cli(azure_config, capsys):
@@ -322,7 +326,7 @@ def fake_local_cloud(monkeypatch, tmp_path, serving):
     package.serve_forever = lambda state_dir, port: events.append(("serve", state_dir, port))
     module = types.ModuleType("quickstart.localcloud.connection")
     module.read_connection = lambda state_dir: connection if serving else None
-    module.is_serving = lambda conn: serving
+    module.is_serving = lambda conn: serving is True  # "gone": connection.json, nobody serving
     monkeypatch.setitem(sys.modules, "quickstart.localcloud", package)
     monkeypatch.setitem(sys.modules, "quickstart.localcloud.connection", module)
     return events
@@ -524,7 +528,7 @@ def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monk
         sample_dir / "Test-28x28_cntk_text.txt",
         sample_dir / "ConvNet_MNIST.py",
     ]
-    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: paths)
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: {p.name: p for p in paths})
     monkeypatch.setenv(
         "QUICKSTART_STATE_DIR", str(tmp_path / "localcloud")
     )  # where the fixture serves

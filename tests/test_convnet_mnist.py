@@ -23,8 +23,19 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "ConvNet_MNIST.py"
 sys.path.insert(0, str(REPO))
 import ConvNet_MNIST  # noqa: E402  (the script, imported as a module)
-
-ConvNet = ConvNet_MNIST.define_convnet(torch)
+from quickstart.convnet_pytorch.cntk_compat import (  # noqa: E402
+    CntkMomentumSGD,
+    SampleStream,
+    schedule_value,
+)
+from quickstart.convnet_pytorch.conv1_kernels import (  # noqa: E402
+    Conv1PoolKernels,
+    KernelsUnavailable,
+)
+from quickstart.convnet_pytorch.cpu_tuning import cpu_thread_count  # noqa: E402
+from quickstart.convnet_pytorch.ctf_reader import InputError, read_ctf  # noqa: E402
+from quickstart.convnet_pytorch.fast_cpu import FastCpuStep, conv1_block  # noqa: E402
+from quickstart.convnet_pytorch.network import ConvNet, save_model  # noqa: E402
 
 # The short run: 3 epochs of 10,000 samples at minibatch 64 (the last minibatch of each epoch
 # holds 16), then the full 10,000-image test. Measured with seeds 0-7 on the 2-core dev
@@ -193,7 +204,7 @@ def test_cpu_training_step_has_autograds_values_and_gradients(batch, mode):
     slow_loss = F.cross_entropy(slow_logits, labels)
     slow_loss.backward()
     torch.manual_seed(7)
-    fast_logits, fast_loss = fast.train_step_cpu(pixels, labels)
+    fast_logits, fast_loss = FastCpuStep(fast).train_step(pixels, labels)
     assert torch.allclose(slow_logits, fast_logits, atol=1e-5)
     assert fast_loss.item() == pytest.approx(slow_loss.item(), rel=1e-5)
     for (name, slow), quick in zip(reference.named_parameters(), fast.parameters(), strict=False):
@@ -205,11 +216,11 @@ def test_cpu_training_step_replaces_gradients_and_fills_the_optimizers_buffer():
     torch.manual_seed(4)
     pixels, labels = mnist_like_batch(16)
     model = ConvNet().eval()
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
-    model.train_step_cpu(pixels, labels)
+    optimizer = CntkMomentumSGD(model.parameters())
+    FastCpuStep(model).train_step(pixels, labels)
     first = optimizer.gradients.clone()
     assert first.abs().sum() > 0
-    model.train_step_cpu(pixels, labels)
+    FastCpuStep(model).train_step(pixels, labels)
     assert torch.equal(optimizer.gradients, first)  # the same batch again: replaced, not added
 
 
@@ -219,15 +230,15 @@ def test_fast_cpu_forward_has_forwards_values():
     reference, fast = perturbed_pair()
     with torch.no_grad():
         assert torch.allclose(
-            reference.eval()(pixels), fast.eval().forward_cpu_fast(pixels), atol=1e-5
+            reference.eval()(pixels), FastCpuStep(fast.eval()).forward(pixels), atol=1e-5
         )
 
 
 @pytest.fixture(scope="module")
 def conv1_kernels():
     try:
-        return ConvNet_MNIST.Conv1PoolKernels.build(torch)
-    except ConvNet_MNIST.KernelsUnavailable as reason:
+        return Conv1PoolKernels.build()
+    except KernelsUnavailable as reason:
         pytest.skip(f"compiled conv1 kernels unavailable here: {reason}")
 
 
@@ -237,14 +248,13 @@ def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_ke
     torch.manual_seed(8)
     pixels, labels = mnist_like_batch(batch)  # blank rows: ties inside pooling windows
     operators, compiled = perturbed_pair()
-    compiled.conv1_kernels = conv1_kernels
     for model in (operators, compiled):
         model.train(mode == "train")
-        ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+        CntkMomentumSGD(model.parameters())
     torch.manual_seed(9)
-    expected_logits, expected_loss = operators.train_step_cpu(pixels, labels)
+    expected_logits, expected_loss = FastCpuStep(operators).train_step(pixels, labels)
     torch.manual_seed(9)
-    logits, loss = compiled.train_step_cpu(pixels, labels)
+    logits, loss = FastCpuStep(compiled, conv1_kernels).train_step(pixels, labels)
     assert torch.allclose(logits, expected_logits, atol=1e-5)
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)
     for (name, expected), got in zip(
@@ -253,8 +263,8 @@ def test_compiled_conv1_kernels_give_the_operators_values_and_gradients(conv1_ke
         assert torch.allclose(got.grad, expected.grad, rtol=1e-4, atol=1e-7), name
     with torch.no_grad():
         assert torch.allclose(
-            compiled.eval().forward_cpu_fast(pixels),
-            operators.eval().forward_cpu_fast(pixels),
+            FastCpuStep(compiled.eval(), conv1_kernels).forward(pixels),
+            FastCpuStep(operators.eval()).forward(pixels),
             atol=1e-5,
         )
 
@@ -268,7 +278,7 @@ def test_compiled_conv1_kernels_route_each_gradient_to_the_pools_maximum(conv1_k
     with torch.no_grad():
         model.conv1.bias.fill_(1.0)  # every pooled output positive: the ReLU passes all
     relu1, backward = conv1_kernels.forward(pixels, model.conv1.weight, model.conv1.bias)
-    _, backward_ops = model._conv1_block(pixels)
+    _, backward_ops = conv1_block(pixels, model.conv1.weight, model.conv1.bias)
     grad = torch.zeros(1, 13, 13, 32)
     grad[0, 6, 4, 5] = 1.0
     grad = grad.permute(0, 3, 1, 2)
@@ -292,7 +302,9 @@ def test_compiled_conv1_kernels_break_pooling_ties_as_pytorch_does(conv1_kernels
     grad[0, 0, 0, :] = 1.0
     grad = grad.permute(0, 3, 1, 2)
     got = conv1_kernels.forward(pixels, model.conv1.weight, model.conv1.bias)[1](grad)[0]
-    expected = model._conv1_block(pixels)[1](grad)[0].reshape(got.shape)
+    expected = conv1_block(pixels, model.conv1.weight, model.conv1.bias)[1](grad)[0].reshape(
+        got.shape
+    )
     assert torch.equal(got, expected)
     assert got[0, 0, 2, 3].item() == 200 / 256  # the right neighbour of pixel (1, 1)
 
@@ -301,11 +313,11 @@ def test_training_with_the_kernels_is_reproducible_from_the_seed(conv1_kernels):
     def train(seed):
         torch.manual_seed(seed)
         model = ConvNet()
-        model.conv1_kernels = conv1_kernels
-        optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+        optimizer = CntkMomentumSGD(model.parameters())
+        step = FastCpuStep(model, conv1_kernels).train_step
         for _step in range(4):
             pixels, labels = mnist_like_batch(64)
-            model.train_step_cpu(pixels, labels)
+            step(pixels, labels)
             optimizer.step(0.001, 1024, 64)
         return optimizer.parameters.clone()
 
@@ -315,8 +327,8 @@ def test_training_with_the_kernels_is_reproducible_from_the_seed(conv1_kernels):
 
 def test_a_failing_compiler_makes_the_kernels_unavailable_with_its_reason(monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that exits with status 1
-    with pytest.raises(ConvNet_MNIST.KernelsUnavailable, match="^false failed: exit status 1$"):
-        ConvNet_MNIST.Conv1PoolKernels.build(torch)
+    with pytest.raises(KernelsUnavailable, match="^false failed: exit status 1$"):
+        Conv1PoolKernels.build()
 
 
 def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(
@@ -330,8 +342,8 @@ def test_a_compiler_without_avx2_gives_its_first_error_as_the_reason(
     )
     compiler.chmod(0o755)
     monkeypatch.setenv("CC", str(compiler))
-    with pytest.raises(ConvNet_MNIST.KernelsUnavailable) as raised:
-        ConvNet_MNIST.Conv1PoolKernels.build(torch)
+    with pytest.raises(KernelsUnavailable) as raised:
+        Conv1PoolKernels.build()
     reason = str(raised.value)
     assert reason.startswith(str(compiler) + " failed: ") and "error" in reason, reason
 
@@ -365,26 +377,23 @@ def test_without_a_c_compiler_the_script_trains_with_the_operators(tmp_path, dat
 def test_dropout_is_active_in_training_and_off_in_eval():
     torch.manual_seed(2)
     model = ConvNet()
+    step = FastCpuStep(model)
     pixels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8)
     labels = torch.zeros(8, dtype=torch.int64)
-    assert not torch.equal(
-        model.train_step_cpu(pixels, labels)[0], model.train_step_cpu(pixels, labels)[0]
-    )
-    assert not torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
+    assert not torch.equal(step.train_step(pixels, labels)[0], step.train_step(pixels, labels)[0])
+    assert not torch.equal(step.forward(pixels), step.forward(pixels))
     model.eval()
-    assert torch.equal(
-        model.train_step_cpu(pixels, labels)[0], model.train_step_cpu(pixels, labels)[0]
-    )
-    assert torch.equal(model.forward_cpu_fast(pixels), model.forward_cpu_fast(pixels))
+    assert torch.equal(step.train_step(pixels, labels)[0], step.train_step(pixels, labels)[0])
+    assert torch.equal(step.forward(pixels), step.forward(pixels))
 
 
 # --- the schedule and the update --------------------------------------------------------------
 
 
 def test_schedules_by_epoch():
-    lr = [ConvNet_MNIST.schedule_value(ConvNet_MNIST.LR_PER_SAMPLE, e) for e in range(40)]
+    lr = [schedule_value(ConvNet_MNIST.LR_PER_SAMPLE, e) for e in range(40)]
     assert lr == [0.001] * 10 + [0.0005] * 10 + [0.0001] * 20
-    tau = [ConvNet_MNIST.schedule_value(ConvNet_MNIST.MOMENTUM_TIME_CONSTANT, e) for e in range(40)]
+    tau = [schedule_value(ConvNet_MNIST.MOMENTUM_TIME_CONSTANT, e) for e in range(40)]
     assert tau == [0] * 5 + [1024] * 35
 
 
@@ -401,7 +410,7 @@ def _gradients(model, seed, n):
 
 def test_update_is_cntks_unit_gain_momentum_on_summed_gradients():
     model = _two_parameter_model(0)
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    optimizer = CntkMomentumSGD(model.parameters())
     weights = model.weight.detach().clone()
     velocity = torch.zeros_like(weights)
     for step, (n, tau) in enumerate([(64, 0), (64, 0), (64, 1024), (64, 1024), (32, 1024)]):
@@ -419,7 +428,7 @@ def test_full_minibatches_match_torch_sgd_with_lr_times_b_and_dampening_mu():
     ours, theirs = _two_parameter_model(1), _two_parameter_model(1)
     b, mu = 64, math.exp(-64 / 1024)
     assert mu == pytest.approx(0.939413, abs=1e-6)
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, ours.parameters())
+    optimizer = CntkMomentumSGD(ours.parameters())
     reference = torch.optim.SGD(theirs.parameters(), lr=0.0005 * b, momentum=mu, dampening=mu)
     for step in range(6):
         optimizer.zero_grad()
@@ -442,7 +451,7 @@ def test_full_minibatches_match_torch_sgd_with_lr_times_b_and_dampening_mu():
 
 def test_without_momentum_it_is_plain_sgd_with_lr_times_minibatch_size():
     model = _two_parameter_model(2)
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    optimizer = CntkMomentumSGD(model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.zero_grad()
     _gradients(model, 0, 16)
@@ -456,7 +465,7 @@ def test_optimizer_buffers_keep_every_tensors_shape_values_and_update(tmp_path):
     torch.manual_seed(6)
     model = ConvNet()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    optimizer = CntkMomentumSGD(model.parameters())
     assert optimizer.parameters.numel() == 98778
     for name, parameter in model.named_parameters():  # conv kernels are held channels-last
         assert torch.equal(parameter.detach(), before[name]), name
@@ -466,7 +475,7 @@ def test_optimizer_buffers_keep_every_tensors_shape_values_and_update(tmp_path):
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter.detach(), before[name] - 0.02, atol=1e-7), name
     path = str(tmp_path / "model.pt")  # the model file: plain tensors, whatever the layout
-    ConvNet_MNIST.save_state_dict(torch, model, path)
+    save_model(model, path)
     saved = torch.load(path)
     assert all(tensor.is_contiguous() for tensor in saved.values())
     fresh = ConvNet()
@@ -481,7 +490,7 @@ def test_optimizer_buffers_keep_every_tensors_shape_values_and_update(tmp_path):
 def _stream(seed, count=100):
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return ConvNet_MNIST.SampleStream(torch, count, generator)
+    return SampleStream(count, generator)
 
 
 def test_each_sweep_is_a_fresh_permutation_and_minibatches_span_sweeps():
@@ -508,7 +517,7 @@ GOOD_LINE = "|labels 0 0 1 0 0 0 0 0 0 0 |features " + " ".join(
 def _read(tmp_path, lines, end="\n"):
     path = tmp_path / "sample.txt"
     path.write_text("\n".join(lines) + end)
-    return ConvNet_MNIST.read_ctf(str(path))
+    return read_ctf(str(path))
 
 
 def test_reader_parses_values_and_one_hot_labels(tmp_path):
@@ -543,7 +552,7 @@ def test_reader_accepts_windows_line_ends_and_tabs(tmp_path):
     ],
 )
 def test_reader_names_the_line_and_the_problem(tmp_path, line, what):
-    with pytest.raises(ConvNet_MNIST.InputError) as caught:
+    with pytest.raises(InputError) as caught:
         _read(tmp_path, [GOOD_LINE, line, GOOD_LINE])
     message = str(caught.value)
     assert "line 2: " + what in message and "\n" not in message
@@ -551,8 +560,8 @@ def test_reader_names_the_line_and_the_problem(tmp_path, line, what):
 
 def test_reader_rejects_an_empty_file(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
-    with pytest.raises(ConvNet_MNIST.InputError, match="empty file"):
-        ConvNet_MNIST.read_ctf(str(tmp_path / "empty.txt"))
+    with pytest.raises(InputError, match="empty file"):
+        read_ctf(str(tmp_path / "empty.txt"))
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -567,7 +576,8 @@ def test_reader_rejects_an_empty_file(tmp_path):
         (["{data}", "{out}", "--epoch-size", "-5"], "-5 must be at least 1"),
         (["{data}", "{out}", "--learning-rate", "1"], "unrecognized arguments: --learning-rate"),
         (["{data}", "{out}", "--device", "tpu"], "invalid choice: 'tpu'"),
-        (["{data}", "{out}", "--seed", "-1"], "-1 is not in 0..2**63-1"),
+        (["{data}", "{out}", "--seed", "-1"], "-1 must be at least 0"),
+        (["{data}", "{out}", "--seed", str(2**63)], f"{2**63} must be at least 0 and below 2**63"),
         (["{tmp}/nowhere", "{out}"], "data folder {tmp}/nowhere does not exist"),
         (["{tmp}", "{out}"], "{tmp}/Train-28x28_cntk_text.txt is missing"),
         (["{data}", "{tmp}/file"], "model folder {tmp}/file is a file, not a folder"),
@@ -611,7 +621,7 @@ def test_garbled_data_gets_one_line_and_exit_status_2(tmp_path, data_dir):
 def test_cpu_threads_are_every_core_unless_omp_num_threads_says_otherwise(setting, threads):
     environ = {} if setting is None else {"OMP_NUM_THREADS": setting}
     expected = len(os.sched_getaffinity(0)) if threads == "every core" else threads
-    assert ConvNet_MNIST.cpu_thread_count(environ) == expected
+    assert cpu_thread_count(environ) == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -681,7 +691,7 @@ def test_short_training_streams_the_recipes_lines_and_learns(tmp_path, data_dir)
     model = ConvNet()
     model.load_state_dict(torch.load(str(models / "ConvNet_MNIST_2.pt")))  # the README's line
     model.eval()
-    features, labels = ConvNet_MNIST.read_ctf(str(Path(data_dir) / "Test-28x28_cntk_text.txt"))
+    features, labels = read_ctf(str(Path(data_dir) / "Test-28x28_cntk_text.txt"))
     with torch.no_grad():
         predicted = model(torch.from_numpy(features)).argmax(1).numpy()
     assert f"{100.0 * (predicted != labels).mean():0.2f}" == finals[0].group(2)

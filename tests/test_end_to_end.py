@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from quickstart.config import SCHEMA
+from quickstart.sample import job_files
+from tests.test_readme import run_model_loading_code
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny epoch keeps each job to the time it takes to read the sample and test the network.
@@ -136,7 +138,7 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
     assert re.search(
         r"^Started the local cloud at https://127\.0\.0\.1:\d+/ for this command", first, re.M
     )
-    for name in ("Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
+    for name in job_files():  # the sample, the script and the PyTorch port it hands over to
         assert re.search(rf"^Uploaded {re.escape(name)} \([\d,]+ bytes\)$", first, re.M)
     assert "Cluster mycluster created: 1 x STANDARD_NC6" in first
     assert re.search(
@@ -146,6 +148,10 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
         re.M,
     )
     first_job = submitted_job(first)
+    readme = run_model_loading_code(workdir)  # the README's snippet, verbatim, after `run`
+    assert readme.returncode == 0, readme.stderr
+    newest = f"outputs/{first_job}/ConvNet_MNIST_0.pt"
+    assert re.fullmatch(rf"{re.escape(newest)}: \d+\.\d\d% test error\n", readme.stdout)
     assert_trained_and_downloaded(first, workdir, first_job)
     connection = json.loads((workdir / ".localcloud" / "connection.json").read_text())
 
@@ -172,16 +178,16 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
             second.communicate()
     interrupted = so_far + rest
     assert second.returncode == 130, interrupted
-    for name in ("Train-28x28_cntk_text.txt", "Test-28x28_cntk_text.txt", "ConvNet_MNIST.py"):
+    for name in job_files():  # the sample, the script and the PyTorch port it hands over to
         assert f"Unchanged on the share, not uploaded: {name} (" in interrupted
     assert "Uploaded" not in interrupted
     assert "Cluster mycluster exists; reusing it" in interrupted
     second_job = submitted_job(interrupted)
     assert second_job != first_job
     assert (
-        f"Stopped watching. The job {second_job} keeps running in the cloud: `python -m quickstart run`"
-        in interrupted
-    )
+        "Stopped. What was created so far stays, and a submitted job keeps running in the cloud: "
+        "`python -m quickstart run` (or `status --follow`) reattaches to it"
+    ) in interrupted
     assert "Using the local cloud serving at " + connection["resource_manager_url"] in watching
     assert f"Job {second_job}: Job state: running" in watching
     assert "Output so far" in watching

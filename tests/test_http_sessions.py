@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from quickstart import steps
+from quickstart import http_sessions
 from quickstart.http_sessions import BODY_PIECE, WholeBodyAdapter, whole_body_session
 from quickstart.localcloud.connection import requests_session
 from tests.conftest import make_file_service
@@ -89,7 +89,7 @@ def test_a_streamed_answer_is_handed_over_before_its_end_arrives(server):
 
 def test_the_tutorial_and_the_local_cloud_clients_read_whole_answers():
     """The sessions that the storage client gets: the tutorial's and the local cloud helper's."""
-    tutorials = steps.reconnecting_session()
+    tutorials = http_sessions.reconnecting_session()
     for session in (tutorials, requests_session({"ca_cert": "/trusted/ca.pem"})):
         assert isinstance(session.get_adapter("https://127.0.0.1/"), WholeBodyAdapter)
     assert tutorials.get_adapter("https://127.0.0.1/").max_retries.connect == 5

@@ -78,10 +78,9 @@ def test_first_training_line_is_a_five(built):
 
 
 def test_the_script_reads_back_exactly_the_idx_content(built):
-    sys.path.insert(0, str(REPO))
-    import ConvNet_MNIST
+    from quickstart.convnet_pytorch.ctf_reader import read_ctf
 
-    features, labels = ConvNet_MNIST.read_ctf(built[1])
+    features, labels = read_ctf(built[1])
     pixels = np.frombuffer(raw_idx("t10k-images-idx3-ubyte"), np.uint8, offset=16)
     assert np.array_equal(features.ravel(), pixels)
     assert np.array_equal(

@@ -4,8 +4,6 @@ monitoring with live streaming, failures, teardown and status."""
 import base64
 import hashlib
 import re
-import sys
-import types
 from datetime import UTC, datetime, timedelta
 from unittest.mock import ANY, call
 
@@ -16,8 +14,9 @@ from azure.storage.file.models import File as FileModel
 from msrest import Serializer
 from msrestazure import azure_cloud
 
-from quickstart import steps
+from quickstart import downloads, jobs, status, steps, teardown
 from quickstart.config import NAME_RULES
+from quickstart.timing import StepClock
 from tests.fakes_azure import (
     ADMIN_PASSWORD,
     CLIENT_SECRET,
@@ -60,8 +59,12 @@ def sample_files(tmp_path, monkeypatch):
         path = tmp_path / name
         path.write_bytes(b"x" * size)
         paths.append(path)
-    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: paths)
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda settings: as_sample_files(paths))
     return paths
+
+
+def as_sample_files(paths):
+    return {path.name: path for path in paths}
 
 
 class JobScript:
@@ -212,7 +215,7 @@ def test_resource_group_share_and_directory_are_created_or_reused(azure):
 
 def test_upload_sends_each_sample_file_with_a_progress_callback(azure, sample_files, capsys):
     azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
-    steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+    steps.upload_sample_files(azure.files, azure_settings(), as_sample_files(sample_files))
 
     assert azure.files.create_file_from_path.call_args_list == [
         call("batchaiquickstart", "mnistcntksample", path.name, str(path), progress_callback=ANY)
@@ -245,7 +248,7 @@ def test_only_files_that_changed_are_uploaded_and_the_md5_is_stored_after_the_up
     }  # other size
     azure.files.get_file_properties.side_effect = lambda share, directory, name: on_share[name]
 
-    steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+    steps.upload_sample_files(azure.files, azure_settings(), as_sample_files(sample_files))
 
     assert [c.args[2] for c in azure.files.create_file_from_path.call_args_list] == [
         test.name,
@@ -282,32 +285,49 @@ def test_an_upload_that_breaks_off_stores_no_md5(azure, sample_files):
     azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
     azure.files.create_file_from_path.side_effect = ConnectionError("reset")
     with pytest.raises(ConnectionError):
-        steps.upload_sample_files(azure.files, azure_settings(), sample_files)
+        steps.upload_sample_files(azure.files, azure_settings(), as_sample_files(sample_files))
     azure.files.set_file_properties.assert_not_called()
 
 
-def test_sample_files_are_the_built_ctf_files_and_the_training_script(tmp_path, monkeypatch):
-    built = []
-    sample = types.ModuleType("quickstart.sample")
+def test_sample_files_are_the_built_ctf_files_the_training_script_and_its_pytorch_port(
+    tmp_path, capsys
+):
+    from quickstart import sample
 
-    def build_ctf_files(data_dir):
-        built.append(data_dir)
-        return str(tmp_path / "Train-28x28_cntk_text.txt"), str(
-            tmp_path / "Test-28x28_cntk_text.txt"
-        )
+    files = steps.prepare_sample_files(azure_settings(data_dir=str(sample.DEFAULT_DATA_DIR)))
 
-    sample.build_ctf_files = build_ctf_files
-    sample.convnet_script_path = lambda: tmp_path / "ConvNet_MNIST.py"
-    monkeypatch.setitem(sys.modules, "quickstart.sample", sample)
-    (tmp_path / "ConvNet_MNIST.py").write_text("print('train')\n")
-
-    paths = steps.prepare_sample_files(azure_settings(data_dir=str(tmp_path / "data")))
-
-    assert built == [str(tmp_path / "data")]
-    assert [p.name for p in paths] == [
+    assert list(files)[:3] == [
         "Train-28x28_cntk_text.txt",
         "Test-28x28_cntk_text.txt",
         "ConvNet_MNIST.py",
+    ]
+    port = {name for name in files if name.startswith("convnet_pytorch/")}
+    assert {"convnet_pytorch/__init__.py", "convnet_pytorch/conv1_pool.c"} <= port
+    assert port == {
+        f"convnet_pytorch/{p.name}"
+        for p in sample.PYTORCH_PORT.iterdir()
+        if p.suffix in (".py", ".c")
+    }  # what the job imports and compiles, no caches
+    assert all(path.is_file() for path in files.values())
+    assert capsys.readouterr().out == (
+        "Sample files ready: Train-28x28_cntk_text.txt, Test-28x28_cntk_text.txt, "
+        "ConvNet_MNIST.py, convnet_pytorch/\n"
+    )
+
+
+def test_files_in_a_folder_go_into_that_folder_of_the_sample_directory(azure, tmp_path):
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
+    (tmp_path / "train.py").write_text("print('train')\n")
+    files = {"ConvNet_MNIST.py": tmp_path / "train.py", "port/train.py": tmp_path / "train.py"}
+
+    steps.upload_sample_files(azure.files, azure_settings(), files)
+
+    azure.files.create_directory.assert_called_once_with(
+        "batchaiquickstart", "mnistcntksample/port", fail_on_exist=False
+    )
+    assert [c.args[1:3] for c in azure.files.create_file_from_path.call_args_list] == [
+        ("mnistcntksample", "ConvNet_MNIST.py"),
+        ("mnistcntksample/port", "train.py"),
     ]
 
 
@@ -567,11 +587,11 @@ def test_a_timestamped_name_already_taken_gets_a_suffix(azure, capsys):
 
 def test_job_names_are_timestamped_unless_pinned():
     now = datetime(2018, 5, 1, 9, 30, 0, tzinfo=UTC)
-    name = steps.choose_job_name(azure_settings(), now)
+    name = jobs.choose_job_name(azure_settings(), now)
     assert name == "cntk_05_01_2018_093000"
     assert NAME_RULES["job"][0].match(name)
-    assert steps.choose_job_name(azure_settings(job="myjob"), now) == "myjob"
-    later = steps.choose_job_name(azure_settings(), now + timedelta(seconds=1))
+    assert jobs.choose_job_name(azure_settings(job="myjob"), now) == "myjob"
+    later = jobs.choose_job_name(azure_settings(), now + timedelta(seconds=1))
     assert later != name
 
 
@@ -671,10 +691,10 @@ def test_a_failed_job_reports_its_exit_code_and_errors(azure, capsys):
     out = capsys.readouterr().out
     assert "Job myjob failed with exit code 3" in out
     assert "Job error: JobFailed: The job failed with exit code 3" in out
-    assert steps.job_exit_status(result) == 3
-    assert steps.job_exit_status(job("x", "failed", exit_code=-1)) == 1
-    assert steps.job_exit_status(job("x", "failed", exit_code=None)) == 1
-    assert steps.job_exit_status(job("x", "succeeded", exit_code=0)) == 0
+    assert jobs.job_exit_status(result) == 3
+    assert jobs.job_exit_status(job("x", "failed", exit_code=-1)) == 1
+    assert jobs.job_exit_status(job("x", "failed", exit_code=None)) == 1
+    assert jobs.job_exit_status(job("x", "succeeded", exit_code=0)) == 0
 
 
 # 9-10. Output files and models -------------------------------------------------------------------
@@ -790,30 +810,25 @@ def test_run_ends_with_the_test_error_from_the_jobs_output_and_the_time_of_each_
             ["running", "succeeded"], [b"Final Results: Minibatch[1-2]: errs = 9.00% * 5\n", final]
         ),
     )
-    assert (
-        steps.run(
-            azure_settings(download_dir=str(tmp_path / "outputs")), sleep=lambda seconds: None
-        )
-        == 0
-    )
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    with StepClock().running() as clock:  # (the "sample" step is stubbed here: not timed)
+        assert steps.run(settings, sleep=lambda seconds: None) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert (
-        lines[-2] == "Final test error: 1.25% on 10,000 test images"
-    )  # the last such line of the job
+    assert lines[-1] == "Final test error: 1.25% on 10,000 test images"  # the job's last one
     assert re.fullmatch(
         r"Wall time: \d+\.\d s in all \(sign-in \d+\.\d s, resource group \d+\.\d s, "
-        r"share \d+\.\d s, sample \d+\.\d s, upload \d+\.\d s, workspace \d+\.\d s, cluster \d+\.\d s, "
+        r"share \d+\.\d s, upload \d+\.\d s, workspace \d+\.\d s, cluster \d+\.\d s, "
         r"experiment and job \d+\.\d s, training \d+\.\d s, output files \d+\.\d s, "
         r"download \d+\.\d s\)",
-        lines[-1],
-    ), lines[-1]
+        clock.summary(),
+    ), clock.summary()
 
 
 def test_a_job_without_final_results_says_so(tmp_path, capsys):
     (tmp_path / "stdouterr").mkdir()
     (tmp_path / "stdouterr" / "stderr.txt").write_text("Traceback ...\n")
-    assert steps.report_test_error(tmp_path) is None
+    assert downloads.report_test_error(tmp_path) is None
     assert capsys.readouterr().out == (
         "Final test error: not reported (no 'Final Results' line in the job's stderr.txt)\n"
     )
@@ -874,9 +889,8 @@ def test_run_with_a_pinned_name_follows_that_job_while_it_runs_and_never_deletes
     azure.batchai.jobs.list_by_experiment.assert_not_called()
 
 
-def test_ctrl_c_while_monitoring_says_the_job_keeps_running_and_how_to_come_back(
-    azure, sample_files, capsys
-):
+def test_ctrl_c_while_monitoring_leaves_the_job_alone(azure, sample_files, capsys):
+    """The command line says what to do next (tests/test_cli.py); the job is never deleted."""
     allocating_cluster(azure)
     azure.batchai.jobs.get.side_effect = [
         cloud_error(404, "JobNotFound"),
@@ -884,12 +898,17 @@ def test_ctrl_c_while_monitoring_says_the_job_keeps_running_and_how_to_come_back
         KeyboardInterrupt,
     ]
 
-    assert steps.run(azure_settings(job="myjob"), sleep=lambda seconds: None) == 130
-    out = capsys.readouterr().out
-    assert "The job myjob keeps running in the cloud" in out
-    assert "`python -m quickstart run` (or `status --follow`) reattaches to it" in out
-    assert "python -m quickstart teardown" in out
+    with pytest.raises(KeyboardInterrupt):
+        steps.run(azure_settings(job="myjob"), sleep=lambda seconds: None)
     azure.batchai.jobs.delete.assert_not_called()
+
+
+def test_steps_are_timed_only_while_a_clock_runs(azure, capsys):
+    steps.create_resource_group(azure.resources, azure_settings())
+    with StepClock().running() as clock:
+        steps.create_resource_group(azure.resources, azure_settings())
+    assert list(clock.seconds) == ["resource group"]
+    assert capsys.readouterr().out.count("Resource group myresourcegroup ready") == 2
 
 
 def test_downloads_of_an_earlier_job_of_the_same_name_are_kept_aside(azure, tmp_path, capsys):
@@ -922,7 +941,7 @@ def test_teardown_deletes_jobs_then_cluster_workspace_and_resource_group(azure, 
         [job("cntk_1", "succeeded"), job("cntk_2", "failed")]
     )
 
-    assert steps.teardown(azure_settings()) == 0
+    assert teardown.teardown(azure_settings()) == 0
 
     assert azure.call_names() == [
         "jobs.list_by_experiment",
@@ -959,16 +978,16 @@ def test_teardown_on_the_local_cloud_removes_the_share_too_unless_kept(azure, ca
         cloud="local", storage_connection_string="FileEndpoint=https://127.0.0.1/x"
     )
     azure.files.delete_share.return_value = True
-    steps.teardown(local)
+    teardown.teardown(local)
     azure.files.delete_share.assert_called_once_with("batchaiquickstart", fail_not_exist=False)
     assert (
         "Removed file share batchaiquickstart (the sample and every job's files on it)"
         in capsys.readouterr().out
     )
     for choice, setting in ((False, None), (None, False)):
-        steps.teardown(local.replace(delete_share=setting), delete_share=choice)
+        teardown.teardown(local.replace(delete_share=setting), delete_share=choice)
     assert azure.files.delete_share.call_count == 1
-    steps.teardown(azure_settings(delete_share=True))
+    teardown.teardown(azure_settings(delete_share=True))
     assert azure.files.delete_share.call_count == 2
 
 
@@ -984,7 +1003,7 @@ def test_teardown_says_when_there_is_nothing_to_remove(azure, capsys):
         delete.side_effect = gone
     azure.files.delete_share.return_value = False
 
-    assert steps.teardown(azure_settings(), delete_share=True) == 0
+    assert teardown.teardown(azure_settings(), delete_share=True) == 0
 
     assert capsys.readouterr().out.splitlines()[1:] == [
         "Nothing to remove: experiment myexperiment, cluster mycluster, workspace myworkspace, "
@@ -996,7 +1015,7 @@ def test_teardown_says_when_there_is_nothing_to_remove(azure, capsys):
 def test_teardown_names_what_was_already_gone(azure, capsys):
     azure.batchai.jobs.list_by_experiment.return_value = iter([])
     azure.batchai.clusters.delete.side_effect = cloud_error(404, "ClusterNotFound")
-    steps.teardown(azure_settings())
+    teardown.teardown(azure_settings())
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "Already gone: cluster mycluster"
     assert "Removed resource group myresourcegroup" in out
@@ -1005,7 +1024,7 @@ def test_teardown_names_what_was_already_gone(azure, capsys):
 def test_teardown_stops_on_errors_other_than_not_found(azure):
     azure.batchai.clusters.delete.side_effect = cloud_error(409, "Conflict", "The cluster is busy")
     with pytest.raises(Exception, match="The cluster is busy"):
-        steps.teardown(azure_settings(job="myjob"))
+        teardown.teardown(azure_settings(job="myjob"))
     azure.batchai.workspaces.delete.assert_not_called()
 
 
@@ -1022,7 +1041,7 @@ def test_status_shows_the_cluster_the_latest_job_its_output_so_far_and_its_files
     script.content = "".join(f"Finished Epoch[{n} of 40]\n" for n in range(1, 26)).encode()
     script_job(azure, script)
 
-    assert steps.status(azure_settings()) == 0
+    assert status.status(azure_settings()) == 0
 
     out = capsys.readouterr().out
     assert "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 1;" in out
@@ -1049,7 +1068,7 @@ def test_status_of_a_finished_job_shows_its_result_and_test_error(azure, capsys)
     )
     script_job(azure, script)
 
-    assert steps.status(azure_settings()) == 0
+    assert status.status(azure_settings()) == 0
 
     out = capsys.readouterr().out
     assert (
@@ -1059,7 +1078,7 @@ def test_status_of_a_finished_job_shows_its_result_and_test_error(azure, capsys)
     assert "Output so far" not in out
 
 
-def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
+def test_status_follow_watches_a_running_job_to_its_end_and_downloads_it(azure, tmp_path, capsys):
     azure.batchai.clusters.get.return_value = cluster("steady", running=1, current=1)
     azure.batchai.jobs.list_by_experiment.return_value = iter([job("cntk_a", "running")])
     script_job(
@@ -1067,20 +1086,54 @@ def test_status_follow_watches_a_running_job_to_its_end(azure, capsys):
         JobScript(["running", "running", "failed"], [b"epoch 1\n", b"epoch 2\n", b""], exit_code=5),
     )
 
-    assert steps.status(azure_settings(), follow=True, sleep=lambda seconds: None) == 5
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    assert status.status(settings, follow=True, sleep=lambda seconds: None) == 5
 
     out = capsys.readouterr().out
     assert "epoch 1\nepoch 2\n" in out
     assert "Job cntk_a failed with exit code 5" in out
     assert "Final test error: not reported (no 'Final Results' line in the job's stderr.txt)" in out
     assert out.index("Job cntk_a failed") < out.index("file: stderr.txt")
+    job_folder = tmp_path / "outputs" / "cntk_a"  # downloaded, as `run` does
+    assert sorted(p.name for p in job_folder.glob("*.dnn")) == [
+        "ConvNet_MNIST_0.dnn",
+        "ConvNet_MNIST_1.dnn",
+    ]
+    assert (job_folder / "stdouterr" / "stderr.txt").read_bytes() == b"epoch 1\nepoch 2\n"
+
+
+def test_download_fetches_a_finished_jobs_files_into_outputs_job(azure, tmp_path, capsys):
+    azure.batchai.jobs.get.side_effect = lambda *args, **kwargs: job("cntk_b", "succeeded", 0)
+    azure.batchai.jobs.list_output_files.side_effect = JobScript.list_output_files
+    script = JobScript(["succeeded"], [])
+    script.content = b"Final Results: Minibatch[1-11]: errs = 0.61% * 10000\n"
+    azure.http.get.side_effect = script.http_get
+
+    settings = azure_settings(download_dir=str(tmp_path / "outputs"))
+    assert status.download(settings, "cntk_b") == 0
+
+    assert azure.batchai.jobs.get.call_args.args[3] == "cntk_b"
+    assert (tmp_path / "outputs" / "cntk_b" / "ConvNet_MNIST_1.dnn").is_file()
+    out = capsys.readouterr().out
+    assert "Downloaded 2 model files to " + str(tmp_path / "outputs" / "cntk_b") in out
+    assert out.endswith("Final test error: 0.61% on 10,000 test images\n")
+
+
+def test_download_of_an_unfinished_or_unknown_job_says_what_to_do(azure, tmp_path):
+    azure.batchai.jobs.get.return_value = job("cntk_c", "running")
+    with pytest.raises(steps.StepFailed, match="is still running; `python -m quickstart status"):
+        status.download(azure_settings(download_dir=str(tmp_path)), "cntk_c")
+    azure.batchai.jobs.get.side_effect = cloud_error(404, "JobNotFound")
+    with pytest.raises(steps.StepFailed, match="job nope does not exist in experiment"):
+        status.download(azure_settings(download_dir=str(tmp_path)), "nope")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_status_when_nothing_exists(azure, capsys):
     azure.batchai.clusters.get.side_effect = cloud_error(404, "ClusterNotFound")
     azure.batchai.jobs.list_by_experiment.side_effect = cloud_error(404, "ResourceGroupNotFound")
 
-    assert steps.status(azure_settings()) == 0
+    assert status.status(azure_settings()) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
         "Cluster mycluster: not found",
         "Job: none in experiment myexperiment",

@@ -1,6 +1,6 @@
 """Benchmark: reading and writing the MNIST CNTK text files.
 
-- read: ConvNet_MNIST.read_ctf on the 60,000-line training file (goal <= 1.5 s) beside a
+- read: read_ctf on the 60,000-line training file (goal <= 1.5 s) beside a
   plain line-by-line ``str.split`` reader, both into the same uint8 / int64 arrays;
 - write: quickstart.sample writing both text files (goal <= 3 s), once from already-verified
   arrays and once end to end from the gzipped idx files (decompress, SHA-256, header checks,
@@ -25,8 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import ConvNet_MNIST  # noqa: E402
 from quickstart import sample  # noqa: E402
+from quickstart.convnet_pytorch.cpu_tuning import keep_freed_memory  # noqa: E402
+from quickstart.convnet_pytorch.ctf_reader import read_ctf  # noqa: E402
 
 READ_GOAL_S = 1.5
 WRITE_GOAL_S = 3.0
@@ -81,18 +82,16 @@ def main():
     args = parser.parse_args()
     # The script keeps freed memory in the heap before it reads (see _keep_freed_memory);
     # measure its reader the way it runs. The plain reader and writer get the same setting.
-    ConvNet_MNIST._keep_freed_memory()
+    keep_freed_memory()
     train_path, _ = sample.build_ctf_files()
     size_mb = os.path.getsize(train_path) / 1e6
 
-    ours_read, (features, labels) = best_of(
-        args.repeats, lambda: ConvNet_MNIST.read_ctf(train_path)
-    )
+    ours_read, (features, labels) = best_of(args.repeats, lambda: read_ctf(train_path))
     plain_read_s, (plain_features, plain_labels) = best_of(1, lambda: plain_read(train_path))
     assert np.array_equal(features, plain_features) and np.array_equal(labels, plain_labels)
     print(f"read {Path(train_path).name} ({size_mb:.0f} MB, 60,000 lines):")
     print(
-        "  ConvNet_MNIST.read_ctf  {:6.2f} s   goal <= {} s: {}".format(
+        "  read_ctf  {:6.2f} s   goal <= {} s: {}".format(
             ours_read, READ_GOAL_S, "met" if ours_read <= READ_GOAL_S else "NOT met"
         )
     )

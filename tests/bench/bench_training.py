@@ -6,7 +6,7 @@ already in memory:
 
 - baseline: the straightforward eager loop anyone would write first: ``model(x)`` on NCHW
   float tensors, ``torch.optim.SGD``, PyTorch's default threads and allocator;
-- ours: exactly what the script runs per step (``train_step_cpu`` with the compiled conv1
+- ours: exactly what the script runs per step (``FastCpuStep.train_step`` with the compiled conv1
   kernels where they build, the flat-buffer CNTK momentum SGD, the sample stream, all cores
   with OpenMP threads that sleep when idle, freed memory kept in the heap).
 
@@ -37,25 +37,24 @@ WARMUP_STEPS = 20
 
 
 def load_training_set():
-    sys.path.insert(0, str(REPO))
-    import ConvNet_MNIST
+    from quickstart.convnet_pytorch.ctf_reader import read_ctf
     from quickstart.sample import build_ctf_files
 
     train_path, _ = build_ctf_files()
-    return ConvNet_MNIST.read_ctf(train_path)
+    return read_ctf(train_path)
 
 
 def make_baseline_step():
-    import torch
+    import torch  # first: torch loads OpenMP with its defaults before the port's import tunes it
     import torch.nn.functional as F
 
-    import ConvNet_MNIST
+    from quickstart.convnet_pytorch.network import ConvNet
 
     pixels, labels = load_training_set()
     torch.manual_seed(0)
     x = torch.from_numpy(pixels).float().reshape(-1, 1, 28, 28)
     y = torch.from_numpy(labels)
-    model = ConvNet_MNIST.define_convnet(torch)()
+    model = ConvNet()
     mu = math.exp(-MINIBATCH / 1024)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001 * MINIBATCH, momentum=mu, dampening=mu)
     order = torch.randperm(len(y))
@@ -71,28 +70,35 @@ def make_baseline_step():
 
 
 def make_our_step():
-    import ConvNet_MNIST
-
-    ConvNet_MNIST.let_idle_threads_sleep()  # before torch loads OpenMP, as the script does
     import torch
 
-    ConvNet_MNIST._keep_freed_memory()
-    torch.set_num_threads(ConvNet_MNIST.cpu_thread_count(os.environ))
+    import quickstart.convnet_pytorch  # first: it lets idle OpenMP threads sleep, as the script
+    from quickstart.convnet_pytorch.cntk_compat import CntkMomentumSGD, SampleStream
+    from quickstart.convnet_pytorch.conv1_kernels import load_conv1_kernels
+    from quickstart.convnet_pytorch.cpu_tuning import cpu_thread_count, keep_freed_memory
+    from quickstart.convnet_pytorch.fast_cpu import FastCpuStep
+    from quickstart.convnet_pytorch.network import ConvNet
+
+    assert quickstart.convnet_pytorch.train  # the package the script hands over to
+    keep_freed_memory()
+    torch.set_num_threads(cpu_thread_count(os.environ))
     pixels, labels = load_training_set()
     torch.manual_seed(0)
     x = torch.from_numpy(pixels)
     y = torch.from_numpy(labels)
-    model = ConvNet_MNIST.define_convnet(torch)()
-    print("ours: " + ConvNet_MNIST.use_conv1_kernels(torch, model), file=sys.stderr)
-    optimizer = ConvNet_MNIST.CntkMomentumSGD(torch, model.parameters())
+    model = ConvNet()
+    kernels, which_conv1 = load_conv1_kernels()
+    print("ours: " + which_conv1, file=sys.stderr)
+    optimizer = CntkMomentumSGD(model.parameters())
+    train_step = FastCpuStep(model, kernels).train_step
     generator = torch.Generator()
     generator.manual_seed(0)
-    stream = ConvNet_MNIST.SampleStream(torch, len(y), generator)
+    stream = SampleStream(len(y), generator)
 
     def step(i):
         batch = stream.take(MINIBATCH)
         target = y[batch]
-        logits, loss = model.train_step_cpu(x[batch], target)
+        logits, loss = train_step(x[batch], target)
         optimizer.step(0.001, 1024, MINIBATCH)
         with torch.no_grad():  # the script's per-step loss/error bookkeeping
             loss.detach() * MINIBATCH
