@@ -22,10 +22,10 @@ def test_resource_group_share_directory_and_upload_steps(local_cloud, tmp_path, 
         "Test-28x28_cntk_text.txt": b"|labels 0 1 |features 0 0\n" * 1000,
         "ConvNet_MNIST.py": b"import sys\nprint(sys.argv)\n",
     }
-    paths = []
+    paths = {}
     for name, data in sample.items():
         (tmp_path / name).write_bytes(data)
-        paths.append(tmp_path / name)
+        paths[name] = tmp_path / name
 
     clients = steps.create_clients(settings)
     steps.create_resource_group(clients.resources, settings)
