@@ -10,7 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(exclude=["tests", "tests.*"]),
-    package_data={"quickstart.convnet_pytorch": ["conv1_pool.c"]},  # compiled by the job
+    package_data={
+        "quickstart.convnet_pytorch": ["conv1_pool.c"],  # compiled by the job
+        "quickstart.localcloud.portal": ["templates/*.html", "static/*"],
+    },
     install_requires=[
         "azure-mgmt-batchai==2.0.0",
         "azure-mgmt-resource==13.0.0",
@@ -22,6 +25,8 @@ setup(
         "adal==1.2.7",
         "requests==2.34.2",
         "werkzeug==3.1.9",
+        "Jinja2==3.1.6",
+        "MarkupSafe==3.0.4",
         "cryptography==50.0.2",
         "PyJWT==2.15.1",
         "tqdm==4.70.1",

@@ -93,8 +93,12 @@ log = logging.getLogger("quickstart.localcloud")
 
 connection_dropped_errors = (ConnectionError, socket.timeout, ssl.SSLError)
 
-SURFACE_MODULES = ("quickstart.localcloud.files", "quickstart.localcloud.batchai")
-OPTIONAL_SURFACES = {"quickstart.localcloud.batchai"}
+SURFACE_MODULES = (
+    "quickstart.localcloud.files",
+    "quickstart.localcloud.batchai",
+    "quickstart.localcloud.portal",
+)
+OPTIONAL_SURFACES = {"quickstart.localcloud.batchai", "quickstart.localcloud.portal"}
 HOST = "127.0.0.1"
 
 DEFAULT_OPTIONS = {
@@ -142,6 +146,9 @@ class CloudContext:
         self.stop_hooks: list[Callable[[], None]] = []
         self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
         self.storage_handler: Callable[[Request], Response] | None = None
+        self.portal_handler: Callable[[Request], Response] | None = None  # /portal (portal/)
+        # fn(request, response, seconds) after each API request (the portal's call log)
+        self.request_observers: list[Callable[[Request, Response, float], None]] = []
         self.connection = connection_file.build_connection(
             base_url=base_url,
             tenant=credentials.tenant,
@@ -207,6 +214,7 @@ class LocalCloudApp:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        started = time.perf_counter()
         try:
             response = self.dispatch(request)
         except Exception:
@@ -223,6 +231,9 @@ class LocalCloudApp:
                 status=500,
                 content_type="application/json; charset=utf-8",
             )
+        if not request.path.startswith("/portal"):
+            for observe in self.cloud.request_observers:
+                observe(request, response, time.perf_counter() - started)
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -234,6 +245,8 @@ class LocalCloudApp:
             return self.cloud.storage_handler(request)
         if request.path == connection_file.HEALTH_PATH:
             return self.health(request)
+        if first == "portal" and self.cloud.portal_handler is not None:
+            return self.cloud.portal_handler(request)
         if (
             len(segments) == 4
             and segments[2] == "oauth2"
