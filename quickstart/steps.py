@@ -35,6 +35,7 @@ from quickstart.jobs import (
     replace_finished_job,
     unfinished_job_to_follow,
 )
+from quickstart.portal_link import announce_portal
 from quickstart.streaming import OutputTail
 from quickstart.timing import timed
 from quickstart.uploads import upload_if_changed
@@ -64,6 +65,7 @@ def run(settings, sleep=time.sleep):
         create_workspace(clients.batchai, settings)  # 4
         create_cluster(clients.batchai, settings, share)  # 5
         cluster = wait_for_idle_node(clients.batchai, settings, sleep)
+        announce_portal(settings)  # "watch it at ..." (local cloud's portal)
         create_experiment(clients.batchai, settings)  # 6
         job_name = create_job(clients.batchai, settings, cluster, choose_job_name(settings))  # 7
     job = monitor_job(clients, settings, job_name, sleep)  # 8

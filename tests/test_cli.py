@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from quickstart import __main__ as cli
+from quickstart.localcloud.connection import requests_session
 from tests.conftest import clear_azure_environment
 from tests.fakes_azure import (
     ADMIN_PASSWORD,
@@ -541,6 +542,9 @@ def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monk
         "Using the local cloud serving at " + local_cloud.connection["resource_manager_url"] in out
     )
     assert "Cluster state: steady Target: 1; Allocated: 1; Idle: 1;" in out
+    (portal,) = re.findall(r"Cluster ready; watch it at (\S+)", out)  # once, and it signs in
+    signed_in = requests_session(local_cloud.connection).get(portal)
+    assert signed_in.status_code == 200 and signed_in.url.endswith("/portal/")
     assert "training on ConvNet_MNIST.py,Test-28x28_cntk_text.txt,Train-28x28_cntk_text.txt" in out
     assert "args=--max-epochs 2" in out
     assert "file: ConvNet_MNIST_1.dnn, download url: https://" in out

@@ -698,6 +698,8 @@ def serve_forever(
     For ``python -m quickstart localcloud [--port N] [--state-dir DIR]``. Errors that the user
     can fix (port in use, state directory busy) are printed as one line, exit status 2.
     """
+    from .portal.login import login_url
+
     out = out or sys.stdout
     options.setdefault("access_log", True)
     cloud = LocalCloud(state_dir, port, **options)
@@ -720,6 +722,9 @@ def serve_forever(
         print(f"  state directory: {cloud.state_dir}", file=out)
         print(f"  connection:      {cloud.state_dir / connection_file.CONNECTION_FILE}", file=out)
         print(f"  trust:           {cloud.connection['ca_cert']}", file=out)
+        portal = login_url(cloud.state_dir, cloud.base_url)
+        if portal:
+            print(f"  portal:          {portal}", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         while True:
             time.sleep(3600)

@@ -183,6 +183,7 @@ def test_serve_forever_runs_in_the_foreground_until_interrupted(tmp_path):
     assert proc.returncode == 0
     assert "Local cloud serving at https://127.0.0.1:" in out
     assert str(state / CONNECTION_FILE) in out
+    assert "  portal:          https://127.0.0.1:" in out and "/portal/login?token=" in out
     assert "Traceback" not in err
     assert (
         connection["client_secret"] not in out + err and connection["storage_key"] not in out + err
