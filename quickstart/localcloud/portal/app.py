@@ -24,7 +24,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from ..batchai.schema import API_VERSION, CLUSTER_TYPE, EXPERIMENT_TYPE, JOB_TYPE
+from ..batchai.schema import API_VERSION, CLUSTER_TYPE, EXPERIMENT_TYPE, JOB_TYPE, STDOUTERR
 from ..identity.bearer_tokens import issue_token
 from . import reading
 from .calls import ApiCall, ApiCallLog
@@ -259,18 +259,25 @@ class Portal:
         return response
 
     def job_file(self, request: Request, session) -> Response:
+        """Download an output file. The job's own logs (stdouterr) are text the portal also
+        shows, so they get the same masking of secrets; other outputs (models) are the job's
+        artefacts and come as they are."""
         record = self.record(JOB_TYPE, request.args.get("id", ""))
-        path = reading.output_file_path(
-            self.store, record, request.args.get("dir", ""), request.args.get("path", "")
-        )
+        ident = request.args.get("dir", "")
+        path = reading.output_file_path(self.store, record, ident, request.args.get("path", ""))
         if path is None:
             raise NotFound("The job has no such output file.")
-        response = Response(
-            wrap_file(request.environ, open(path, "rb")),
-            content_type="application/octet-stream",
-            direct_passthrough=True,
-        )
-        response.content_length = os.path.getsize(path)
+        if ident == STDOUTERR:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                body = self.scrub(f.read(), record).encode()
+            response = Response(body, content_type="application/octet-stream")
+        else:
+            response = Response(
+                wrap_file(request.environ, open(path, "rb")),
+                content_type="application/octet-stream",
+                direct_passthrough=True,
+            )
+            response.content_length = os.path.getsize(path)
         response.headers.set("Content-Disposition", "attachment", filename=os.path.basename(path))
         return response
 
