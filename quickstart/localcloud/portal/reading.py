@@ -94,12 +94,10 @@ def overview(store, page: int = 1, per_page: int = 50) -> dict:
     workspaces = store.list_resources(type=WORKSPACE_TYPE)
     clusters = store.list_resources(type=CLUSTER_TYPE)
     experiments = store.list_resources(type=EXPERIMENT_TYPE)
-    jobs = store.list_resources(type=JOB_TYPE)
+    jobs = store.resource_fields(JOB_TYPE, *JOB_FIELDS)
     counts: dict[str, dict[str, int]] = {}
-    for job in jobs:
-        experiment = job.id.rsplit("/jobs/", 1)[0]
-        state = job.body["properties"]["executionState"]
-        per_state = counts.setdefault(experiment, {})
+    for job_id, _, state, *_ in jobs:
+        per_state = counts.setdefault(job_id.rsplit("/jobs/", 1)[0], {})
         per_state[state] = per_state.get(state, 0) + 1
     tree = []
     for group in groups:
@@ -128,9 +126,13 @@ def overview(store, page: int = 1, per_page: int = 50) -> dict:
     pages = max(1, -(-len(jobs) // per_page))
     page = min(max(1, page), pages)
     newest = jobs[::-1][(page - 1) * per_page : page * per_page]
+    rows = [job_row(*j) for j in newest]
+    names = {e.id: e.name for e in experiments}
+    for row in rows:
+        row["experiment"] = names.get(row["id"].rsplit("/jobs/", 1)[0], row["experiment"])
     return {
         "groups": tree,
-        "jobs": Page([job_summary(j) for j in newest], page, pages, len(jobs)),
+        "jobs": Page(rows, page, pages, len(jobs)),
         "shares": shares(store),
     }
 
@@ -161,6 +163,28 @@ def cluster_summary(cluster) -> dict:
             f"Unusable: {counts['unusable']}; Running: {counts['running']}; "
             f"Preparing: {counts['preparing']}; Leaving: {counts['leaving']}"
         ),
+    }
+
+
+JOB_FIELDS = (
+    "$.properties.executionState",
+    "$.properties.creationTime",
+    "$.properties.executionInfo.exitCode",
+    "$.properties.cluster.id",
+)
+
+
+def job_row(job_id: str, name: str, state: str, created, exit_code, cluster_id) -> dict:
+    """A job's line in the overview, from ``resource_fields(JOB_TYPE, *JOB_FIELDS)``."""
+    parts = job_id.split("/")
+    return {
+        "id": job_id,
+        "name": name,
+        "experiment": parts[-3] if len(parts) > 3 else "",
+        "state": state,
+        "created": when(created),
+        "exit_code": exit_code,
+        "cluster": (cluster_id or "").rsplit("/", 1)[-1],
     }
 
 

@@ -185,3 +185,16 @@ def test_an_unusable_node_says_why(world):
     page = world.browser.get(f"{world.base}/portal/cluster?id={bad}").text
     assert "Allocation errors" in page and "AZFMountError" in page
     assert "Unusable: 1" in page and "unusable" in page
+
+
+def test_the_overview_pages_jobs_newest_first(world):
+    from tests.bench.bench_portal import copy_job
+
+    store = world.cloud.context.store
+    copy_job(store, store.get_resource(world.job_id), 60)
+    first = world.browser.get(world.base + "/portal/").text
+    assert "page 1 of 2" in first and "httpjob0059" in first and "httpjob0000" not in first
+    second = world.browser.get(world.base + "/portal/?page=2").text
+    assert "page 2 of 2" in second and "httpjob0000" in second and "httpjob0059" not in second
+    assert 'myexperiment</a> <span class="muted">61 job(s)' in first  # httpjob and 60 copies
+    assert world.browser.get(world.base + "/portal/?page=99").status_code == 200
