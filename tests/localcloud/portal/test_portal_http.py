@@ -187,14 +187,27 @@ def test_an_unusable_node_says_why(world):
     assert "Unusable: 1" in page and "unusable" in page
 
 
+def test_an_experiment_compares_its_jobs_on_one_chart(world):
+    start_job(world, "comparejob", epochs=2, pause=0.2)  # on the node the deleted job freed
+    experiment = world.job_id.rsplit("/jobs/", 1)[0]
+    url = f"{world.base}/portal/experiment?id={experiment}"
+    page = wait_for(
+        lambda: (lambda t: t if t.count('class="point"') == 8 else None)(
+            world.browser.get(url).text
+        )
+    )
+    assert page.count("<polyline") == 4  # two jobs, on the loss chart and the error chart
+    assert "httpjob" in page and "comparejob" in page
+
+
 def test_the_overview_pages_jobs_newest_first(world):
     from tests.bench.bench_portal import copy_job
 
     store = world.cloud.context.store
-    copy_job(store, store.get_resource(world.job_id), 60)
+    copy_job(store, store.get_resource(world.job_id), 60)  # 62 jobs in all
     first = world.browser.get(world.base + "/portal/").text
     assert "page 1 of 2" in first and "httpjob0059" in first and "httpjob0000" not in first
     second = world.browser.get(world.base + "/portal/?page=2").text
     assert "page 2 of 2" in second and "httpjob0000" in second and "httpjob0059" not in second
-    assert 'myexperiment</a> <span class="muted">61 job(s)' in first  # httpjob and 60 copies
+    assert 'myexperiment</a> <span class="muted">62 job(s)' in first
     assert world.browser.get(world.base + "/portal/?page=99").status_code == 200
