@@ -8,7 +8,7 @@ Prints, for a local cloud embedded in this process with a world made by the real
 
 * the server-side render time (median of --repeats, in-process, no network) of the overview
   (first page of 50 jobs) and of the job page, beside the same run's baseline: the ARM
-  ``jobs.list`` handler answering the same jobs (what the API does with the same records);
+  ``jobs.list`` route answering the same jobs in-process (what the API does with them);
 * in headless Chromium: the delay from the job writing a line (its own timestamp in the line)
   to the line being in the page's DOM, median and max over --repeats lines, beside the same
   run's baseline of one /portal/job/log fetch from the page (round trip).
@@ -36,8 +36,7 @@ from werkzeug.test import EnvironBuilder  # noqa: E402
 from werkzeug.wrappers import Request  # noqa: E402
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
-from quickstart.localcloud.batchai.schema import API_VERSION, JOB_TYPE  # noqa: E402
-from quickstart.localcloud.identity.bearer_tokens import issue_token  # noqa: E402
+from quickstart.localcloud.batchai.schema import JOB_TYPE  # noqa: E402
 from quickstart.localcloud.portal.login import COOKIE  # noqa: E402
 from tests.localcloud.portal.browser import MISSING, start_chromium  # noqa: E402
 from tests.localcloud.portal.world import make_world, start_job  # noqa: E402
@@ -59,25 +58,6 @@ def median_ms(fn, repeats: int) -> float:
 def portal_request(cloud, session_id: str, path: str) -> Request:
     builder = EnvironBuilder(path=path, base_url=cloud.base_url)
     builder.headers["Cookie"] = f"{COOKIE}={session_id}"
-    return Request(builder.get_environ())
-
-
-def arm_list_request(cloud, experiment_id: str) -> Request:
-    credentials = cloud.context.credentials
-    token, _ = issue_token(
-        credentials.token_signing_key,
-        audience=cloud.context.resource_id,
-        issuer=cloud.context.token_issuer,
-        client_id="bench",
-        tenant=credentials.tenant,
-        lifetime=600,
-    )
-    builder = EnvironBuilder(
-        path=experiment_id + "/jobs",
-        base_url=cloud.base_url,
-        query_string={"api-version": API_VERSION, "maxresults": "1000"},
-        headers={"Authorization": f"Bearer {token}"},
-    )
     return Request(builder.get_environ())
 
 
@@ -110,9 +90,7 @@ def render_figures(cloud, env, repeats: int) -> list[tuple]:
             lambda: portal(portal_request(cloud, session_id, f"/portal/job?id={env.job_id}")),
             repeats,
         )
-        arm = median_ms(
-            lambda: cloud.context.arm.dispatch(arm_list_request(cloud, experiment_id)), repeats
-        )
+        arm = median_ms(lambda: portal.arm("GET", experiment_id + "/jobs"), repeats)
         rows.append((size, overview, page, arm))
     return rows
 
