@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.test import EnvironBuilder
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
@@ -111,6 +111,8 @@ class Portal:
                 )
             else:
                 response = getattr(self, endpoint)(request, session, **args)
+        except RequestRedirect as err:  # /portal -> /portal/
+            response = err.get_response(request.environ)
         except HTTPException as err:
             response = self.message(err.name, err.description or "", err.code or 500)
         return secure(response)
@@ -312,6 +314,14 @@ class Portal:
             record = self.record(JOB_TYPE, target)
         elif action == "resize":
             record = self.record(CLUSTER_TYPE, target)
+            if "manual" not in record.body["properties"]["scaleSettings"]:
+                return self.message(
+                    "Resize not possible",
+                    f"Cluster '{record.name}' scales itself (autoScale); it has no node count "
+                    "to set by hand.",
+                    400,
+                    session,
+                )
         else:
             raise NotFound("No such action.")
         return self.page("confirm.html", session, action=action, record=record)

@@ -191,7 +191,7 @@ def job_row(job_id: str, name: str, state: str, created, exit_code, cluster_id) 
 def job_summary(job) -> dict:
     props = job.body["properties"]
     info = props.get("executionInfo") or {}
-    parts = job.id.split("/")
+    parts = job.body.get("id", job.id).split("/")  # as created, not lower-cased
     return {
         "id": job.id,
         "name": job.name,

@@ -61,6 +61,10 @@ def test_nothing_without_the_session(world):
     refused = stranger.post(world.base + "/portal/action", data={"action": "terminate", "id": job})
     assert refused.status_code == 401
     assert stranger.get(world.base + "/portal/login?token=").status_code == 403
+    bare = stranger.get(world.base + "/portal", allow_redirects=False)
+    assert bare.status_code == 308 and bare.headers["Location"].endswith("/portal/")
+    assert stranger.get(world.base + "/portal/logout").status_code == 405
+    assert stranger.get(world.base + "/portal/static/../server.py").status_code == 404
 
 
 def test_the_session_cookie_is_httponly_secure_strict(world):
