@@ -3,11 +3,13 @@
 "use strict";
 
 const POLL_MS = 250;
+const KEEP_CHARS = 512 * 1024; // of each log pane; older text is dropped from the page
 
 function appendText(pre, text) {
   if (!text) return;
   const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
   pre.appendChild(document.createTextNode(text));
+  while (pre.childNodes.length > 1 && pre.textContent.length > KEEP_CHARS) pre.removeChild(pre.firstChild);
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
