@@ -24,6 +24,7 @@ from tests.localcloud.portal.world import (
     PLANTED_SCRIPT,
     SECRET_VALUE,
     make_world,
+    release_epoch,
     start_job,
 )
 
@@ -59,7 +60,7 @@ def world(tmp_path_factory):
         cloud.stop()
 
 
-def wait_until(predicate, timeout=10.0, interval=0.05):
+def wait_until(predicate, timeout=30.0, interval=0.05):
     """The predicate's first true value; an element missing or replaced meanwhile (the page is
     loading) counts as not yet."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -119,7 +120,7 @@ def test_overview_leads_to_the_running_job(world):
     from selenium.webdriver.common.by import By
 
     driver = world.driver
-    assert start_job(world, JOB, epochs=EPOCHS, pause=2.0) == world.job_id
+    assert start_job(world, JOB, epochs=EPOCHS, pause=-1) == world.job_id  # epochs on release
     driver.get(world.base + "/portal/")
     assert "myresourcegroup" in driver.page_source and "mycluster" in driver.page_source
     assert "batchaiquickstart" in driver.page_source  # the share, with its size
@@ -141,16 +142,17 @@ def test_the_learning_curve_has_one_point_per_finished_epoch(world):
     from selenium.webdriver.common.by import By
 
     driver = world.driver
-    assert len(driver.find_elements(By.CSS_SELECTOR, "#loss-chart circle.point")) < EPOCHS
-    wait_until(lambda: text_of(driver, "#stderr").count("Finished Epoch") == EPOCHS)
-    points = wait_until(
-        lambda: (
-            len(driver.find_elements(By.CSS_SELECTOR, "#loss-chart circle.point")) == EPOCHS
-            and driver.find_elements(By.CSS_SELECTOR, "#loss-chart circle.point")
-        )
-    )
-    assert len(driver.find_elements(By.CSS_SELECTOR, "#error-chart circle.point")) == EPOCHS
-    heights = [float(p.get_attribute("cy")) for p in points]
+
+    def points(chart):
+        return driver.find_elements(By.CSS_SELECTOR, f"#{chart} circle.point")
+
+    assert "No finished epoch yet" in text_of(driver, "#curve")
+    for epoch in range(1, EPOCHS + 1):
+        release_epoch(world, epoch)
+        wait_until(lambda: text_of(driver, "#stderr").count("Finished Epoch") == epoch)
+        wait_until(lambda: len(points("loss-chart")) == epoch)
+        assert len(points("error-chart")) == epoch
+    heights = [float(p.get_attribute("cy")) for p in points("loss-chart")]
     assert heights == sorted(heights)  # the loss falls (1/epoch): each point lower on the chart
     assert driver.execute_script("return window.__same_page") is True  # updated live
     screenshot(driver, "04-learning-curve")

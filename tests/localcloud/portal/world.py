@@ -29,7 +29,10 @@ tick, epoch, started = 0, 0, time.time()
 while True:
     tick += 1
     print("tick %d %.6f" % (tick, time.time()), flush=True)
-    if epoch < epochs and time.time() - started >= pause * (epoch + 1):
+    release = os.path.join(os.environ["AZ_BATCHAI_INPUT_SAMPLE"], "release-epoch-%d" % (epoch + 1))
+    if epoch < epochs and (
+        os.path.exists(release) if pause < 0 else time.time() - started >= pause * (epoch + 1)
+    ):
         epoch += 1
         print("Finished Epoch[%d of %d]: [Training] loss = %.6f * 60000, metric = %.2f%% * "
               "60000 1.000s (60000.0 samples/s);" % (epoch, epochs, 1.0 / epoch, 30.0 / epoch),
@@ -53,7 +56,9 @@ def make_world(cloud, tmp_path: Path):
 
 
 def start_job(env, name: str, epochs: int = 3, pause: float = 0.3, tick: float = 0.2) -> str:
-    """Submit the fake training job; returns its ARM id as the store keys it (lower case)."""
+    """Submit the fake training job; returns its ARM id as the store keys it (lower case).
+    It finishes an epoch every ``pause`` seconds, or with ``pause < 0`` when the test releases
+    it (``release_epoch``)."""
     command = (
         f"{sys.executable} $AZ_BATCHAI_INPUT_SAMPLE/fake_train.py {epochs} {pause} "
         f"# {PLANTED_SCRIPT}"
@@ -69,3 +74,8 @@ def start_job(env, name: str, epochs: int = 3, pause: float = 0.3, tick: float =
     )
     job = env.client.jobs.create(RG, WS, EXP, name, params).result()
     return job.id.lower()
+
+
+def release_epoch(env, epoch: int) -> None:
+    """Let a job started with ``pause < 0`` finish epoch ``epoch``."""
+    (env.share_dir / "mnistcntksample" / f"release-epoch-{epoch}").write_text("go")
