@@ -207,7 +207,7 @@ def test_terminate_asks_then_stops_the_job(world):
     driver = world.driver
     driver.get(world.base + f"/portal/job?id={world.job_id}")
     driver.find_element(By.ID, "terminate").click()
-    assert "Terminate job" in driver.find_element(By.TAG_NAME, "h1").text
+    wait_until(lambda: "Terminate job" in text_of(driver, "h1"))  # a click does not wait
     screenshot(driver, "06-confirm-terminate")
     driver.find_element(By.ID, "confirm").click()
     wait_until(lambda: "failed" in text_of(driver, "#job-state"))
