@@ -6,6 +6,7 @@ Paths served::
     POST /adfs/oauth2/token                       AAD client-credentials grant (identity/)
     *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm/)
     *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files/)
+    *    /portal/...                              the web portal, login link + session (portal/)
 
 Extension API (how a REST surface such as ``quickstart/localcloud/batchai/`` plugs in)
 ====================================================================================
@@ -43,6 +44,9 @@ with the running ``CloudContext`` before the server accepts requests. Through ``
 ``cloud.options``
     The option bag given to ``LocalCloud(state_dir, port, **options)``; unknown keys are kept, so
     a surface may read its own (``cluster_allocation_delay`` defaults to 1.0 seconds here).
+``cloud.request_observers``
+    A list of ``fn(request, response, seconds)`` called after every request except the
+    portal's own (the portal's API call log); ``cloud.portal_handler`` answers ``/portal``.
 Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover jobs; an
     exception aborts the start, after which the stop hooks run),
     ``cloud.on_stop(fn)`` (fn() once per start, on stop or on a failed start; jobs must be left
