@@ -362,10 +362,16 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
     with pytest.raises(CloudError, match="names no cluster") as err:
         client.jobs.create(RG, WS, EXP, "j1", job_params(unknown, "true")).result()
     assert err.value.status_code == 400
-    with pytest.raises(
-        CloudError, match=r"nodeCount' \(2\) is more than cluster 'mycluster' can have \(1 node\)"
-    ):
-        client.jobs.create(RG, WS, EXP, "j2", job_params(cluster_id, "true", node_count=2)).result()
+    # A job bigger than its cluster is accepted and waits, saying why (as the service did)
+    big = client.jobs.create(RG, WS, EXP, "j2", job_params(cluster_id, "true", node_count=2))
+    big = big.result()
+    assert big.execution_state == "queued"
+    (reason,) = big.execution_info.errors
+    assert reason.code == "WaitingForClusterResize" and "at most 1" in reason.message
+    client.jobs.terminate(RG, WS, EXP, "j2").result()
+    ended = client.jobs.get(RG, WS, EXP, "j2")
+    assert ended.execution_state == "failed"
+    assert [e.code for e in ended.execution_info.errors] == ["JobTerminated"]
     no_toolkit = job_params(cluster_id, "true")
     no_toolkit.custom_toolkit_settings = None
     with pytest.raises(CloudError, match="no toolkit settings"):
