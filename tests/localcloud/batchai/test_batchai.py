@@ -4,6 +4,7 @@ client over HTTPS, with jobs that really run on this host (small shell/Python st
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -935,3 +936,19 @@ def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env)
     wait_for(
         lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0
     )  # shrinks back
+
+
+def test_a_job_made_link_in_the_share_never_takes_a_later_jobs_outputs_outside(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sub = env.connection["subscription_id"]
+    # what a job could leave behind: the share's first segment of every job path, as a link
+    first = env.client.jobs.create(RG, WS, EXP, "maker", job_params(env.cluster.id, "true"))
+    assert wait_for_job(env.client, first.result().name).execution_state == "succeeded"
+    shutil.rmtree(env.share_dir / sub)
+    os.symlink(outside, env.share_dir / sub)
+    later = env.client.jobs.create(RG, WS, EXP, "later", job_params(env.cluster.id, "true"))
+    job = wait_for_job(env.client, later.result().name)
+    assert job.execution_state == "failed"
+    assert [e.code for e in job.execution_info.errors] == ["JobOutputPathUnsafe"]
+    assert list(outside.iterdir()) == []  # nothing was written outside the share
