@@ -192,3 +192,10 @@ def test_logs_rotate_and_secrets_in_query_strings_are_redacted(tmp_path):
 
 def test_the_state_directory_is_private_to_its_owner(local_cloud):
     assert local_cloud.state_dir.stat().st_mode & 0o077 == 0
+
+
+def test_deeply_nested_json_is_a_400(target):
+    path = f"/subscriptions/{target.sub}/resourcegroups/{target.rg}"
+    answer = target.arm("PATCH", path, raw="[" * 100_000 + "]" * 100_000, version="2021-04-01")
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "InvalidRequestContent"

@@ -53,6 +53,13 @@ def json_body(request: Request, required: bool = True) -> dict:
         return {}
     try:
         body = json.loads(data)
+    except RecursionError:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: it is nested too "
+            "deeply.",
+        ) from None
     except ValueError as err:
         raise ArmError(
             400,
