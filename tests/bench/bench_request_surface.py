@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--form-mib", type=int, default=300)
     parser.add_argument("--baseline", default=DEFAULT_BASELINE)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
         base = Path(temp)
@@ -208,19 +209,33 @@ def main() -> None:
             )
         for label, value in growth.items():
             print(f"  {label}: +{value:.1f} MiB")
-        print(f"{args.clients} mixed clients for {args.seconds:.0f} s (clients on the same cores):")
-        results = {}
-        for label, code in trees.items():
-            results[label] = mixed_load(
-                code, base / f"load-{len(results)}", args.clients, args.seconds
-            )
-            r = results[label]
-            print(
-                f"  {label}: {r['ops']:.0f} ops/s ({r['count']} calls, {r['errors']} not 2xx), "
-                f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
-                f"RSS {r['rss'][0]:.0f} -> {r['rss'][1]:.0f} MiB (+{r['rss'][1] - r['rss'][0]:.0f})"
-            )
-        new, old = results["this tree"], results[f"baseline {args.baseline}"]
+        print(
+            f"{args.clients} mixed clients for {args.seconds:.0f} s (clients on the same cores), "
+            f"{args.rounds} rounds, the order alternating:"
+        )
+        results: dict[str, list] = {label: [] for label in trees}
+        for round_no in range(args.rounds):
+            order = list(trees.items())
+            for label, code in order if round_no % 2 == 0 else order[::-1]:
+                state = base / f"load-{round_no}-{len(results[label])}-{label[:4]}"
+                r = mixed_load(code, state, args.clients, args.seconds)
+                results[label].append(r)
+                print(
+                    f"  round {round_no + 1}, {label}: {r['ops']:.0f} ops/s ({r['count']} calls, "
+                    f"{r['errors']} not 2xx), p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                    f"RSS {r['rss'][0]:.0f} -> {r['rss'][1]:.0f} MiB "
+                    f"(+{r['rss'][1] - r['rss'][0]:.0f})"
+                )
+        mean = {
+            label: {key: statistics.mean(r[key] for r in runs) for key in ("ops", "p50", "p99")}
+            for label, runs in results.items()
+        }
+        new, old = mean["this tree"], mean[f"baseline {args.baseline}"]
+        print(
+            f"  means: this tree {new['ops']:.0f} ops/s, p50 {new['p50']:.0f} ms, p99 "
+            f"{new['p99']:.0f} ms; baseline {old['ops']:.0f} ops/s, p50 {old['p50']:.0f} ms, "
+            f"p99 {old['p99']:.0f} ms"
+        )
         print(
             f"  ratios this tree / baseline: throughput {new['ops'] / old['ops']:.2f}x, "
             f"p50 {new['p50'] / old['p50']:.2f}x, p99 {new['p99'] / old['p99']:.2f}x"
