@@ -10,8 +10,7 @@ summarised as one line per file once the ranges cover the size its Create File a
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
+import os
 import sys
 import threading
 import time
@@ -52,11 +51,9 @@ class AccessLog:
         self.console = console  # None, "summary" or "verbose"
         self.stream = stream
         self._uploads: dict[str, _Upload] = {}
+        self._stamp_second, self._stamp_text = 0, ""
         self._lock = threading.Lock()
-        self._file = logging.handlers.RotatingFileHandler(
-            state_dir / ACCESS_LOG_FILE, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
-        self._file.setFormatter(logging.Formatter("%(message)s"))
+        self._file = RotatingLines(state_dir / ACCESS_LOG_FILE, max_bytes, backups)
 
     def record(
         self,
@@ -70,16 +67,24 @@ class AccessLog:
     ) -> None:
         """One answered request: ``target`` is the path and query as the client sent them."""
         target = self.redact(target)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+        stamp = self._stamp()
         millis = round(seconds * 1000)
         line = f"{stamp} {client} {method} {target} {status} {sent}B {millis}ms"
-        self._file.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+        self._file.write(line)
         if self.console == "verbose":
             self._print(line)
         elif self.console == "summary":
             summary = self._summarise(method, target, status, millis, headers or {})
             if summary:
                 self._print(summary)
+
+    def _stamp(self) -> str:
+        """The current UTC second, formatted once per second (not once per request)."""
+        now = int(time.time())
+        if now != self._stamp_second:
+            self._stamp_second = now
+            self._stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        return self._stamp_text
 
     def close(self) -> None:
         """Say what became of uploads still incomplete, then close the file."""
@@ -94,7 +99,7 @@ class AccessLog:
 
     def _summarise(self, method: str, target: str, status: int, millis: int, headers) -> str:
         path, _, query = target.partition("?")
-        clock = time.strftime("%H:%M:%S")
+        clock = self._stamp()[11:19]
         if method == "PUT" and "comp=range" in query.split("&"):
             return self._range(path, status, headers)
         if method == "PUT" and headers.get("x-ms-type", "").lower() == "file" and status == 201:
@@ -144,6 +149,51 @@ class AccessLog:
             stream.flush()
         except (OSError, ValueError):  # a closed terminal must not fail requests
             pass
+
+
+class RotatingLines:
+    """An append-only text file of lines, rotated at ``max_bytes`` (``name.1`` ... ``name.N``).
+
+    A few microseconds a line: logging's RotatingFileHandler stats the file and formats a record
+    for every line, which costs more than a whole small request. Each line is written through
+    at once (line buffering), so ``tail -f`` sees it.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self._stream = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._size = self._stream.tell()
+
+    def write(self, line: str) -> None:
+        data = line + "\n"
+        with self._lock:
+            if self._stream is None:
+                return
+            if self._size + len(data) > self.max_bytes and self._size:
+                self._rotate()
+            self._stream.write(data)
+            self._size += len(data.encode("utf-8")) if not data.isascii() else len(data)
+
+    def _rotate(self) -> None:
+        self._stream.close()
+        for number in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{number}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
 
 
 def _int(text) -> int:
