@@ -13,7 +13,10 @@ drained). The numbers are Azure's where Azure documents them:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+
+from werkzeug.exceptions import RequestEntityTooLarge
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -80,3 +83,24 @@ def metadata_size(metadata: dict) -> int:
     """The bytes Azure counts for ``x-ms-meta-*`` (names and values); the caller refuses more
     than MAX_METADATA_BYTES."""
     return sum(len(name.encode()) + len(value.encode()) for name, value in metadata.items())
+
+
+class CappedStream(io.RawIOBase):
+    """A request body of unknown length (chunked) that raises RequestEntityTooLarge as soon as
+    more than ``limit`` bytes have been read, so no handler ever holds more than the limit."""
+
+    def __init__(self, stream, limit: int):
+        self.stream = stream
+        self.limit = limit
+        self.seen = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(min(len(buffer), self.limit + 1 - self.seen))
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise RequestEntityTooLarge()
+        buffer[: len(data)] = data
+        return len(data)

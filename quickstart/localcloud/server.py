@@ -240,7 +240,10 @@ class LocalCloudApp:
             # pieces (so the client, still sending, can read the answer) or, past 64 MiB, cut off
             log.info("refused %s %s: %s", request.method, redact(request.path), refusal.code)
             return self.refuse(request, surface, refusal)(environ, start_response)
-        request.max_content_length = limits.body_limit(surface)  # cuts off chunked bodies too
+        if not environ.get("CONTENT_LENGTH"):  # a chunked body: cut off at the limit as read
+            environ["wsgi.input"] = limits.CappedStream(
+                environ["wsgi.input"], limits.body_limit(surface)
+            )
         try:
             response = self.dispatch(request, surface)
         except ClientDisconnected:

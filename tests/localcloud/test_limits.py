@@ -199,3 +199,17 @@ def test_deeply_nested_json_is_a_400(target):
     answer = target.arm("PATCH", path, raw="[" * 100_000 + "]" * 100_000, version="2021-04-01")
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "InvalidRequestContent"
+
+
+def test_a_chunked_body_past_the_limit_is_cut_off_with_the_services_error(target):
+    def pieces(count):
+        yield from (b" " * (1024 * 1024) for _ in range(count))
+        yield b'{"location": "eastus"}'
+
+    url = f"{target.base}/subscriptions/{target.sub}/resourcegroups/chunked"
+    headers = {"Authorization": f"Bearer {target.token}", "Content-Type": "application/json"}
+    version = {"api-version": "2021-04-01"}
+    answer = target.send("PUT", url, version, headers, pieces(6))
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "RequestBodyTooLarge"
+    assert target.arm("GET", url[len(target.base) :], version="2021-04-01").status_code == 404
+    assert target.send("PUT", url, version, headers, pieces(1)).status_code == 201
