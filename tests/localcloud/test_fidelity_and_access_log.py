@@ -61,12 +61,17 @@ def test_a_file_sas_does_not_list_or_create_directories(local_cloud):
     assert made.status_code == 403 and not service.exists("sasdirs", "d/sub")
 
 
+def _upload_9_mib(cloud) -> None:
+    """A 9 MiB file through the SDK: a Create File and three Put Range calls."""
+    service = make_file_service(cloud.connection)
+    service.create_share("uploads")
+    service.create_file_from_bytes("uploads", None, "big.bin", bytes(9 * 1024 * 1024))
+
+
 def test_the_console_shows_a_line_per_call_and_one_per_uploaded_file(tmp_path):
     console = io.StringIO()
     with LocalCloud(tmp_path / "state", access_log=True, log_stream=console) as cloud:
-        service = make_file_service(cloud.connection)
-        service.create_share("uploads")
-        service.create_file_from_bytes("uploads", None, "big.bin", bytes(9 * 1024 * 1024))
+        _upload_9_mib(cloud)
         http = requests_session(cloud.connection)
         http.get(f"{cloud.base_url}/adfs/oauth2/token?client_secret=hunter2")
     lines = console.getvalue().splitlines()
@@ -82,7 +87,5 @@ def test_the_console_shows_a_line_per_call_and_one_per_uploaded_file(tmp_path):
 def test_verbose_echoes_every_request(tmp_path):
     console = io.StringIO()
     with LocalCloud(tmp_path / "state", verbose=True, log_stream=console) as cloud:
-        service = make_file_service(cloud.connection)
-        service.create_share("uploads")
-        service.create_file_from_bytes("uploads", None, "big.bin", bytes(9 * 1024 * 1024))
+        _upload_9_mib(cloud)
     assert console.getvalue().count("comp=range") == 3
