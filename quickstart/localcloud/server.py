@@ -49,10 +49,15 @@ Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover 
     running; the store closes after the stop hooks return),
     ``cloud.on_resource_group_delete(fn)`` (fn(subscription_id, resource_group_name) runs before
     the group's records go: stop its jobs, then the store drops every record under the group).
-Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/localcloud.log``
-    (SAS signatures redacted), not to the terminal of whoever embeds the cloud.
+Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/localcloud.log``,
+    not to the terminal of whoever embeds the cloud; every request goes to ``state_dir/access.log``
+    (access_log.py). Both rotate at ``log_max_bytes``; every line passes ``redact`` (SAS
+    signatures, client secrets, passwords, tokens, account keys), which other code may reuse.
+Limits: before a surface sees a request, limits.py's checks run on its headers and declared body
+    length, and a body of unknown length is cut off at the surface's limit; a surface needs no
+    checks of its own for sizes.
 
-Everything else (TLS, threads, logging without secrets) is this module's job.
+Everything else (TLS, threads, limits, logging without secrets) is this module's job.
 """
 
 from __future__ import annotations
