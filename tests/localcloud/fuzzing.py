@@ -386,6 +386,11 @@ QUERY = st.dictionaries(
 )
 
 
+def _spare(name: str, kept: str) -> str:
+    """``name``, unless it is (in any case) the prepared resource ``kept``."""
+    return f"{name}-other" if name.lower() == kept else name
+
+
 @st.composite
 def batchai_request(draw, target: FuzzTarget, bodies: ModelBodies):
     """A Batch AI request on a drawn route, with a body drawn from the route's model."""
@@ -418,6 +423,27 @@ def batchai_request(draw, target: FuzzTarget, bodies: ModelBodies):
             None,
         ),
         ("GET", f"{base}/workspaces/ws/fileServers", None),
+        ("GET", f"/subscriptions/{target.sub}/providers/Microsoft.BatchAI/workspaces", None),
+        (
+            "POST",
+            f"{base}/workspaces/ws/experiments/exp/jobs/{job}/listRemoteLoginInformation",
+            None,
+        ),
+        (
+            "GET",
+            f"/subscriptions/{target.sub}/providers/Microsoft.BatchAI/locations/eastus/"
+            f"operationstatuses/{draw(NAMES)}",
+            None,
+        ),
+        (
+            "GET",
+            f"/subscriptions/{target.sub}/providers/Microsoft.BatchAI/locations/eastus/usages",
+            None,
+        ),
+        # deletes spare what the other requests need (ws, exp, zero): they hit other names
+        ("DELETE", f"{base}/workspaces/{_spare(ws, 'ws')}", None),
+        ("DELETE", f"{base}/workspaces/ws/clusters/{_spare(cl, 'zero')}", None),
+        ("DELETE", f"{base}/workspaces/ws/experiments/{_spare(exp, 'exp')}", None),
     ]
     method, path, model = draw(st.sampled_from(routes))
     if model == "ClusterCreateParameters" and cl in ("zero",):
