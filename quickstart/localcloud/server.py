@@ -462,8 +462,9 @@ class _RequestHandler(WSGIRequestHandler):
         text = message or http.client.responses.get(code, "Bad request")
         path = getattr(self, "path", "") or ""
         account = self.server.app.account
-        if path.lower().startswith(f"/{account}/"):
+        if path.lower().startswith(f"/{account}/"):  # Azure Files answers 400 for both
             code_name = "InvalidHeaderValue" if code == 431 else "InvalidUri"
+            code = 400
             body = (
                 '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
                 f"{code_name}</Code><Message>{escape(text)}</Message></Error>"

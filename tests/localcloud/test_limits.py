@@ -149,6 +149,10 @@ def test_too_many_or_too_large_headers_get_the_services_error(local_cloud, targe
         local_cloud, f"GET /subscriptions HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode()
     )
     assert status == 431 and json.loads(body)["error"]["code"] == "RequestHeaderFieldsTooLarge"
+    status, body = _raw(
+        local_cloud, f"GET /{target.account}/fuzzshare HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode()
+    )
+    assert status == 400 and b"<Code>InvalidHeaderValue</Code>" in body
     big = {f"x-big-{i}": "v" * 4000 for i in range(10)}
     answer = target.arm("GET", f"/subscriptions/{target.sub}", headers=big, version="2021-04-01")
     assert answer.status_code == 431 and answer.json()["error"]["code"]
