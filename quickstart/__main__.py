@@ -137,6 +137,12 @@ def build_parser():
     local.add_argument(
         "--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free port)"
     )
+    local.add_argument(
+        "--verbose",
+        action="store_true",
+        help="echo every request's full access-log line (default: one readable line per API "
+        "call; all lines go to <state_dir>/access.log)",
+    )
     return parser
 
 
@@ -296,7 +302,8 @@ def localcloud_command(args, settings, secrets):
     print(f"Serving the local cloud from {state_dir} (Ctrl-C to stop). In another terminal:")
     print(f"  {python_command()} -m quickstart run --state-dir {shlex.quote(state_dir)}")
     print(f"  (or: export QUICKSTART_STATE_DIR={shlex.quote(state_dir)})", flush=True)
-    return localcloud.serve_forever(settings.state_dir, args.port) or 0  # 2: port or state dir busy
+    options = {"verbose": True} if getattr(args, "verbose", False) else {}
+    return localcloud.serve_forever(settings.state_dir, args.port, **options) or 0  # 2: busy
 
 
 def python_command():

@@ -389,6 +389,16 @@ def test_localcloud_command_serves_from_the_state_dir(tmp_path, monkeypatch):
     assert events == [("serve", str(tmp_path / "state"), 8443)]
 
 
+def test_localcloud_verbose_asks_the_server_to_echo_every_request(tmp_path, monkeypatch):
+    fake_local_cloud(monkeypatch, tmp_path, serving=False)
+    calls = []
+    package = sys.modules["quickstart.localcloud"]
+    package.serve_forever = lambda state_dir, port, **options: calls.append(options)
+    monkeypatch.setenv("QUICKSTART_STATE_DIR", str(tmp_path / "state"))
+    assert cli.main(["localcloud", "--verbose"]) == 0
+    assert calls == [{"verbose": True}]
+
+
 def test_without_the_local_cloud_a_clear_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "quickstart.localcloud", None)
     assert cli.main(["run"]) == 1

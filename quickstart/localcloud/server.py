@@ -53,10 +53,15 @@ Hooks: ``cloud.on_start(fn)`` (fn() runs after install, before serving: recover 
     running; the store closes after the stop hooks return),
     ``cloud.on_resource_group_delete(fn)`` (fn(subscription_id, resource_group_name) runs before
     the group's records go: stop its jobs, then the store drops every record under the group).
-Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/localcloud.log``
-    (SAS signatures redacted), not to the terminal of whoever embeds the cloud.
+Logging: ``logging.getLogger("quickstart.localcloud")`` goes to ``state_dir/localcloud.log``,
+    not to the terminal of whoever embeds the cloud; every request goes to ``state_dir/access.log``
+    (access_log.py). Both rotate at ``log_max_bytes``; every line passes ``redact`` (SAS
+    signatures, client secrets, passwords, tokens, account keys), which other code may reuse.
+Limits: before a surface sees a request, limits.py's checks run on its headers and declared body
+    length, and a body of unknown length is cut off at the surface's limit; a surface needs no
+    checks of its own for sizes.
 
-Everything else (TLS, threads, logging without secrets) is this module's job.
+Everything else (TLS, threads, limits, logging without secrets) is this module's job.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ import http.client
 import importlib
 import json
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -76,21 +82,27 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape
 
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import LimitedStream
 
 from . import connection as connection_file
+from . import limits
+from .access_log import AccessLog
 from .arm import ArmRouter, ResourceGroups, arm_error
 from .certs import ensure_certificates
 from .files.names import resolve_in_share
+from .files.responses import StorageError, error_response
 from .files.sas import make_file_sas
 from .identity.credentials import ensure_credentials
-from .identity.token_endpoint import TokenEndpoint
+from .identity.token_endpoint import TokenEndpoint, aad_error
 from .store import Store
 
 log = logging.getLogger("quickstart.localcloud")
@@ -108,7 +120,9 @@ HOST = "127.0.0.1"
 DEFAULT_OPTIONS = {
     "cluster_allocation_delay": 1.0,  # seconds a Batch AI cluster stays "resizing"
     "token_lifetime": 3600,  # seconds an AAD token is valid (adal wants > 300)
-    "access_log": False,  # one redacted line per request on stderr
+    "access_log": False,  # a readable line per API call on stderr (access.log gets them all)
+    "verbose": False,  # ... every request's full line on stderr instead
+    "log_max_bytes": 10 * 1024 * 1024,  # localcloud.log and access.log rotate at this size
     "sas_version": "2018-03-28",  # sv= of the download URLs the cloud makes
 }
 
@@ -117,9 +131,27 @@ class LocalCloudError(Exception):
     """The local cloud cannot start or serve as asked (the message says why and what to do)."""
 
 
+_SECRET_NAMES = (
+    "sig",
+    "client_secret",
+    "client_assertion",
+    "password",
+    "access_token",
+    "refresh_token",
+    "accountkey",
+    "sharedaccesssignature",
+)
+_SECRET_PARAMETERS = re.compile(rf"(?i)\b({'|'.join(_SECRET_NAMES)})=[^&;\s\"']*")
+
+
 def redact(text: str) -> str:
-    """Hide SAS signatures in anything that may be logged."""
-    return re.sub(r"(?i)\bsig=[^&\s\"']*", "sig=REDACTED", text)
+    """Hide secrets that travel in query strings or forms (SAS signatures, client secrets,
+    passwords, tokens, account keys) in anything that may be logged. Every log of the local
+    cloud goes through this one function."""
+    lowered = text.lower()  # most lines hold none: skip the regex (it costs more than a request)
+    if not any(f"{name}=" in lowered for name in _SECRET_NAMES):
+        return text
+    return _SECRET_PARAMETERS.sub(lambda m: f"{m.group(1)}=REDACTED", text)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -219,45 +251,106 @@ class LocalCloudApp:
     def __call__(self, environ, start_response):
         request = Request(environ)
         started = time.perf_counter()
+        surface = self.surface_of(request)
+        refusal = limits.check_request(environ, surface)
+        if refusal is not None:  # the body is never read into memory: drained in 1 MiB
+            # pieces (so the client, still sending, can read the answer) or, past 64 MiB, cut off
+            log.info("refused %s %s: %s", request.method, redact(request.path), refusal.code)
+            response = self.refuse(request, surface, refusal)
+            self.observe(request, response, started)
+            return response(environ, start_response)
+        if not environ.get("CONTENT_LENGTH"):  # a chunked body: cut off at the limit as read
+            environ["wsgi.input"] = limits.CappedStream(
+                environ["wsgi.input"], limits.body_limit(surface)
+            )
         try:
-            response = self.dispatch(request)
+            response = self.dispatch(request, surface)
+        except ClientDisconnected:
+            environ["localcloud.close"] = True
+            log.info("client hung up mid-body: %s %s", request.method, redact(request.path))
+            response = self.refuse(
+                request,
+                surface,
+                limits.Refusal(400, "IncompleteBody", "The request body ended early."),
+            )
+        except RequestEntityTooLarge:
+            environ["localcloud.close"] = True
+            limit = limits.body_limit(surface)
+            response = self.refuse(
+                request,
+                surface,
+                limits.Refusal(
+                    413,
+                    "RequestBodyTooLarge" if surface != "token" else "invalid_request",
+                    f"The request body is longer than the {limit} bytes accepted here.",
+                ),
+            )
+        except HTTPException as err:  # werkzeug's own refusals (a malformed form, ...)
+            response = self.refuse(
+                request,
+                surface,
+                limits.Refusal(err.code or 400, "InvalidInput", err.description or err.name),
+            )
         except Exception:
             log.exception("request failed: %s %s", request.method, redact(request.full_path))
-            response = Response(
-                json.dumps(
-                    {
-                        "error": {
-                            "code": "InternalServerError",
-                            "message": "The local cloud hit an internal error.",
-                        }
-                    }
-                ),
-                status=500,
-                content_type="application/json; charset=utf-8",
+            response = arm_error(
+                500, "InternalServerError", "The local cloud hit an internal error."
             )
+        self.observe(request, response, started)
+        return response(environ, start_response)
+
+    def observe(self, request: Request, response: Response, started: float) -> None:
+        """Tell the request observers (the portal's call log) about every API call, refused or
+        answered; the portal's own pages are not API calls."""
         if not request.path.startswith("/portal"):
             for observe in self.cloud.request_observers:
                 observe(request, response, time.perf_counter() - started)
-        return response(environ, start_response)
 
-    def dispatch(self, request: Request) -> Response:
+    def surface_of(self, request: Request) -> str:
+        """Which service a request is for: token, arm, files or other (limits differ)."""
         segments = request.path.split("/")
         first = segments[1].lower() if len(segments) > 1 else ""
         if first in ("subscriptions", "providers"):
-            return self.cloud.arm.dispatch(request)
+            return "arm"
         if first == self.account and self.cloud.storage_handler is not None:
-            return self.cloud.storage_handler(request)
-        if request.path == connection_file.HEALTH_PATH:
-            return self.health(request)
+            return "files"
         if first == "portal" and self.cloud.portal_handler is not None:
-            return self.cloud.portal_handler(request)
+            return "portal"
         if (
             len(segments) == 4
             and segments[2] == "oauth2"
             and segments[3] == "token"
             and self.tokens.tenant_matches(segments[1])
         ):
+            return "token"
+        return "other"
+
+    def refuse(self, request: Request, surface: str, refusal: limits.Refusal) -> Response:
+        """The service's own error answer for a request refused before its handler ran."""
+        if surface == "token":
+            return aad_error(
+                refusal.status,
+                "invalid_request",
+                "AADSTS90023",
+                refusal.message,
+                request,
+            )
+        if surface == "files":
+            err = StorageError(refusal.status, refusal.code, refusal.message)
+            return error_response(request, err, str(uuid.uuid4()))
+        return arm_error(refusal.status, refusal.code, refusal.message)
+
+    def dispatch(self, request: Request, surface: str) -> Response:
+        if surface == "arm":
+            return self.cloud.arm.dispatch(request)
+        if surface == "files":
+            return self.cloud.storage_handler(request)
+        if surface == "token":
             return self.tokens.token(request)
+        if surface == "portal":
+            return self.cloud.portal_handler(request)
+        if request.path == connection_file.HEALTH_PATH:
+            return self.health(request)
         return arm_error(
             404,
             "NotFound",
@@ -286,7 +379,7 @@ class _RequestHandler(WSGIRequestHandler):
     * HTTP/1.1 keep-alive: werkzeug's development handler closes every connection, which costs
       a TLS handshake per request (about 2 ms each); the SDKs reuse connections, so this
       handler reads exactly the request body it was sent and keeps the connection open.
-    * The access log never shows SAS signatures and is silent unless ``access_log`` is on.
+    * Every answer is recorded by the access log (access_log.py), with secrets redacted.
     """
 
     server: _Server
@@ -305,6 +398,7 @@ class _RequestHandler(WSGIRequestHandler):
         return environ
 
     def run_wsgi(self) -> None:
+        started = time.monotonic()
         if self.headers.get("Expect", "").lower().strip() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         environ = self.environ = self.make_environ()
@@ -319,7 +413,7 @@ class _RequestHandler(WSGIRequestHandler):
             body = LimitedStream(self.rfile, length)
             environ["wsgi.input"] = body
             environ["wsgi.input_terminated"] = True
-        state = {"status": None, "headers": None, "sent": False, "chunked": False}
+        state = {"status": None, "headers": None, "sent": False, "chunked": False, "bytes": 0}
         is_head = environ["REQUEST_METHOD"] == "HEAD"
 
         def start_response(status, headers, exc_info=None):
@@ -353,6 +447,7 @@ class _RequestHandler(WSGIRequestHandler):
             if not state["sent"]:
                 send_headers()
             if data and not is_head:
+                state["bytes"] += len(data)
                 if state["chunked"]:
                     self.wfile.write(b"%x\r\n" % len(data))
                     self.wfile.write(data)
@@ -380,13 +475,58 @@ class _RequestHandler(WSGIRequestHandler):
                 with contextlib.suppress(Exception):
                     app_iter.close()
             self.server.request_finished()
-        if body is not None and not self.close_connection and not _drain(body):
+            self._record(environ, state, time.monotonic() - started)
+        if environ.get("localcloud.close"):
+            self.close_connection = True  # a refused or broken body is never read
+        elif body is not None and not self.close_connection and not _drain(body):
             self.close_connection = True
 
+    def send_error(self, code, message=None, explain=None):
+        """Requests refused by the HTTP parser itself (a bad request line, more than 100 headers,
+        a line over 64 KiB) get the service's error body too: XML for Azure Files, else JSON."""
+        self.close_connection = True
+        text = message or http.client.responses.get(code, "Bad request")
+        path = getattr(self, "path", "") or ""
+        account = self.server.app.account
+        if path.lower().startswith(f"/{account}/"):  # Azure Files answers 400 for both
+            code_name = "InvalidHeaderValue" if code == 431 else "InvalidUri"
+            code = 400
+            body = (
+                '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                f"{code_name}</Code><Message>{escape(text)}</Message></Error>"
+            ).encode()
+            content_type = "application/xml"
+        else:
+            error = {"code": "RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"}
+            body = json.dumps({"error": {**error, "message": text}}).encode()
+            content_type = "application/json; charset=utf-8"
+        self.send_response(code, http.client.responses.get(code, ""))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def _record(self, environ, state, seconds: float) -> None:
+        access = self.server.access
+        if access is None or state["status"] is None:
+            return
+        try:
+            access.record(
+                environ["REQUEST_METHOD"],
+                environ.get("RAW_URI") or environ.get("PATH_INFO", ""),
+                int(state["status"].split(" ", 1)[0]),
+                state["bytes"],
+                seconds,
+                self.client_address[0] if self.client_address else "-",
+                self.headers,
+            )
+        except Exception:  # the log must never fail a request
+            log.exception("the access log failed")
+
     def log_request(self, code="-", size="-"):
-        if self.server.access_log:
-            line = redact(getattr(self, "requestline", ""))
-            sys.stderr.write(f"{self.log_date_time_string()} {line} -> {code}\n")
+        """Answers are recorded by the access log (_record), with their timing."""
 
     def log_error(self, format, *args):
         log.debug("local cloud connection: " + format, *args)
@@ -414,8 +554,8 @@ class _Server(ThreadedWSGIServer):
 
     idle_timeout = 120  # seconds an idle keep-alive connection stays open
 
-    def __init__(self, sock: socket.socket, app, ssl_context: ssl.SSLContext, access_log: bool):
-        self.access_log = access_log
+    def __init__(self, sock: socket.socket, app, ssl_context: ssl.SSLContext):
+        self.access: AccessLog | None = None  # set once serving (the startup probe is not logged)
         self._open = set()
         self._open_lock = threading.Lock()
         self._busy = 0
@@ -513,6 +653,8 @@ class LocalCloud:
         if self._server is not None:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # shares, job logs and secrets: the owner's alone
+            os.chmod(self.state_dir, 0o700)
         self._lock_state_dir()
         try:
             self._start(timeout)
@@ -590,7 +732,12 @@ class LocalCloud:
     def _attach_log(self) -> None:
         """Send the local cloud's own log (errors with tracebacks, SharedKey strings-to-sign on
         mismatch) to state_dir/localcloud.log instead of the terminal of whoever embeds it."""
-        handler = logging.FileHandler(self.state_dir / LOG_FILE, encoding="utf-8")
+        handler = logging.handlers.RotatingFileHandler(
+            self.state_dir / LOG_FILE,
+            maxBytes=int(self.options["log_max_bytes"]),
+            backupCount=3,
+            encoding="utf-8",
+        )
         handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
         handler.setLevel(logging.INFO)
         log.addHandler(handler)
@@ -627,7 +774,7 @@ class LocalCloud:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))
-            self._server = _Server(sock, LocalCloudApp(context), ssl_context, access_log=False)
+            self._server = _Server(sock, LocalCloudApp(context), ssl_context)
         finally:
             sock.close()  # the server holds its own duplicate of the descriptor
         for hook in context.start_hooks:
@@ -641,7 +788,18 @@ class LocalCloud:
         )
         self._thread.start()
         self._wait_healthy(port, tls.ca_cert, timeout)
-        self._server.access_log = bool(self.options["access_log"])  # not our own startup probe
+        console = (
+            "verbose"
+            if self.options["verbose"]
+            else ("summary" if self.options["access_log"] else None)
+        )
+        self._server.access = AccessLog(
+            self.state_dir,
+            redact,
+            console=console,
+            stream=self.options.get("log_stream"),
+            max_bytes=int(self.options["log_max_bytes"]),
+        )
 
     def _wait_healthy(self, port: int, ca_cert: Path, timeout: float) -> None:
         context = ssl.create_default_context(cafile=str(ca_cert))
@@ -672,6 +830,8 @@ class LocalCloud:
                 time.sleep(0.01)
             server.close_open_connections()
             server.server_close()
+            if server.access is not None:
+                server.access.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

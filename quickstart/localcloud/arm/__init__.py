@@ -5,7 +5,7 @@ from ``quickstart.localcloud.arm`` so the module layout behind them can change.
 """
 
 from .resource_groups import LOCATIONS, ResourceGroups
-from .responses import ArmError, arm_error, arm_json, json_body, utc_now_iso
+from .responses import ArmError, arm_error, arm_json, check_tags, json_body, utc_now_iso
 from .router import ArmRouter
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ResourceGroups",
     "arm_error",
     "arm_json",
+    "check_tags",
     "json_body",
     "utc_now_iso",
 ]

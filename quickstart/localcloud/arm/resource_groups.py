@@ -10,7 +10,7 @@ import re
 
 from werkzeug.wrappers import Request, Response
 
-from .responses import ArmError, arm_json, json_body
+from .responses import ArmError, arm_json, check_tags, json_body
 from .router import ArmRouter
 
 RESOURCE_GROUP_TYPE = "Microsoft.Resources/resourceGroups"
@@ -66,25 +66,13 @@ class ResourceGroups:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not _RG_NAME.match(name) or name.endswith("."):
+        if not _RG_NAME.fullmatch(name) or name.endswith("."):
             raise ArmError(
                 400,
                 "InvalidResourceGroup",
                 f"The provided resource group name '{name}' has these invalid characters or "
                 "length: use 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'.",
             )
-
-    @staticmethod
-    def _check_tags(tags) -> dict:
-        if tags is None:
-            return {}
-        if not isinstance(tags, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-        ):
-            raise ArmError(
-                400, "InvalidRequestContent", "'tags' must be an object of string values."
-            )
-        return tags
 
     # -- subscription
 
@@ -130,7 +118,7 @@ class ResourceGroups:
                 f"The provided location '{body['location']}' is not available for resource "
                 f"group. List of available regions is '{','.join(sorted(LOCATIONS))}'.",
             )
-        tags = self._check_tags(body.get("tags"))
+        tags = check_tags(body.get("tags"))
         with self.store.transaction():
             old = self.store.get_resource(self.group_id(resourceGroupName))
             if old is not None and old.body["location"] != location:
@@ -160,7 +148,7 @@ class ResourceGroups:
         with self.store.transaction():
             group = dict(self._existing(resourceGroupName).body)
             if "tags" in body:
-                tags = self._check_tags(body["tags"])
+                tags = check_tags(body["tags"])
                 group.pop("tags", None)
                 if tags:
                     group["tags"] = tags

@@ -10,6 +10,8 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
+from ..limits import MAX_TAG_NAME, MAX_TAG_VALUE, MAX_TAGS
+
 
 class ArmError(Exception):
     """Raise from an ARM handler to answer ``status`` with ARM's error JSON."""
@@ -51,6 +53,13 @@ def json_body(request: Request, required: bool = True) -> dict:
         return {}
     try:
         body = json.loads(data)
+    except RecursionError:
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: it is nested too "
+            "deeply.",
+        ) from None
     except ValueError as err:
         raise ArmError(
             400,
@@ -66,3 +75,35 @@ def utc_now_iso() -> str:
     """Current UTC time the way ARM and Batch AI write it (ISO 8601, 7-digit fraction, Z)."""
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e7):07d}Z"
+
+
+def check_tags(tags) -> dict:
+    """ARM's rules for a resource's ``tags``: an object of at most 50 string values, names up to
+    512 characters and values up to 256 (characters, as ARM counts them)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ArmError(400, "InvalidRequestContent", "'tags' must be an object of string values.")
+    if len(tags) > MAX_TAGS:
+        raise ArmError(
+            400,
+            "InvalidTagCount",
+            f"The resource has {len(tags)} tags; at most {MAX_TAGS} are allowed.",
+        )
+    for name, value in tags.items():
+        if not name or len(name) > MAX_TAG_NAME:
+            raise ArmError(
+                400,
+                "InvalidTagNameLength",
+                f"The tag name '{name[:40]}' must be 1 to {MAX_TAG_NAME} characters long.",
+            )
+        if len(value) > MAX_TAG_VALUE:
+            raise ArmError(
+                400,
+                "InvalidTagValueLength",
+                f"The value of tag '{name[:40]}' is {len(value)} characters; at most "
+                f"{MAX_TAG_VALUE} are allowed.",
+            )
+    return tags

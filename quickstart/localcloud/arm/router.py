@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ..identity.bearer_tokens import TokenError, verify_token
@@ -77,6 +78,8 @@ class ArmRouter:
             response = self._route(request)
         except ArmError as err:
             response = arm_error(err.status, err.code, err.message, err.headers)
+        except HTTPException:  # the body ended early or ran past its limit: server.py answers
+            raise
         except Exception:  # a bug: answer as ARM would, keep the traceback in the log only
             log.exception("ARM handler failed for %s %s", request.method, request.path)
             response = arm_error(

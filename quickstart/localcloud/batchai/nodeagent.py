@@ -491,8 +491,9 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
 
     Raises OSError if a folder cannot be made or the wrapper cannot start.
     """
+    trusted = _mount_links(spec)
     for folder in spec.make_dirs:
-        os.makedirs(folder, exist_ok=True)
+        make_dirs_on_mount(folder, trusted)
     for link, target in spec.links.items():
         os.makedirs(os.path.dirname(link), exist_ok=True)
         if os.path.islink(link):
@@ -513,6 +514,63 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
         raise OSError(f"the node agent did not start (exit status {process.returncode})")
     pid = int(out.split()[0])
     return JobHandle(pid, _start_ticks(pid) or 0, _boot_id(), spec.record_dir)
+
+
+class UnsafePath(OSError):
+    """A job folder would be made through a symbolic link that a job, not the node, made."""
+
+    code = "JobOutputPathUnsafe"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _mount_links(spec: LaunchSpec) -> set[str]:
+    """The links the node itself made: one per share mount, in the mount roots."""
+    trusted = set(spec.links)
+    for root in (spec.env.get("AZ_BATCHAI_MOUNT_ROOT"), spec.env.get("AZ_BATCHAI_JOB_MOUNT_ROOT")):
+        for folder, dirs, files in os.walk(root) if root else ():
+            for name in dirs + files:  # os.walk lists links to folders as dirs, never enters
+                if os.path.islink(os.path.join(folder, name)):
+                    trusted.add(os.path.join(folder, name))
+    return trusted
+
+
+def make_dirs_on_mount(folder: str, trusted_links: set[str]) -> None:
+    """``os.makedirs(folder)``, following no symbolic link below a share's mount point.
+
+    Share contents are written by jobs, so a job can leave a link in a share that points
+    anywhere (``/etc``, another share, another job's folders). Only the mount links themselves
+    are followed; a folder that would pass through any other link raises UnsafePath, so a later
+    job's stdouterr and outputs always land inside its share.
+    """
+    folder = os.path.abspath(folder)
+    mount = next(
+        (link for link in trusted_links if folder == link or folder.startswith(link + os.sep)),
+        None,
+    )
+    if mount is None:
+        os.makedirs(folder, exist_ok=True)
+        return
+    path = mount
+    for part in os.path.relpath(folder, mount).split(os.sep):
+        if part in ("", "."):
+            continue
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise UnsafePath(
+                f"The job's folder '{folder}' would pass through the symbolic link '{path}' "
+                "inside its share (made by a job); the local cloud follows no such link. "
+                "Remove the link from the share."
+            )
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise UnsafePath(
+                    f"The job's folder '{folder}' cannot be made: '{path}' is not a directory."
+                ) from None
 
 
 def read_outcome(record_dir: str) -> Outcome | None:

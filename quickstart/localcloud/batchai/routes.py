@@ -24,11 +24,12 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from email.utils import formatdate
 from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from ..arm import LOCATIONS, ArmError, arm_json, json_body
+from ..arm import LOCATIONS, ArmError, arm_json, check_tags, json_body
 from . import nodeagent
 from .scheduler import ACTIVE, Scheduler, node_counts
 from .schema import (
@@ -43,7 +44,6 @@ from .schema import (
     check_job,
     check_name,
     check_scale_settings,
-    check_tags,
     experiment_body,
     iso,
     job_error,
@@ -286,10 +286,10 @@ class BatchAI:
                 old.created if old else time.time(),
             )
             self.store.put_resource(arm_id, WORKSPACE_TYPE, name, record)
-        return arm_json(200, record)
+        return _resource(self.store.get_resource(arm_id))
 
     def get_workspace(self, request: Request, subscriptionId, resourceGroupName, workspaceName):
-        return arm_json(200, self._workspace(resourceGroupName, workspaceName).body)
+        return _resource(self._workspace(resourceGroupName, workspaceName))
 
     def update_workspace(self, request: Request, subscriptionId, resourceGroupName, workspaceName):
         body = json_body(request)
@@ -301,7 +301,7 @@ class BatchAI:
             if tags:
                 workspace["tags"] = tags
             self.store.put_resource(record.id, record.type, record.name, workspace)
-        return arm_json(200, workspace)
+        return _resource(self.store.get_resource(record.id))
 
     def delete_workspace(self, request: Request, subscriptionId, resourceGroupName, workspaceName):
         record = self._workspace(resourceGroupName, workspaceName)
@@ -341,17 +341,15 @@ class BatchAI:
             arm_id = f"{workspace.body['id']}/experiments/{experimentName}"
             old = self.store.get_resource(arm_id)
             if old is not None:
-                return arm_json(200, old.body)
+                return _resource(old)
             record = experiment_body(arm_id, experimentName, time.time())
             self.store.put_resource(arm_id, EXPERIMENT_TYPE, experimentName, record)
-        return arm_json(200, record)
+        return _resource(self.store.get_resource(arm_id))
 
     def get_experiment(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
     ):
-        return arm_json(
-            200, self._experiment(resourceGroupName, workspaceName, experimentName).body
-        )
+        return _resource(self._experiment(resourceGroupName, workspaceName, experimentName))
 
     def delete_experiment(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
@@ -440,9 +438,8 @@ class BatchAI:
     def get_cluster(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
     ):
-        return arm_json(
-            200, self._render_cluster(self._cluster(resourceGroupName, workspaceName, clusterName))
-        )
+        record = self._cluster(resourceGroupName, workspaceName, clusterName)
+        return _resource(record, self._render_cluster(record))
 
     def update_cluster(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
@@ -462,7 +459,8 @@ class BatchAI:
         if "manual" in scale:
             self.scheduler.resize(record.id, scale["manual"]["targetNodeCount"])
         self.scheduler.wake()
-        return arm_json(200, self._render_cluster(self.store.get_resource(record.id)))
+        record = self.store.get_resource(record.id)
+        return _resource(record, self._render_cluster(record))
 
     def delete_cluster(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
@@ -501,7 +499,53 @@ class BatchAI:
     ):
         experiment = self._experiment(resourceGroupName, workspaceName, experimentName)
         records = self.store.list_resources(type=JOB_TYPE, parent_id=experiment.id)
-        return self._page(request, [r.body for r in sorted(records, key=lambda r: r.name.lower())])
+        return self._page(
+            request, [self._render_job(r) for r in sorted(records, key=lambda r: r.name.lower())]
+        )
+
+    def _render_job(self, record) -> dict:
+        """The job as stored, plus why it is still queued (Batch AI users' most common
+        question) as a BatchAIError in ``executionInfo.errors``, the one place the 2018-05-01
+        API has for it; the reason goes as soon as the job leaves the queue."""
+        props = record.body["properties"]
+        if props.get("executionState") != "queued":
+            return record.body
+        reason = self._queued_reason(record)
+        if reason is None:
+            return record.body
+        body = dict(record.body)
+        body["properties"] = {**props, "executionInfo": {"errors": [reason]}}
+        return body
+
+    def _queued_reason(self, record) -> dict | None:
+        props = record.body["properties"]
+        cluster = self.store.get_resource(record.extra.get("cluster", ""))
+        wanted = props.get("nodeCount", 1)
+        if cluster is None:
+            return None  # the scheduler fails it on its next pass
+        name = cluster.name
+        scale = cluster.body["properties"]["scaleSettings"]
+        most = max_nodes(scale)
+        if wanted > most:
+            message = (
+                f"The job needs {wanted} node(s) and cluster '{name}' can have at most {most}; "
+                "it stays queued until the cluster is resized (clusters.update) to at least "
+                f"{wanted} node(s)."
+            )
+            return job_error("WaitingForClusterResize", message)
+        counts = node_counts(cluster.extra["compute"])
+        message = (
+            f"The job waits for {wanted} idle node(s) of cluster '{name}': "
+            f"{counts['idleNodeCount']} idle, {counts['preparingNodeCount']} preparing, "
+            f"{counts['runningNodeCount']} running other jobs, "
+            f"{counts['unusableNodeCount']} unusable; the cluster "
+            + (
+                "is resizing."
+                if cluster.extra["compute"]["resize_since"] is not None
+                else "is steady."
+            )
+        )
+        return job_error("WaitingForNodes", message)
 
     def create_job(
         self,
@@ -533,18 +577,14 @@ class BatchAI:
                     f"'{props['cluster']['id']}'. Create the cluster first (clusters.create) and "
                     "pass its id."
                 )
-            size = max_nodes(cluster.body["properties"]["scaleSettings"])
-            if props["nodeCount"] > size:
-                raise bad(
-                    f"'properties.nodeCount' ({props['nodeCount']}) is more than cluster "
-                    f"'{cluster.name}' can have ({size} node{'s' if size != 1 else ''}); lower "
-                    "nodeCount or resize the cluster."
-                )
+            # A job bigger than its cluster is accepted and stays queued (with the reason, see
+            # _render_job) until the cluster grows, as the service did.
             uid = str(uuid.uuid4())
             segment = nodeagent.job_path_segment(
                 self.sub, group.name, workspace.name, experiment.name, jobName, uid
             )
             props["jobOutputDirectoryPathSegment"] = segment
+            props["experimentName"] = experiment.name
             dirs = self._output_locations(props, secrets, cluster, uid)
             now = time.time()
             props.update(
@@ -621,9 +661,8 @@ class BatchAI:
         experimentName,
         jobName,
     ):
-        return arm_json(
-            200, self._job(resourceGroupName, workspaceName, experimentName, jobName).body
-        )
+        record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
+        return _resource(record, self._render_job(record))
 
     def delete_job(
         self,
@@ -832,3 +871,15 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
         limit = f"{low}..{high}" if high is not None else f"at least {low}"
         raise bad(f"The '{name}' query parameter must be {limit}; got {number}.")
     return number
+
+
+def _resource(record, body: dict | None = None) -> Response:
+    """One resource's 200 answer with the ``ETag`` and ``Last-Modified`` of its last change."""
+    return arm_json(
+        200,
+        record.body if body is None else body,
+        {
+            "ETag": f'W/"{int(record.updated * 1e6):x}"',
+            "Last-Modified": formatdate(record.updated, usegmt=True),
+        },
+    )

@@ -54,7 +54,7 @@ def bad(message: str, code: str = "InvalidParameter", status: int = 400) -> ArmE
 
 
 def check_name(kind: str, name: str) -> None:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise bad(
             f"The {kind} name '{name}' is invalid: use 1-64 letters, digits, '-' or '_'.",
             code="InvalidResourceName",
@@ -191,14 +191,6 @@ def workspace_body(
     if tags:
         body["tags"] = tags
     return body
-
-
-def check_tags(tags) -> dict:
-    if tags is None:
-        return {}
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise bad("'tags' must be an object of string values.")
-    return tags
 
 
 def experiment_body(arm_id: str, name: str, created: float) -> dict:

@@ -75,7 +75,12 @@ def authenticate(
         key,
     )
     if not valid:
-        log.info("SharedKey mismatch; the local cloud signed: %r", signed)
+        log.info(
+            "SharedKey mismatch: %s %s (%d-byte string to sign)",
+            request.method,
+            request.path[:200],
+            len(signed),
+        )
         raise StorageError(
             403,
             "AuthenticationFailed",

@@ -23,8 +23,10 @@ from xml.sax.saxutils import escape, quoteattr
 from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Request, Response
 
+from ..limits import MAX_METADATA_BYTES, metadata_size
 from .names import resolve_in_share
 from .responses import StorageError, empty, etag, http_date, iso7
+from .space import check_quota, free_range
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
@@ -95,6 +97,11 @@ class FileHandlers:
                 headers["x-ms-file-parent-id"] = str(parent.stat().st_ino)
         return headers
 
+    def _check_quota(self, share: str, growth: int) -> None:
+        record = self.store.get_share(share)
+        if record is not None:
+            check_quota(self._share_root(share), record.quota, growth)
+
     def _props_key(self, share: str, target: Path) -> str:
         """The key of a file's stored properties: its path as stored on disk (case as created)."""
         return target.relative_to(self._share_root(share)).as_posix()
@@ -114,11 +121,20 @@ class FileHandlers:
     @staticmethod
     def _metadata(request: Request) -> dict:
         raw = request.environ.get("localcloud.raw_headers") or request.headers.items()
-        return {
+        metadata = {
             name[len("x-ms-meta-") :]: value
             for name, value in raw
             if name.lower().startswith("x-ms-meta-")
         }
+        size = metadata_size(metadata)
+        if size > MAX_METADATA_BYTES:
+            raise StorageError(
+                400,
+                "MetadataTooLarge",
+                f"The size of the specified metadata ({size} bytes) exceeds the maximum size "
+                f"permitted ({MAX_METADATA_BYTES} bytes).",
+            )
+        return metadata
 
     @staticmethod
     def _content_length_header(request: Request, name: str = "x-ms-content-length") -> int:
@@ -315,8 +331,11 @@ class FileHandlers:
             raise StorageError(
                 409, "ResourceTypeMismatch", "The specified resource name is an existing directory."
             )
+        props = self._file_props_from_request(request)  # refused (metadata) before any write
+        old_size = target.stat().st_size if target.is_file() else 0
+        self._check_quota(share, size - old_size)
         self.store.write_file_atomically(target, b"", size=size)
-        self._save_props(share, target, self._file_props_from_request(request))
+        self._save_props(share, target, props)
         return empty(201, self._smb_headers(target.stat(), False, target.parent))
 
     def _existing_file(self, share: str, parts) -> tuple[Path, os.stat_result]:
@@ -362,9 +381,7 @@ class FileHandlers:
                     400, "InvalidHeaderValue", "Content-Length must be 0 with x-ms-write: clear."
                 )
             with open(target, "r+b") as out:
-                zeros = bytes(min(BLOCK, length))
-                for offset in range(start, stop, BLOCK):
-                    os.pwrite(out.fileno(), zeros[: min(BLOCK, stop - offset)], offset)
+                free_range(out.fileno(), start, length)
             return empty(
                 201,
                 {"ETag": etag(target.stat()), "Last-Modified": http_date(target.stat().st_mtime)},
@@ -509,6 +526,7 @@ class FileHandlers:
         target, st = self._existing_file(share, parts)
         if "x-ms-content-length" in request.headers:
             new_size = self._content_length_header(request)
+            self._check_quota(share, new_size - st.st_size)
             with open(target, "r+b") as out:
                 out.truncate(new_size)
         props = self._load_props(share, target, st)

@@ -73,9 +73,10 @@ def split_path(path: str) -> list[str]:
 def resolve_in_share(root: Path, path: str | list[str]) -> Path:
     """The on-disk location of ``path`` inside the share directory ``root``.
 
-    Azure Files names are case-preserving but case-insensitive, so each component that does not
-    exist as spelled is matched case-insensitively against its directory. Raises PathRejected if
-    the path breaks a name rule, passes through a symbolic link, or would resolve outside ``root``.
+    Azure Files names are case-preserving but case-insensitive (simple case mapping), so each
+    component that does not exist as spelled is matched case-insensitively against its
+    directory. Raises PathRejected if the path breaks a name rule, passes through a symbolic
+    link, or would resolve outside ``root``.
     """
     parts = split_path(path) if isinstance(path, str) else path
     current = root
@@ -97,13 +98,20 @@ def resolve_in_share(root: Path, path: str | list[str]) -> Path:
     return current
 
 
+def simple_fold(name: str) -> str:
+    """``name`` as Azure Files compares names: each character upper-cased on its own (simple
+    case mapping, as the NTFS up-case table does), never expanded. Full case folding would make
+    "straße" equal "STRASSE" and "ﬁle" equal "FILE", names Azure keeps apart."""
+    return "".join(upper if len(upper := c.upper()) == 1 else c for c in name)
+
+
 def _case_insensitive_match(folder: Path, name: str) -> str:
     """The existing entry of ``folder`` equal to ``name`` ignoring case, else ``name`` itself."""
-    wanted = name.casefold()
+    wanted = simple_fold(name)
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.casefold() == wanted:
+                if simple_fold(entry.name) == wanted:
                     return entry.name
     except (FileNotFoundError, NotADirectoryError):
         pass

@@ -7,10 +7,12 @@ authenticated (auth.py) before a handler (handlers.py) reads or writes anything.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import uuid
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from .auth import authenticate, check_version
@@ -50,6 +52,10 @@ class FileRoutes:
             response = error_response(request, err, request_id)
         except PathRejected as err:
             response = error_response(request, StorageError(400, err.code, err.message), request_id)
+        except HTTPException:  # the body ended early or ran past its limit: server.py answers
+            raise
+        except OSError as err:
+            response = error_response(request, _os_error(err), request_id)
         except Exception:
             log.exception("Azure Files request failed: %s %s", request.method, request.path)
             response = error_response(
@@ -126,8 +132,10 @@ class FileRoutes:
         operation, handler = op
         # a service SAS works on files and listings; creating or deleting shares needs the key
         share_admin = path == "" and restype == "share" and method in ("PUT", "DELETE")
+        # a file SAS (sr=f) signs one file: never a directory, its listing or its creation
+        sas_path = "" if restype == "directory" else path
         grant = authenticate(
-            request, self.account, self.key, share, path, operation, sas_allowed=not share_admin
+            request, self.account, self.key, share, sas_path, operation, sas_allowed=not share_admin
         )
         check_version(request)
         check_share_name(share)
@@ -147,3 +155,19 @@ class FileRoutes:
             "UnsupportedQueryParameter",
             "The local cloud's Azure Files supports only GET ?comp=list on the account.",
         )
+
+
+def _os_error(err: OSError) -> StorageError:
+    """What the disk refused, said as Azure Files would; unknown errors are logged in full."""
+    if err.errno == errno.ENAMETOOLONG:
+        return StorageError(
+            400,
+            "InvalidResourceName",
+            "A name in the path is longer than this machine's disk holds (255 bytes in UTF-8 per "
+            "name); Azure allows 255 characters, but the local cloud keeps share files as real "
+            "files. Use a shorter name.",
+        )
+    log.error("Azure Files request hit a disk error: %s", err)
+    return StorageError(
+        500, "InternalError", f"The local cloud could not use its disk: {err.strerror}."
+    )

@@ -32,7 +32,7 @@ def _aad_json(status: int, body: dict, request: Request) -> Response:
     return response
 
 
-def _aad_error(status: int, error: str, code: str, description: str, request: Request) -> Response:
+def aad_error(status: int, error: str, code: str, description: str, request: Request) -> Response:
     now = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
     trace = str(uuid.uuid4())
     correlation = request.headers.get("client-request-id") or str(uuid.uuid4())
@@ -63,7 +63,7 @@ class TokenEndpoint:
     def token(self, request: Request) -> Response:
         creds = self.cloud.credentials
         if request.method != "POST":
-            return _aad_error(
+            return aad_error(
                 405,
                 "invalid_request",
                 "AADSTS900561",
@@ -73,7 +73,7 @@ class TokenEndpoint:
         form = request.form
         grant = form.get("grant_type")
         if grant != "client_credentials":
-            return _aad_error(
+            return aad_error(
                 400,
                 "unsupported_grant_type",
                 "AADSTS70003",
@@ -83,7 +83,7 @@ class TokenEndpoint:
             )
         client_id = form.get("client_id", "")
         if not client_id:
-            return _aad_error(
+            return aad_error(
                 400,
                 "invalid_request",
                 "AADSTS900144",
@@ -91,7 +91,7 @@ class TokenEndpoint:
                 request,
             )
         if client_id.lower() != creds.client_id.lower():
-            return _aad_error(
+            return aad_error(
                 400,
                 "unauthorized_client",
                 "AADSTS700016",
@@ -101,7 +101,7 @@ class TokenEndpoint:
             )
         secret = form.get("client_secret", "")
         if not secret:
-            return _aad_error(
+            return aad_error(
                 401,
                 "invalid_client",
                 "AADSTS7000218",
@@ -110,7 +110,7 @@ class TokenEndpoint:
                 request,
             )
         if not hmac.compare_digest(secret.encode(), creds.client_secret.encode()):
-            return _aad_error(
+            return aad_error(
                 401,
                 "invalid_client",
                 "AADSTS7000215",
@@ -121,7 +121,7 @@ class TokenEndpoint:
             )
         resource = form.get("resource") or form.get("scope", "").removesuffix("/.default")
         if resource.rstrip("/") != self.cloud.resource_id.rstrip("/"):
-            return _aad_error(
+            return aad_error(
                 400,
                 "invalid_resource",
                 "AADSTS500011",

@@ -4,6 +4,7 @@ client over HTTPS, with jobs that really run on this host (small shell/Python st
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -362,10 +363,16 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
     with pytest.raises(CloudError, match="names no cluster") as err:
         client.jobs.create(RG, WS, EXP, "j1", job_params(unknown, "true")).result()
     assert err.value.status_code == 400
-    with pytest.raises(
-        CloudError, match=r"nodeCount' \(2\) is more than cluster 'mycluster' can have \(1 node\)"
-    ):
-        client.jobs.create(RG, WS, EXP, "j2", job_params(cluster_id, "true", node_count=2)).result()
+    # A job bigger than its cluster is accepted and waits, saying why (as the service did)
+    big = client.jobs.create(RG, WS, EXP, "j2", job_params(cluster_id, "true", node_count=2))
+    big = big.result()
+    assert big.execution_state == "queued"
+    (reason,) = big.execution_info.errors
+    assert reason.code == "WaitingForClusterResize" and "at most 1" in reason.message
+    client.jobs.terminate(RG, WS, EXP, "j2").result()
+    ended = client.jobs.get(RG, WS, EXP, "j2")
+    assert ended.execution_state == "failed"
+    assert [e.code for e in ended.execution_info.errors] == ["JobTerminated"]
     no_toolkit = job_params(cluster_id, "true")
     no_toolkit.custom_toolkit_settings = None
     with pytest.raises(CloudError, match="no toolkit settings"):
@@ -929,3 +936,19 @@ def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env)
     wait_for(
         lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0
     )  # shrinks back
+
+
+def test_a_job_made_link_in_the_share_never_takes_a_later_jobs_outputs_outside(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sub = env.connection["subscription_id"]
+    # what a job could leave behind: the share's first segment of every job path, as a link
+    first = env.client.jobs.create(RG, WS, EXP, "maker", job_params(env.cluster.id, "true"))
+    assert wait_for_job(env.client, first.result().name).execution_state == "succeeded"
+    shutil.rmtree(env.share_dir / sub)
+    os.symlink(outside, env.share_dir / sub)
+    later = env.client.jobs.create(RG, WS, EXP, "later", job_params(env.cluster.id, "true"))
+    job = wait_for_job(env.client, later.result().name)
+    assert job.execution_state == "failed"
+    assert [e.code for e in job.execution_info.errors] == ["JobOutputPathUnsafe"]
+    assert list(outside.iterdir()) == []  # nothing was written outside the share
