@@ -598,7 +598,8 @@ class LocalCloud:
                 f"https://{HOST}:{port}",
             )
             self.context = self._running = context
-            ResourceGroups(context).install(context.arm)
+            groups = ResourceGroups(context)
+            groups.install(context.arm)
             for module_name in SURFACE_MODULES:
                 try:
                     module = importlib.import_module(module_name)
@@ -607,6 +608,7 @@ class LocalCloud:
                         continue
                     raise
                 module.install(context)
+            context.on_start(groups.finish_deletes)  # after the surfaces have recovered
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))

@@ -7,6 +7,8 @@ Layout of a state directory::
     shares/<share>/...   the contents of each Azure Files share, as ordinary files
     tmp/                 files being written; renamed into shares/ when complete,
                          so a crash never leaves a half-written file under its final name
+    journal/             Put Range bodies received in full and not yet copied into their
+                         file; replayed at start, so a range is in its file all or not at all
     trash/               shares being deleted (renamed here first, then removed)
     tls/                 the CA and server certificate (see certs.py)
 
@@ -23,6 +25,7 @@ method is one transaction, and ``transaction()`` groups several into one read-mo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,10 +37,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .crashpoints import crash_point
+
 DATABASE_FILE = "localcloud.sqlite3"
 SHARES_DIR = "shares"
 TMP_DIR = "tmp"
 TRASH_DIR = "trash"
+JOURNAL_DIR = "journal"
+COPY_BLOCK = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -141,7 +148,14 @@ class Store:
         self.shares_root = self.state_dir / SHARES_DIR
         self.tmp_root = self.state_dir / TMP_DIR
         self.trash_root = self.state_dir / TRASH_DIR
-        for folder in (self.state_dir, self.shares_root, self.tmp_root, self.trash_root):
+        self.journal_root = self.state_dir / JOURNAL_DIR
+        for folder in (
+            self.state_dir,
+            self.shares_root,
+            self.tmp_root,
+            self.trash_root,
+            self.journal_root,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         database = self.state_dir / DATABASE_FILE
@@ -182,6 +196,25 @@ class Store:
             if self._depth == 0:
                 self._db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's changes if it raises (the error still
+        propagates), so one bad record cannot roll back a whole scheduler pass."""
+        with self.transaction():
+            name = f"sp{self._depth}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            self._db.execute(f"RELEASE {name}")
+
+    def integrity_check(self) -> str:
+        """SQLite's own verdict on the database file ("ok" when sound)."""
+        return self._query("PRAGMA integrity_check")[0][0]
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -191,7 +224,10 @@ class Store:
             return self._db.execute(sql, args).rowcount
 
     def _recover_files(self) -> None:
-        """Drop what a crash left half-done: unfinished temp files and half-deleted shares."""
+        """Finish or drop what a crash left half-done: complete ranges are copied into their
+        files; unfinished temp files and half-deleted shares go."""
+        for entry in sorted(self.journal_root.iterdir()):
+            self._apply_range(entry)
         for leftover in list(self.tmp_root.iterdir()) + list(self.trash_root.iterdir()):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -451,6 +487,73 @@ class Store:
                 temp.unlink()
             raise
         return written
+
+    # ------------------------------------------------------------------ ranges
+
+    def stage_range(self, target: Path, offset: int, stream, length: int) -> StagedRange:
+        """Copy up to ``length`` bytes of ``stream`` (a file-like body) into a temp file beside
+        the shares, hashing them; nothing is visible in ``target`` yet. The caller checks the
+        result, then calls ``commit_range`` or ``discard_range``."""
+        staged = StagedRange(self.tmp_root / f"range-{uuid.uuid4().hex}", target, offset)
+        digest = hashlib.md5()
+        header = json.dumps({"path": str(target), "offset": offset}).encode("utf-8") + b"\n"
+        try:
+            with open(staged.path, "wb") as out:
+                out.write(header)
+                buffer = bytearray(min(COPY_BLOCK, length) or 1)
+                view = memoryview(buffer)
+                while staged.length < length:
+                    n = stream.readinto(view[: min(len(buffer), length - staged.length)])
+                    if not n:
+                        break
+                    out.write(view[:n])
+                    digest.update(view[:n])
+                    staged.length += n
+        except BaseException:
+            self.discard_range(staged)
+            raise
+        staged.md5 = digest.digest()
+        return staged
+
+    def discard_range(self, staged: StagedRange) -> None:
+        with contextlib.suppress(OSError):
+            staged.path.unlink()
+
+    def commit_range(self, staged: StagedRange) -> None:
+        """Make a staged range part of its file: renamed into the journal (the commit point),
+        copied into the file, then dropped. A crash after the rename is finished at start."""
+        entry = self.journal_root / staged.path.name
+        os.replace(staged.path, entry)
+        crash_point("put-range.journaled")
+        self._apply_range(entry)
+
+    def _apply_range(self, entry: Path) -> None:
+        with open(entry, "rb") as journal:
+            try:
+                header = json.loads(journal.readline())
+                target = Path(header["path"])
+                offset = int(header["offset"])
+            except (ValueError, KeyError, TypeError):
+                target = None  # torn header: the rename never happened for a whole entry
+            inside = target is not None and self.shares_root in target.parents
+            if inside and target.is_file() and not target.is_symlink():
+                with open(target, "r+b") as out:
+                    while block := journal.read(COPY_BLOCK):
+                        os.pwrite(out.fileno(), block, offset)
+                        offset += len(block)
+                        crash_point("put-range.copying")
+        entry.unlink()
+
+
+@dataclass
+class StagedRange:
+    """A Put Range body received into a temp file (see ``Store.stage_range``)."""
+
+    path: Path
+    target: Path
+    offset: int
+    length: int = 0
+    md5: bytes = b""
 
 
 def _resource(row: tuple) -> ResourceRecord:

@@ -6,8 +6,9 @@ authenticated (routes.py, auth.py), and every path is checked by names.py before
 disk.
 
 Writes: Create File builds the file at its full size under a temporary name and renames it into
-place (readers never see a half-made file); Put Range streams the body straight into the file
-at its offset (no second buffer), as the SDK's parallel, out-of-order 4 MiB ranges need.
+place (readers never see a half-made file); Put Range receives the body into a temp file and
+copies it in only once complete and checked (see Store.stage_range), so a range is all or
+nothing, even across a crash.
 """
 
 from __future__ import annotations
@@ -382,23 +383,23 @@ class FileHandlers:
                 f"Content-Length ({body_length}) must equal the range length ({length}).",
             )
         expected_md5 = request.headers.get("Content-MD5")
-        with open(target, "r+b") as out:
-            if expected_md5:  # verify before writing anything: buffer the (<= 4 MiB) body
-                data = request.stream.read(length)
-                if base64.b64encode(hashlib.md5(data).digest()).decode() != expected_md5:
-                    raise StorageError(
-                        400,
-                        "Md5Mismatch",
-                        "The MD5 value specified in the request did not match the MD5 "
-                        "value calculated by the server.",
-                    )
-                written = os.pwrite(out.fileno(), data, start) if data else 0
-            else:
-                written = self._stream_into(request.stream, out.fileno(), start, length)
-        if written != length:
+        # All or nothing: the body goes to a temp file first and reaches the file only when
+        # complete and checked, through a journal that a restart replays.
+        staged = self.store.stage_range(target, start, request.stream, length)
+        if staged.length != length:
+            self.store.discard_range(staged)
             raise StorageError(
                 400, "IncompleteBody", "The request body ended before Content-Length bytes."
             )
+        if expected_md5 and base64.b64encode(staged.md5).decode() != expected_md5:
+            self.store.discard_range(staged)
+            raise StorageError(
+                400,
+                "Md5Mismatch",
+                "The MD5 value specified in the request did not match the MD5 "
+                "value calculated by the server.",
+            )
+        self.store.commit_range(staged)
         st = target.stat()
         headers = {
             "ETag": etag(st),
@@ -408,23 +409,6 @@ class FileHandlers:
         if expected_md5:
             headers["Content-MD5"] = expected_md5
         return empty(201, headers)
-
-    @staticmethod
-    def _stream_into(stream, fd: int, offset: int, length: int) -> int:
-        """Copy ``length`` bytes of the request body to ``fd`` at ``offset`` through one buffer."""
-        buffer = bytearray(min(BLOCK, length) or 1)
-        view = memoryview(buffer)
-        written = 0
-        while written < length:
-            n = stream.readinto(view[: min(len(buffer), length - written)])
-            if not n:
-                break
-            chunk = view[:n]
-            while chunk:
-                done = os.pwrite(fd, chunk, offset + written)
-                written += done
-                chunk = chunk[done:]
-        return written
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
         props = self._load_props(share, target, st)

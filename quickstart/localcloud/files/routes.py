@@ -7,7 +7,9 @@ authenticated (auth.py) before a handler (handlers.py) reads or writes anything.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import time
 import uuid
 
@@ -27,6 +29,28 @@ _SAS_OVERRIDES = {
     "rscl": "Content-Language",
     "rsct": "Content-Type",
 }
+
+
+INTERNAL_ERROR = StorageError(
+    500,
+    "InternalError",
+    "The local cloud hit an internal error; see localcloud.log in its state directory.",
+)
+# Azure never told a client its disk was full; a server-side failure it did report, and
+# retrying it is right once space is freed. Nothing of the request is stored.
+DISK_FULL = StorageError(
+    500,
+    "InternalError",
+    "The server encountered an internal error: the local cloud's disk is full. Free space "
+    "where its state directory lives, then retry the request.",
+)
+
+
+def disk_full(err: BaseException) -> bool:
+    """True for the errors a full disk raises: ENOSPC/EDQUOT, or SQLite's "disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)
 
 
 def install(cloud) -> None:
@@ -50,18 +74,13 @@ class FileRoutes:
             response = error_response(request, err, request_id)
         except PathRejected as err:
             response = error_response(request, StorageError(400, err.code, err.message), request_id)
-        except Exception:
-            log.exception("Azure Files request failed: %s %s", request.method, request.path)
-            response = error_response(
-                request,
-                StorageError(
-                    500,
-                    "InternalError",
-                    "The local cloud hit an internal error; see localcloud.log in its state "
-                    "directory.",
-                ),
-                request_id,
-            )
+        except Exception as err:
+            if disk_full(err):
+                log.warning("Azure Files request refused, the disk is full: %s", err)
+                response = error_response(request, DISK_FULL, request_id)
+            else:
+                log.exception("Azure Files request failed: %s %s", request.method, request.path)
+                response = error_response(request, INTERNAL_ERROR, request_id)
         headers = response.headers
         headers["x-ms-request-id"] = request_id
         headers["x-ms-version"] = API_VERSION
