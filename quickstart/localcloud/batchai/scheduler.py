@@ -519,6 +519,7 @@ class Scheduler:
         """Make the cluster's share mounts (links under its mount root); the errors of those
         that fail, as Batch AI reported them."""
         mount_root = self.cluster_mount_root(state["uid"])
+        os.makedirs(mount_root, exist_ok=True)
         problems = []
         for mount in cluster.extra.get("secrets", {}).get("mounts", []):
             problem = self.mount_problem(mount)
@@ -561,8 +562,7 @@ class Scheduler:
             known = {(e["code"], e["message"]) for e in state["errors"]}
             state["errors"] += [e for e in problems if (e["code"], e["message"]) not in known]
         else:
-            os.makedirs(self.cluster_mount_root(state["uid"]), exist_ok=True)
-            node["state"] = "idle"
+            node["state"] = "idle"  # its mount root was made by _mount, once for all nodes
         node["since"] = now
 
     def _setup_work_dir(self, state: dict, node: dict) -> str:
