@@ -852,8 +852,9 @@ def _run_wrapper() -> int:
     claim = JobHandle(pid, _start_ticks(pid) or 0, _boot_id(), spec.record_dir)
     if not _create_exclusively(os.path.join(spec.record_dir, AGENT_FILE), claim.to_json()):
         os._exit(0)
-    sys.stdout.write(f"{pid}\n")
-    sys.stdout.flush()
+    with contextlib.suppress(OSError):  # a server that died meanwhile finds the claim
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -605,6 +605,7 @@ class Scheduler:
 
     def _stop_setup_task(self, cluster_id: str, handle: dict) -> None:
         """Stop a departed node's setup task, then forget it (stop first, forget last)."""
+        crash_point("setup-task.stopping")
         nodeagent.terminate(JobHandle.from_json(handle))
         with self.store.transaction():
             cluster = self.store.get_resource(cluster_id)
