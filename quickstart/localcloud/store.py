@@ -25,6 +25,7 @@ method is one transaction, and ``transaction()`` groups several into one read-mo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -466,7 +467,9 @@ class Store:
 
     def write_file_atomically(self, final_path: Path, chunks, size: int | None = None) -> int:
         """Write ``chunks`` (bytes or an iterable of bytes) to a temp file, then rename it to
-        ``final_path``. ``size`` pre-sizes the file (sparse zeros beyond the data).
+        ``final_path``. ``size`` pre-sizes the file (zeros beyond the data) with its disk space
+        reserved, so the ranges written into it later cannot find the disk full; a disk too full
+        for it raises OSError(ENOSPC) and nothing appears.
 
         Readers see either the old file or the complete new one, never a partial write.
         """
@@ -480,7 +483,7 @@ class Store:
                     out.write(chunk)
                     written += len(chunk)
                 if size is not None and size > written:
-                    out.truncate(size)
+                    _reserve(out.fileno(), written, size)
             os.replace(temp, final_path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -489,6 +492,11 @@ class Store:
         return written
 
     # ------------------------------------------------------------------ ranges
+
+    def free_bytes(self) -> int:
+        """Bytes free for the shares on the disk that holds them."""
+        stats = os.statvfs(self.shares_root)
+        return stats.f_bavail * stats.f_frsize
 
     def stage_range(self, target: Path, offset: int, stream, length: int) -> StagedRange:
         """Copy up to ``length`` bytes of ``stream`` (a file-like body) into a temp file beside
@@ -543,6 +551,17 @@ class Store:
                         offset += len(block)
                         crash_point("put-range.copying")
         entry.unlink()
+
+
+def _reserve(fd: int, start: int, size: int) -> None:
+    """Allocate the disk blocks of bytes [start, size) (reading as zeros), or raise ENOSPC;
+    where the file system cannot allocate ahead, the file is only extended (sparse)."""
+    try:
+        os.posix_fallocate(fd, start, size - start)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
 
 
 @dataclass

@@ -25,9 +25,12 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Request, Response
 
 from .names import resolve_in_share
-from .responses import StorageError, empty, etag, http_date, iso7
+from .responses import DISK_FULL, StorageError, empty, etag, http_date, iso7
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
+# Space a new file must leave free beyond its own size: the journal of the ranges being
+# uploaded into it in parallel (the SDKs send up to 4 MiB each, a few at a time).
+JOURNAL_RESERVE = 4 * MAX_RANGE
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
 BLOCK = 1 << 20
 DEFAULT_QUOTA = 5120  # GiB
@@ -316,6 +319,8 @@ class FileHandlers:
             raise StorageError(
                 409, "ResourceTypeMismatch", "The specified resource name is an existing directory."
             )
+        if size + JOURNAL_RESERVE > self.store.free_bytes():
+            raise DISK_FULL  # refused whole: a file that could not be filled never appears
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, self._file_props_from_request(request))
         return empty(201, self._smb_headers(target.stat(), False, target.parent))

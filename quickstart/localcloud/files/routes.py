@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request, Response
 from .auth import authenticate, check_version
 from .handlers import FileHandlers
 from .names import PathRejected, check_share_name, split_path
-from .responses import API_VERSION, StorageError, error_response, http_date
+from .responses import API_VERSION, DISK_FULL, StorageError, error_response, http_date
 
 log = logging.getLogger("quickstart.localcloud")
 
@@ -35,14 +35,6 @@ INTERNAL_ERROR = StorageError(
     500,
     "InternalError",
     "The local cloud hit an internal error; see localcloud.log in its state directory.",
-)
-# Azure never told a client its disk was full; a server-side failure it did report, and
-# retrying it is right once space is freed. Nothing of the request is stored.
-DISK_FULL = StorageError(
-    500,
-    "InternalError",
-    "The server encountered an internal error: the local cloud's disk is full. Free space "
-    "where its state directory lives, then retry the request.",
 )
 
 
