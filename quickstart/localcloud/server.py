@@ -83,6 +83,9 @@ from werkzeug.wsgi import LimitedStream
 from . import connection as connection_file
 from .arm import ArmRouter, ResourceGroups, arm_error
 from .certs import ensure_certificates
+from .fault_routes import FaultGate
+from .faults import ENVIRONMENT_VARIABLE as FAULTS_VARIABLE
+from .faults import FaultRuleError, Faults, load_rules_file
 from .files.names import resolve_in_share
 from .files.sas import make_file_sas
 from .identity.credentials import ensure_credentials
@@ -142,6 +145,7 @@ class CloudContext:
         self.stop_hooks: list[Callable[[], None]] = []
         self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
         self.storage_handler: Callable[[Request], Response] | None = None
+        self.faults = Faults()  # fault rules (faults.py); LocalCloud sets the configured ones
         self.connection = connection_file.build_connection(
             base_url=base_url,
             tenant=credentials.tenant,
@@ -197,6 +201,15 @@ class CloudContext:
         return f"{self.base_url}/{self.credentials.storage_account}/{quoted}?{token}"
 
 
+def _fault_rules(options: dict) -> Faults:
+    """The fault rules of the ``faults`` option's file, else of $LOCALCLOUD_FAULTS's, else none."""
+    path = options.get("faults") or os.environ.get(FAULTS_VARIABLE)
+    try:
+        return Faults(load_rules_file(path) if path else [])
+    except FaultRuleError as err:
+        raise LocalCloudError(str(err)) from None
+
+
 class LocalCloudApp:
     """The WSGI application: dispatches by the first path segment."""
 
@@ -204,6 +217,7 @@ class LocalCloudApp:
         self.cloud = cloud
         self.tokens = TokenEndpoint(cloud)
         self.account = cloud.credentials.storage_account.lower()
+        self.fault_gate = FaultGate(cloud, cloud.faults)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -226,6 +240,9 @@ class LocalCloudApp:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
+        faulted = self.fault_gate.check(request)
+        if faulted is not None:
+            return faulted
         segments = request.path.split("/")
         first = segments[1].lower() if len(segments) > 1 else ""
         if first in ("subscriptions", "providers"):
@@ -597,6 +614,7 @@ class LocalCloud:
                 self.options,
                 f"https://{HOST}:{port}",
             )
+            context.faults = _fault_rules(self.options)
             self.context = self._running = context
             groups = ResourceGroups(context)
             groups.install(context.arm)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..crashpoints import crash_point
+from ..faults import NODE_ERROR_CODE, Faults
 from . import nodeagent
 from .nodeagent import JobHandle, NodeContext
 from .schema import (
@@ -86,6 +87,7 @@ class Scheduler:
         )
         self.default_python = options.get("job_python") or sys.executable
         self.root = Path(cloud.state_dir) / "compute"
+        self.faults = getattr(cloud, "faults", None) or Faults()
         self.num_gpus = nodeagent.gpu_count()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -257,6 +259,11 @@ class Scheduler:
             if state != "running" and job.extra.get("handle") == handle:
                 with self._isolated_job(job):
                     self._finish(job, outcome)
+            elif state == "running" and self.faults.node_failure(
+                job.name, now - job.extra.get("started", now)
+            ):
+                with self._isolated_job(job):
+                    self._fail_node_under(job, todo)
         demand = {}
         for job in jobs:
             with self._isolated_job(job):
@@ -436,6 +443,10 @@ class Scheduler:
         nodes = state["nodes"]
         target = state["target"]
         present = sum(1 for n in nodes if n["state"] != "leaving")
+        failure = self.faults.allocation_failure(cluster.name) if target > present else None
+        if failure is not None:  # the allocation fails: no node is added, as on Batch AI
+            state["errors"] = [*state["errors"], failure]
+            target = present
         stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now))
         for _ in range(target - present):
             state["next_node"] = state.get("next_node", 0) + 1
@@ -482,6 +493,30 @@ class Scheduler:
                 node["state"] = "leaving"
         state["nodes"] = [n for i, n in enumerate(nodes) if i not in removed]
 
+    def _fail_node_under(self, job, todo: _Actions) -> None:
+        """A fault rule made the job's node unusable: the node leaves service with the error
+        Batch AI reported for it, and the job is stopped and failed with it."""
+        cluster = self.store.get_resource(job.extra["cluster"])
+        node_ids = set(job.extra.get("nodes") or [])
+        error = job_error(
+            NODE_ERROR_CODE,
+            f"Node {', '.join(sorted(node_ids))} became unusable while the job ran on it "
+            "(a fault rule of the local cloud); the job was stopped.",
+        )
+        if cluster is not None:
+            state = cluster.extra["compute"]
+            for node in state["nodes"]:
+                if node["id"] in node_ids:
+                    node.update(state="unusable", job=None, since=time.time())
+            state["errors"] = [*state["errors"], error]
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
+        _props(job)["executionState"] = "terminating"
+        job.extra.update(after_stop="fail", stop_error=error)
+        self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
+        todo.kills.append(job.id)
+
     def _stop_for_resize(self, job_id: str) -> None:
         """A resize took a running job's node: stop it, then requeue or fail it."""
         job = self.store.get_resource(job_id)
@@ -507,7 +542,8 @@ class Scheduler:
                 self.finish_now(
                     job,
                     "failed",
-                    job_error(
+                    job.extra.get("stop_error")
+                    or job_error(
                         "NodeDeallocated",
                         "The cluster was resized down with nodeDeallocationOption "
                         "'terminate' and the job's node was taken away.",
