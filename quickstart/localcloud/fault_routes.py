@@ -52,7 +52,9 @@ class FaultGate:
             time.sleep(latency)
         if rule is None:
             return None
-        log.info("fault rule answers %s %s with %s", request.method, request.path, rule.status)
+        log.info(
+            "fault rule answers %s (%s) %s %s", rule.status, service, request.method, request.path
+        )
         return self._answer(request, service, rule.status, rule.retry_after)
 
     def _answer(self, request: Request, service: str, status: int, retry_after: int) -> Response:
