@@ -498,58 +498,63 @@ class Store:
         stats = os.statvfs(self.shares_root)
         return stats.f_bavail * stats.f_frsize
 
-    def stage_range(self, target: Path, offset: int, stream, length: int) -> StagedRange:
-        """Copy up to ``length`` bytes of ``stream`` (a file-like body) into a temp file beside
-        the shares, hashing them; nothing is visible in ``target`` yet. The caller checks the
-        result, then calls ``commit_range`` or ``discard_range``."""
-        staged = StagedRange(self.tmp_root / f"range-{uuid.uuid4().hex}", target, offset)
-        digest = hashlib.md5()
-        header = json.dumps({"path": str(target), "offset": offset}).encode("utf-8") + b"\n"
-        try:
-            with open(staged.path, "wb") as out:
-                out.write(header)
-                buffer = bytearray(min(COPY_BLOCK, length) or 1)
-                view = memoryview(buffer)
-                while staged.length < length:
-                    n = stream.readinto(view[: min(len(buffer), length - staged.length)])
-                    if not n:
-                        break
-                    out.write(view[:n])
-                    digest.update(view[:n])
-                    staged.length += n
-        except BaseException:
-            self.discard_range(staged)
-            raise
-        staged.md5 = digest.digest()
+    def stage_range(
+        self, target: Path, offset: int, stream, length: int, with_md5: bool = False
+    ) -> StagedRange:
+        """Read up to ``length`` bytes of ``stream`` (a request body the caller has bounded, at
+        most 4 MiB) into memory, with their MD5 if asked; nothing is on disk yet. The caller
+        checks the result, then calls ``commit_range`` (or drops it)."""
+        staged = StagedRange(target, offset, bytearray(length))
+        view = memoryview(staged.data)
+        while staged.length < length:
+            n = stream.readinto(view[staged.length :])
+            if not n:
+                break
+            staged.length += n
+        del staged.data[staged.length :]
+        if with_md5:
+            staged.md5 = hashlib.md5(staged.data).digest()
         return staged
 
-    def discard_range(self, staged: StagedRange) -> None:
-        with contextlib.suppress(OSError):
-            staged.path.unlink()
-
     def commit_range(self, staged: StagedRange) -> None:
-        """Make a staged range part of its file: renamed into the journal (the commit point),
-        copied into the file, then dropped. A crash after the rename is finished at start."""
-        entry = self.journal_root / staged.path.name
-        os.replace(staged.path, entry)
+        """Make a staged range part of its file, all or nothing: it is written to the journal
+        (renamed into place: the commit point), copied into the file, then dropped. A crash
+        after the rename is finished at the next start (``_recover_files``); before it, the
+        file never saw the range. A full disk fails the journal write, before the file."""
+        name = f"range-{uuid.uuid4().hex}"
+        temp, entry = self.tmp_root / name, self.journal_root / name
+        header = json.dumps({"path": str(staged.target), "offset": staged.offset})
+        try:
+            with open(temp, "wb") as out:
+                out.write(header.encode("utf-8") + b"\n")
+                out.write(staged.data)
+            os.replace(temp, entry)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
         crash_point("put-range.journaled")
-        self._apply_range(entry)
+        self._copy_range(staged.target, staged.offset, memoryview(staged.data))
+        entry.unlink()
+
+    def _copy_range(self, target: Path, offset: int, data) -> None:
+        if self.shares_root not in target.parents or target.is_symlink() or not target.is_file():
+            return  # the file went meanwhile (deleted): the range goes with it
+        with open(target, "r+b") as out:
+            for start in range(0, len(data), COPY_BLOCK):
+                os.pwrite(out.fileno(), data[start : start + COPY_BLOCK], offset + start)
+                crash_point("put-range.copying")
 
     def _apply_range(self, entry: Path) -> None:
+        """Replay one journal entry (at start, after a crash)."""
         with open(entry, "rb") as journal:
             try:
                 header = json.loads(journal.readline())
-                target = Path(header["path"])
-                offset = int(header["offset"])
+                target, offset = Path(header["path"]), int(header["offset"])
             except (ValueError, KeyError, TypeError):
-                target = None  # torn header: the rename never happened for a whole entry
-            inside = target is not None and self.shares_root in target.parents
-            if inside and target.is_file() and not target.is_symlink():
-                with open(target, "r+b") as out:
-                    while block := journal.read(COPY_BLOCK):
-                        os.pwrite(out.fileno(), block, offset)
-                        offset += len(block)
-                        crash_point("put-range.copying")
+                target = None  # cannot happen for a renamed entry; never write a guess
+            if target is not None:
+                self._copy_range(target, offset, journal.read())
         entry.unlink()
 
 
@@ -566,11 +571,11 @@ def _reserve(fd: int, start: int, size: int) -> None:
 
 @dataclass
 class StagedRange:
-    """A Put Range body received into a temp file (see ``Store.stage_range``)."""
+    """A Put Range body received in full (see ``Store.stage_range``)."""
 
-    path: Path
     target: Path
     offset: int
+    data: bytearray
     length: int = 0
     md5: bytes = b""
 

@@ -6,9 +6,9 @@ authenticated (routes.py, auth.py), and every path is checked by names.py before
 disk.
 
 Writes: Create File builds the file at its full size under a temporary name and renames it into
-place (readers never see a half-made file); Put Range receives the body into a temp file and
-copies it in only once complete and checked (see Store.stage_range), so a range is all or
-nothing, even across a crash.
+place (readers never see a half-made file); Put Range receives the whole body (at most 4 MiB)
+and copies it in only once complete and checked, through a journal (Store.commit_range), so a
+range is all or nothing, even across a crash.
 """
 
 from __future__ import annotations
@@ -388,16 +388,16 @@ class FileHandlers:
                 f"Content-Length ({body_length}) must equal the range length ({length}).",
             )
         expected_md5 = request.headers.get("Content-MD5")
-        # All or nothing: the body goes to a temp file first and reaches the file only when
-        # complete and checked, through a journal that a restart replays.
-        staged = self.store.stage_range(target, start, request.stream, length)
+        # All or nothing: the whole body is received and checked before the file sees any of
+        # it, and it reaches the file through a journal that a restart replays.
+        staged = self.store.stage_range(
+            target, start, request.stream, length, with_md5=bool(expected_md5)
+        )
         if staged.length != length:
-            self.store.discard_range(staged)
             raise StorageError(
                 400, "IncompleteBody", "The request body ended before Content-Length bytes."
             )
         if expected_md5 and base64.b64encode(staged.md5).decode() != expected_md5:
-            self.store.discard_range(staged)
             raise StorageError(
                 400,
                 "Md5Mismatch",
