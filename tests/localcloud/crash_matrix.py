@@ -41,6 +41,7 @@ from tests.conftest import (
     make_file_service,
     make_resource_client,
 )
+from tests.localcloud.batchai.test_batchai import processes_under
 
 REPO = Path(__file__).resolve().parents[2]
 RG, WS, CLUSTER, EXP, SHARE, MOUNT = "crashrg", "crashws", "crashcl", "crashexp", "crashes", "afs"
@@ -139,26 +140,6 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(interval)
-
-
-def processes_under(folder: Path) -> list[int]:
-    """Live processes working in, or with variables pointing into, ``folder``."""
-    found, marker = [], str(folder).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                if stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                    continue
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                variables = environ.read()
-        except OSError:
-            continue
-        if cwd.startswith(str(folder)) or marker in variables:
-            found.append(int(entry))
-    return found
 
 
 def integrity(state_dir: Path) -> str:
