@@ -17,6 +17,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from quickstart.retries import ATTEMPTS, RETRIED_STATUSES
+
 BODY_PIECE = 1 << 20
 
 
@@ -45,6 +47,19 @@ def reconnecting_session() -> requests.Session:
     """The tutorial's session for storage, streaming and downloads: it retries a refused
     connection for about 6 s (0, 0.4, 0.8, 1.6 and 3.2 s apart), as the ARM clients' own policy
     does, long enough for a local cloud to change hands (localcloud.Standby) without failing the
-    command; and it reads whole answers in large pieces."""
-    retry = Retry(total=5, connect=5, read=0, status=0, other=0, backoff_factor=0.2)
+    command; it retries throttling and passing server errors the same way, waiting what
+    Retry-After says (quickstart/retries.py says why); and it reads whole answers in large
+    pieces."""
+    retry = Retry(
+        total=ATTEMPTS,
+        connect=5,
+        read=0,
+        status=ATTEMPTS,
+        other=0,
+        backoff_factor=0.2,
+        status_forcelist=RETRIED_STATUSES,
+        allowed_methods=None,  # a faulted request had no effect: any method may be resent
+        respect_retry_after_header=True,
+        raise_on_status=False,  # the last answer goes to the SDK, which reports it
+    )
     return whole_body_session(max_retries=retry)

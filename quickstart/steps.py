@@ -36,6 +36,7 @@ from quickstart.jobs import (
     unfinished_job_to_follow,
 )
 from quickstart.portal_link import announce_portal
+from quickstart.retries import arm_retries, signing_in
 from quickstart.streaming import OutputTail
 from quickstart.timing import timed
 from quickstart.uploads import upload_if_changed
@@ -82,12 +83,14 @@ def create_clients(settings):
     """Sign in with the service principal; create the Batch AI and resource management clients."""
     cloud = cloud_environment(settings)
     verify = settings.ca_cert or True
-    credentials = ServicePrincipalCredentials(
-        client_id=settings.client_id,
-        secret=settings.client_secret,
-        tenant=settings.tenant_id,
-        cloud_environment=cloud,
-        verify=verify,
+    credentials = signing_in(
+        lambda: ServicePrincipalCredentials(
+            client_id=settings.client_id,
+            secret=settings.client_secret,
+            tenant=settings.tenant_id,
+            cloud_environment=cloud,
+            verify=verify,
+        )
     )
     base_url = cloud.endpoints.resource_manager
     batchai_client = batchai.BatchAIManagementClient(
@@ -99,6 +102,8 @@ def create_clients(settings):
     http = reconnecting_session()  # for storage, streaming and downloads
     for connection in (batchai_client.config.connection, resource_client.config.connection, http):
         connection.verify = verify
+    for client in (batchai_client, resource_client):
+        arm_retries(client)
     http.trust_env = not settings.ca_cert  # else REQUESTS_CA_BUNDLE would override `verify`
     print(f"Signed in as {settings.client_id} to {cloud.name}")
     return Clients(batchai_client, resource_client, http)

@@ -98,6 +98,9 @@ from . import limits
 from .access_log import AccessLog
 from .arm import ArmRouter, ResourceGroups, arm_error
 from .certs import ensure_certificates
+from .fault_routes import FaultGate
+from .faults import ENVIRONMENT_VARIABLE as FAULTS_VARIABLE
+from .faults import FaultRuleError, Faults, load_rules_file
 from .files.names import resolve_in_share
 from .files.responses import StorageError, error_response
 from .files.sas import make_file_sas
@@ -185,6 +188,7 @@ class CloudContext:
         self.portal_handler: Callable[[Request], Response] | None = None  # /portal (portal/)
         # fn(request, response, seconds) after each API request (the portal's call log)
         self.request_observers: list[Callable[[Request, Response, float], None]] = []
+        self.faults = Faults()  # fault rules (faults.py); LocalCloud sets the configured ones
         self.connection = connection_file.build_connection(
             base_url=base_url,
             tenant=credentials.tenant,
@@ -240,6 +244,15 @@ class CloudContext:
         return f"{self.base_url}/{self.credentials.storage_account}/{quoted}?{token}"
 
 
+def _fault_rules(options: dict) -> Faults:
+    """The fault rules of the ``faults`` option's file, else of $LOCALCLOUD_FAULTS's, else none."""
+    path = options.get("faults") or os.environ.get(FAULTS_VARIABLE)
+    try:
+        return Faults(load_rules_file(path) if path else [])
+    except FaultRuleError as err:
+        raise LocalCloudError(str(err)) from None
+
+
 class LocalCloudApp:
     """The WSGI application: dispatches by the first path segment."""
 
@@ -247,6 +260,7 @@ class LocalCloudApp:
         self.cloud = cloud
         self.tokens = TokenEndpoint(cloud)
         self.account = cloud.credentials.storage_account.lower()
+        self.fault_gate = FaultGate(cloud, cloud.faults)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -341,6 +355,9 @@ class LocalCloudApp:
         return arm_error(refusal.status, refusal.code, refusal.message)
 
     def dispatch(self, request: Request, surface: str) -> Response:
+        faulted = self.fault_gate.check(request)
+        if faulted is not None:
+            return faulted
         if surface == "arm":
             return self.cloud.arm.dispatch(request)
         if surface == "files":
@@ -761,8 +778,10 @@ class LocalCloud:
                 self.options,
                 f"https://{HOST}:{port}",
             )
+            context.faults = _fault_rules(self.options)
             self.context = self._running = context
-            ResourceGroups(context).install(context.arm)
+            groups = ResourceGroups(context)
+            groups.install(context.arm)
             for module_name in SURFACE_MODULES:
                 try:
                     module = importlib.import_module(module_name)
@@ -771,6 +790,7 @@ class LocalCloud:
                         continue
                     raise
                 module.install(context)
+            context.on_start(groups.finish_deletes)  # after the surfaces have recovered
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(str(tls.server_cert), str(tls.server_key))

@@ -7,6 +7,8 @@ Layout of a state directory::
     shares/<share>/...   the contents of each Azure Files share, as ordinary files
     tmp/                 files being written; renamed into shares/ when complete,
                          so a crash never leaves a half-written file under its final name
+    journal/             Put Range bodies received in full and not yet copied into their
+                         file; replayed at start, so a range is in its file all or not at all
     trash/               shares being deleted (renamed here first, then removed)
     tls/                 the CA and server certificate (see certs.py)
 
@@ -23,6 +25,8 @@ method is one transaction, and ``transaction()`` groups several into one read-mo
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -34,10 +38,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .crashpoints import crash_point
+
 DATABASE_FILE = "localcloud.sqlite3"
 SHARES_DIR = "shares"
 TMP_DIR = "tmp"
 TRASH_DIR = "trash"
+JOURNAL_DIR = "journal"
+COPY_BLOCK = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -141,7 +149,14 @@ class Store:
         self.shares_root = self.state_dir / SHARES_DIR
         self.tmp_root = self.state_dir / TMP_DIR
         self.trash_root = self.state_dir / TRASH_DIR
-        for folder in (self.state_dir, self.shares_root, self.tmp_root, self.trash_root):
+        self.journal_root = self.state_dir / JOURNAL_DIR
+        for folder in (
+            self.state_dir,
+            self.shares_root,
+            self.tmp_root,
+            self.trash_root,
+            self.journal_root,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         database = self.state_dir / DATABASE_FILE
@@ -182,6 +197,25 @@ class Store:
             if self._depth == 0:
                 self._db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's changes if it raises (the error still
+        propagates), so one bad record cannot roll back a whole scheduler pass."""
+        with self.transaction():
+            name = f"sp{self._depth}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            self._db.execute(f"RELEASE {name}")
+
+    def integrity_check(self) -> str:
+        """SQLite's own verdict on the database file ("ok" when sound)."""
+        return self._query("PRAGMA integrity_check")[0][0]
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -191,7 +225,10 @@ class Store:
             return self._db.execute(sql, args).rowcount
 
     def _recover_files(self) -> None:
-        """Drop what a crash left half-done: unfinished temp files and half-deleted shares."""
+        """Finish or drop what a crash left half-done: complete ranges are copied into their
+        files; unfinished temp files and half-deleted shares go."""
+        for entry in sorted(self.journal_root.iterdir()):
+            self._apply_range(entry)
         for leftover in list(self.tmp_root.iterdir()) + list(self.trash_root.iterdir()):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -442,7 +479,9 @@ class Store:
 
     def write_file_atomically(self, final_path: Path, chunks, size: int | None = None) -> int:
         """Write ``chunks`` (bytes or an iterable of bytes) to a temp file, then rename it to
-        ``final_path``. ``size`` pre-sizes the file (sparse zeros beyond the data).
+        ``final_path``. ``size`` pre-sizes the file (zeros beyond the data) with its disk space
+        reserved, so the ranges written into it later cannot find the disk full; a disk too full
+        for it raises OSError(ENOSPC) and nothing appears.
 
         Readers see either the old file or the complete new one, never a partial write.
         """
@@ -456,13 +495,101 @@ class Store:
                     out.write(chunk)
                     written += len(chunk)
                 if size is not None and size > written:
-                    out.truncate(size)
+                    _reserve(out.fileno(), written, size)
             os.replace(temp, final_path)
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
         return written
+
+    # ------------------------------------------------------------------ ranges
+
+    def free_bytes(self) -> int:
+        """Bytes free for the shares on the disk that holds them."""
+        stats = os.statvfs(self.shares_root)
+        return stats.f_bavail * stats.f_frsize
+
+    def stage_range(
+        self, target: Path, offset: int, stream, length: int, with_md5: bool = False
+    ) -> StagedRange:
+        """Read up to ``length`` bytes of ``stream`` (a request body the caller has bounded, at
+        most 4 MiB) into memory, with their MD5 if asked; nothing is on disk yet. The caller
+        checks the result, then calls ``commit_range`` (or drops it)."""
+        staged = StagedRange(target, offset, bytearray(length))
+        view = memoryview(staged.data)
+        while staged.length < length:
+            n = stream.readinto(view[staged.length :])
+            if not n:
+                break
+            staged.length += n
+        del staged.data[staged.length :]
+        if with_md5:
+            staged.md5 = hashlib.md5(staged.data).digest()
+        return staged
+
+    def commit_range(self, staged: StagedRange) -> None:
+        """Make a staged range part of its file, all or nothing: it is written to the journal
+        (renamed into place: the commit point), copied into the file, then dropped. A crash
+        after the rename is finished at the next start (``_recover_files``); before it, the
+        file never saw the range. A full disk fails the journal write, before the file."""
+        name = f"range-{uuid.uuid4().hex}"
+        temp, entry = self.tmp_root / name, self.journal_root / name
+        header = json.dumps({"path": str(staged.target), "offset": staged.offset})
+        try:
+            with open(temp, "wb") as out:
+                out.write(header.encode("utf-8") + b"\n")
+                out.write(staged.data)
+            os.replace(temp, entry)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        crash_point("put-range.journaled")
+        self._copy_range(staged.target, staged.offset, memoryview(staged.data))
+        entry.unlink()
+
+    def _copy_range(self, target: Path, offset: int, data) -> None:
+        if self.shares_root not in target.parents or target.is_symlink() or not target.is_file():
+            return  # the file went meanwhile (deleted): the range goes with it
+        with open(target, "r+b") as out:
+            for start in range(0, len(data), COPY_BLOCK):
+                os.pwrite(out.fileno(), data[start : start + COPY_BLOCK], offset + start)
+                crash_point("put-range.copying")
+
+    def _apply_range(self, entry: Path) -> None:
+        """Replay one journal entry (at start, after a crash)."""
+        with open(entry, "rb") as journal:
+            try:
+                header = json.loads(journal.readline())
+                target, offset = Path(header["path"]), int(header["offset"])
+            except (ValueError, KeyError, TypeError):
+                target = None  # cannot happen for a renamed entry; never write a guess
+            if target is not None:
+                self._copy_range(target, offset, journal.read())
+        entry.unlink()
+
+
+def _reserve(fd: int, start: int, size: int) -> None:
+    """Allocate the disk blocks of bytes [start, size) (reading as zeros), or raise ENOSPC;
+    where the file system cannot allocate ahead, the file is only extended (sparse)."""
+    try:
+        os.posix_fallocate(fd, start, size - start)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
+
+
+@dataclass
+class StagedRange:
+    """A Put Range body received in full (see ``Store.stage_range``)."""
+
+    target: Path
+    offset: int
+    data: bytearray
+    length: int = 0
+    md5: bytes = b""
 
 
 def _resource(row: tuple) -> ResourceRecord:

@@ -10,6 +10,7 @@ import re
 
 from werkzeug.wrappers import Request, Response
 
+from ..crashpoints import crash_point
 from .responses import ArmError, arm_json, check_tags, json_body
 from .router import ArmRouter
 
@@ -182,17 +183,34 @@ class ResourceGroups:
 
     def delete(self, request: Request, subscriptionId: str, resourceGroupName: str) -> Response:
         group = self._existing(resourceGroupName)
-        group_id = group.body["id"]
-        # Surfaces first (stop jobs, release nodes), then every record under the group at once.
-        for hook in self.cloud.resource_group_delete_hooks:
-            hook(self.cloud.credentials.subscription_id, group.name)
-        self.store.delete_resource_tree(group_id)
-        op = self.store.create_operation("resourceGroupDelete", group_id, status="Succeeded")
+        self._delete(group)
+        op = self.store.create_operation(
+            "resourceGroupDelete", group.body["id"], status="Succeeded"
+        )
         location = (
             f"{self.cloud.base_url}/subscriptions/{self.cloud.credentials.subscription_id}"
             f"/operationresults/{op.id}?api-version={request.args.get('api-version')}"
         )
         return arm_json(202, None, {"Location": location, "Retry-After": "0"})
+
+    def _delete(self, group) -> None:
+        """Stop first, forget last: the group is marked Deleting (as ARM shows it), the
+        surfaces stop what runs under it, and only then do its records go; a server that
+        dies midway finishes the delete at its next start (``finish_deletes``)."""
+        group.body.setdefault("properties", {})["provisioningState"] = "Deleting"
+        group.extra["deleting"] = True
+        self.store.put_resource(group.id, group.type, group.name, group.body, group.extra)
+        crash_point("group-delete.marked")
+        for hook in self.cloud.resource_group_delete_hooks:
+            hook(self.cloud.credentials.subscription_id, group.name)
+        crash_point("group-delete.stopped")
+        self.store.delete_resource_tree(group.body["id"])
+
+    def finish_deletes(self) -> None:
+        """At start: complete the group deletes a crash cut short."""
+        for group in self.store.list_resources(type=RESOURCE_GROUP_TYPE):
+            if group.extra.get("deleting"):
+                self._delete(group)
 
     def operation_result(self, request: Request, subscriptionId: str, operationId: str) -> Response:
         op = self.store.get_operation(operationId)

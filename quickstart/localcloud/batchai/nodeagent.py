@@ -499,8 +499,9 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
         if os.path.islink(link):
             os.unlink(link)
         os.symlink(target, link, target_is_directory=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(spec.record_dir, EXIT_FILE))  # a stale record must never count
+    for stale in (EXIT_FILE, AGENT_FILE):  # a stale record or claim must never count
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(spec.record_dir, stale))
     process = subprocess.Popen(
         [python or sys.executable, "-I", os.path.abspath(__file__), "run"],
         stdin=subprocess.PIPE,
@@ -571,6 +572,40 @@ def make_dirs_on_mount(folder: str, trusted_links: set[str]) -> None:
                 raise UnsafePath(
                     f"The job's folder '{folder}' cannot be made: '{path}' is not a directory."
                 ) from None
+
+
+def _create_exclusively(path: str, data: dict) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (then False): the one atomic step that
+    decides between a starting wrapper and a server that gave up on it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    return True
+
+
+def claim_or_find(record_dir: str, wait: float = 2.0) -> JobHandle | None:
+    """After a crash cut a launch short: the wrapper's handle if it started (it claimed
+    ``agent.json`` first), else None, and then it never will (this claims the file for the
+    server, and a wrapper that finds it taken exits without running anything)."""
+    path = os.path.join(record_dir, AGENT_FILE)
+    with contextlib.suppress(OSError):
+        if _create_exclusively(path, {"cancelled": True}):
+            return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            if data.get("cancelled"):
+                return None
+            return JobHandle.from_json(data)
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:  # unreadable and not being written: no wrapper
+                return None
+            time.sleep(0.02)  # the wrapper is between creating and filling it
 
 
 def read_outcome(record_dir: str) -> Outcome | None:
@@ -674,15 +709,19 @@ def terminate(handle: JobHandle, grace: float = TERMINATE_GRACE_SECONDS) -> None
     if not group_alive(handle):
         return
     _signal_group(handle.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+    # Each look scans /proc; backing off keeps a stop that waits out the grace period (a job
+    # ignoring SIGTERM) from taking the CPU from the server it runs in.
+    pause, deadline = 0.01, time.monotonic() + grace
     while time.monotonic() < deadline:
         if not group_alive(handle):
             return
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(0.2, pause * 1.5)
     _signal_group(handle.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
+    pause, deadline = 0.01, time.monotonic() + 5
     while group_alive(handle) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(0.2, pause * 1.5)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -860,14 +899,20 @@ class _Wrapper:
 def _run_wrapper() -> int:
     """``nodeagent.py run``: read the spec, detach, print the detached pid, run the job."""
     spec = LaunchSpec(**json.loads(sys.stdin.buffer.read().decode("utf-8")))
-    pid = os.fork()
-    if pid:
+    if os.fork():
         # The server waits for this first process; the job runs in the child, which init
         # adopts, so no zombie is ever left with the server.
-        sys.stdout.write(f"{pid}\n")
-        sys.stdout.flush()
         os._exit(0)
     os.setsid()  # own session and process group: outlives the server, killable as a group
+    # Claim the record before the server learns the pid: a server restarted after a crash
+    # mid-launch finds either this claim (and tracks the job) or its own (and this exits).
+    pid = os.getpid()
+    claim = JobHandle(pid, _start_ticks(pid) or 0, _boot_id(), spec.record_dir)
+    if not _create_exclusively(os.path.join(spec.record_dir, AGENT_FILE), claim.to_json()):
+        os._exit(0)
+    with contextlib.suppress(OSError):  # a server that died meanwhile finds the claim
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from werkzeug.wrappers import Request, Response
 
 from ..arm import LOCATIONS, ArmError, arm_json, check_tags, json_body
+from ..crashpoints import crash_point
 from . import nodeagent
 from .scheduler import ACTIVE, Scheduler, node_counts
 from .schema import (
@@ -100,7 +101,31 @@ class BatchAI:
 
     def start(self) -> None:
         self.scheduler.recover()
+        self._finish_deletes()
         self.scheduler.start()
+
+    def _mark_deleting(self, record):
+        """Stop first, forget last: a record being deleted says so (provisioningState
+        ``deleting``, as Batch AI showed it) until what runs under it has stopped; a server
+        that dies midway finishes the delete at its next start."""
+        with self.store.transaction():
+            record = self.store.get_resource(record.id) or record
+            if isinstance(record.body.get("properties"), dict):
+                record.body["properties"]["provisioningState"] = "deleting"
+            record.extra["deleting"] = True
+            self.store.put_resource(record.id, record.type, record.name, record.body, record.extra)
+        return record
+
+    def _finish_deletes(self) -> None:
+        teardown = {
+            WORKSPACE_TYPE: self._tear_down_workspace,
+            EXPERIMENT_TYPE: self._tear_down_experiment,
+            CLUSTER_TYPE: self._tear_down_cluster,
+        }
+        for kind, tear_down in teardown.items():
+            for record in self.store.list_resources(type=kind):
+                if record.extra.get("deleting"):
+                    tear_down(record)
 
     def install(self, router) -> None:
         add = lambda method, template, handler: router.add(method, template, handler, VERSIONS)  # noqa: E731
@@ -310,14 +335,17 @@ class BatchAI:
         return self._accepted(request, "workspaceDelete", record.id, location)
 
     def _tear_down_workspace(self, workspace) -> None:
+        self._mark_deleting(workspace)
         jobs = self.store.list_resources(type=JOB_TYPE, parent_id=workspace.id)
         self.scheduler.stop_jobs(
             jobs, job_error("WorkspaceDeleted", "The job's workspace was deleted."), remove=True
         )
-        for cluster in self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id):
-            self.scheduler.stop_setup_tasks(cluster)
-            self.scheduler.forget_cluster_files(cluster)
+        clusters = self.store.list_resources(type=CLUSTER_TYPE, parent_id=workspace.id)
+        for cluster in clusters:
+            self.scheduler.stop_setup_tasks(self._mark_deleting(cluster))
         self.store.delete_resource_tree(workspace.id)
+        for cluster in clusters:
+            self.scheduler.forget_cluster_files(cluster)
 
     def delete_resource_group(self, subscription_id: str, group_name: str) -> None:
         """Before ARM drops a resource group's records: stop its jobs, free its nodes."""
@@ -355,17 +383,21 @@ class BatchAI:
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, experimentName
     ):
         record = self._experiment(resourceGroupName, workspaceName, experimentName)
-        jobs = self.store.list_resources(type=JOB_TYPE, parent_id=record.id)
-        self.scheduler.stop_jobs(
-            jobs, job_error("ExperimentDeleted", "The job's experiment was deleted."), remove=True
-        )
-        self.store.delete_resource_tree(record.id)
+        self._tear_down_experiment(record)
         return self._accepted(
             request,
             "experimentDelete",
             record.id,
             self._location_of(resourceGroupName, workspaceName),
         )
+
+    def _tear_down_experiment(self, experiment) -> None:
+        self._mark_deleting(experiment)
+        jobs = self.store.list_resources(type=JOB_TYPE, parent_id=experiment.id)
+        self.scheduler.stop_jobs(
+            jobs, job_error("ExperimentDeleted", "The job's experiment was deleted."), remove=True
+        )
+        self.store.delete_resource_tree(experiment.id)
 
     # ------------------------------------------------------------------ clusters
 
@@ -466,24 +498,29 @@ class BatchAI:
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName
     ):
         record = self._cluster(resourceGroupName, workspaceName, clusterName)
-        jobs = [
-            j
-            for j in self.store.list_resources(type=JOB_TYPE)
-            if j.extra.get("cluster") == record.id
-            and j.body["properties"]["executionState"] in ACTIVE
-        ]
-        self.store.delete_resource(record.id)
-        self.scheduler.stop_setup_tasks(record)
-        self.scheduler.stop_jobs(
-            jobs, job_error("ClusterDeleted", f"The job's cluster '{record.name}' was deleted.")
-        )
-        self.scheduler.forget_cluster_files(record)
+        self._tear_down_cluster(record)
         return self._accepted(
             request,
             "clusterDelete",
             record.id,
             record.body.get("location") or self._location_of(resourceGroupName, workspaceName),
         )
+
+    def _tear_down_cluster(self, cluster) -> None:
+        cluster = self._mark_deleting(cluster)  # the scheduler leaves a deleting cluster alone
+        jobs = [
+            j
+            for j in self.store.list_resources(type=JOB_TYPE)
+            if j.extra.get("cluster") == cluster.id
+            and j.body["properties"]["executionState"] in ACTIVE
+        ]
+        self.scheduler.stop_setup_tasks(cluster)
+        self.scheduler.stop_jobs(
+            jobs, job_error("ClusterDeleted", f"The job's cluster '{cluster.name}' was deleted.")
+        )
+        crash_point("cluster-delete.stopped")
+        self.store.delete_resource(cluster.id)
+        self.scheduler.forget_cluster_files(cluster)
 
     def cluster_remote_login(
         self, request: Request, subscriptionId, resourceGroupName, workspaceName, clusterName

@@ -19,6 +19,7 @@ started later on the same state directory picks up where the last one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,8 +28,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..crashpoints import crash_point
+from ..faults import NODE_ERROR_CODE, Faults
 from . import nodeagent
 from .nodeagent import JobHandle, NodeContext
 from .schema import (
@@ -52,6 +57,23 @@ def _props(record) -> dict:
     return record.body["properties"]
 
 
+def _node(cluster, node_id: str) -> dict | None:
+    """The node ``node_id`` of a cluster record, or None (no such cluster or node)."""
+    if cluster is None:
+        return None
+    return next((n for n in cluster.extra["compute"]["nodes"] if n["id"] == node_id), None)
+
+
+@dataclass
+class _Actions:
+    """What one scheduler pass decided under the store's lock and does after releasing it."""
+
+    launches: list = field(default_factory=list)  # job ids given nodes
+    kills: list = field(default_factory=list)  # job ids whose node a resize took
+    setup_starts: list = field(default_factory=list)  # (cluster id, node id)
+    setup_stops: list = field(default_factory=list)  # (cluster id, setup task handle json)
+
+
 class Scheduler:
     """The nodes and jobs of one local cloud (one instance per running server)."""
 
@@ -65,6 +87,7 @@ class Scheduler:
         )
         self.default_python = options.get("job_python") or sys.executable
         self.root = Path(cloud.state_dir) / "compute"
+        self.faults = getattr(cloud, "faults", None) or Faults()
         self.num_gpus = nodeagent.gpu_count()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -72,6 +95,8 @@ class Scheduler:
         # is rebuilt from it at start, and one server at a time owns a state directory).
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
+        # Clusters whose processing raised and whose record could not even be marked failed.
+        self._poisoned: set[str] = set()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -190,35 +215,79 @@ class Scheduler:
     # ------------------------------------------------------------------ the scheduler pass
 
     def tick(self) -> bool:
-        """One pass: clusters' allocation, finished jobs, then queued jobs. True if busy."""
+        """One pass: look at processes, decide under the store's lock, then act outside it
+        (process starts and stops take milliseconds to seconds; the API must not wait on them).
+        True if anything is moving."""
         now = time.time()
-        launches, kills = [], []
+        job_probes, setup_probes = self._observe()
+        todo = _Actions()
         with self.store.transaction():
-            clusters = {c.id: c for c in self.store.list_resources(type=CLUSTER_TYPE)}
-            jobs = self._active_jobs()
-            busy = False
-            for job in jobs:
-                if _props(job)["executionState"] == "running" and job.extra.get("handle"):
-                    busy = True
-                    state, outcome = nodeagent.probe(JobHandle.from_json(job.extra["handle"]))
-                    if state != "running":
-                        self._finish(job, outcome, clusters)
-            demand = {}
-            for job in jobs:
+            busy = self._decide(now, job_probes, setup_probes, todo)
+        self._act(todo)
+        return busy or bool(todo.launches or todo.setup_starts)
+
+    def _observe(self) -> tuple[dict, dict]:
+        """Probe running jobs and setup tasks ({id: (handle json, probe result)}), unlocked."""
+        job_probes, setup_probes = {}, {}
+        for job in self._active_jobs():
+            handle = job.extra.get("handle")
+            if handle and _props(job)["executionState"] == "running":
+                job_probes[job.id] = (handle, nodeagent.probe(JobHandle.from_json(handle)))
+        for cluster in self.store.list_resources(type=CLUSTER_TYPE):
+            if self._is_poisoned(cluster):
+                continue
+            try:
+                for node in cluster.extra["compute"]["nodes"]:
+                    if node.get("setup"):
+                        setup_probes[(cluster.id, node["id"])] = (
+                            node["setup"],
+                            nodeagent.probe(JobHandle.from_json(node["setup"])),
+                        )
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue  # a malformed record; the pass marks the cluster failed
+        return job_probes, setup_probes
+
+    def _decide(self, now: float, job_probes: dict, setup_probes: dict, todo: _Actions) -> bool:
+        busy = False
+        jobs = self._active_jobs()
+        for job in jobs:
+            probed = job_probes.get(job.id)
+            if probed is None or _props(job)["executionState"] != "running":
+                continue
+            busy = True
+            handle, (state, outcome) = probed
+            if state != "running" and job.extra.get("handle") == handle:
+                with self._isolated_job(job):
+                    self._finish(job, outcome)
+            elif state == "running" and self.faults.node_failure(
+                job.name, now - job.extra.get("started", now)
+            ):
+                with self._isolated_job(job):
+                    self._fail_node_under(job, todo)
+        demand = {}
+        for job in jobs:
+            with self._isolated_job(job):
                 if _props(job)["executionState"] in ACTIVE:
                     key = job.extra["cluster"]
                     demand[key] = demand.get(key, 0) + _props(job)["nodeCount"]
-            for key in list(clusters):
-                cluster = self.store.get_resource(key)
-                busy |= self._advance_cluster(cluster, now, demand.get(key, 0), kills)
-                clusters[key] = self.store.get_resource(key)
-            queued = [self.store.get_resource(j.id) for j in jobs]
-            queued = [
-                j for j in queued if j is not None and _props(j)["executionState"] == "queued"
-            ]
-            queued.sort(key=lambda j: (-PRIORITIES[_props(j)["schedulingPriority"]], j.created))
-            for job in queued:
-                busy = True
+        clusters = {}
+        for cluster in self.store.list_resources(type=CLUSTER_TYPE):
+            clusters[cluster.id] = cluster
+            if self._is_poisoned(cluster):
+                continue
+            with self._isolated_cluster(cluster):
+                busy |= self._advance_cluster(
+                    cluster, now, demand.get(cluster.id, 0), todo, setup_probes
+                )
+            clusters[cluster.id] = self.store.get_resource(cluster.id)
+        queued = [self.store.get_resource(j.id) for j in jobs]
+        queued = [j for j in queued if j is not None and _props(j)["executionState"] == "queued"]
+        queued.sort(
+            key=lambda j: (-PRIORITIES.get(_props(j).get("schedulingPriority"), 0), j.created)
+        )
+        for job in queued:
+            busy = True
+            with self._isolated_job(job):
                 cluster = clusters.get(job.extra["cluster"])
                 if cluster is None:
                     self.finish_now(
@@ -230,20 +299,106 @@ class Scheduler:
                             "exists; the job cannot run.",
                         ),
                     )
-                    continue
-                nodes = self._take_nodes(cluster, job)
-                if nodes:
+                elif not self._is_poisoned(cluster) and self._take_nodes(cluster, job):
                     clusters[cluster.id] = self.store.get_resource(cluster.id)
-                    launches.append(job.id)
-        for job_id in kills:
-            self._stop_for_resize(job_id)
-        for job_id in launches:
-            self._launch(job_id)
-        return busy or bool(launches)
+                    todo.launches.append(job.id)
+        return busy
+
+    def _act(self, todo: _Actions) -> None:
+        """The slow half of a pass, with the store unlocked. Stops run in their own threads
+        (a task that ignores SIGTERM holds its stopper for the grace period, not the pass)."""
+        for cluster_id, handle in todo.setup_stops:
+            self._in_background(self._stop_setup_task, cluster_id, handle)
+        for job_id in todo.kills:
+            self._in_background(self._stop_for_resize, job_id)
+        for cluster_id, node_id in todo.setup_starts:
+            self._start_setup(cluster_id, node_id)
+        for job_id in todo.launches:
+            try:
+                self._launch(job_id)
+            except Exception as err:  # one job's failure must not stop the others' launches
+                log.exception("the local cloud could not launch job %s", job_id)
+                self._poison_job(job_id, err)
+
+    @staticmethod
+    def _in_background(target, *args) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="local-cloud-stop")
+        thread.start()
+        return thread
+
+    # ------------------------------------------------------------------ isolation
+
+    def _is_poisoned(self, cluster) -> bool:
+        """True for a cluster the scheduler leaves alone: failed, or being deleted."""
+        compute = cluster.extra.get("compute")
+        return (
+            cluster.id in self._poisoned
+            or bool(cluster.extra.get("deleting"))
+            or bool(isinstance(compute, dict) and compute.get("failed"))
+        )
+
+    @contextlib.contextmanager
+    def _isolated_cluster(self, cluster) -> Iterator[None]:
+        """Undo a cluster's half-done changes if processing it raises, and mark it failed."""
+        try:
+            with self.store.savepoint():
+                yield
+        except Exception as err:
+            log.exception("the local cloud could not process cluster %s", cluster.id)
+            self._poison_cluster(cluster.id, err)
+
+    @contextlib.contextmanager
+    def _isolated_job(self, job) -> Iterator[None]:
+        """Undo a job's half-done changes if processing it raises, and fail the job."""
+        try:
+            with self.store.savepoint():
+                yield
+        except Exception as err:
+            log.exception("the local cloud could not process job %s", job.id)
+            self._poison_job(job.id, err)
+
+    def _poison_cluster(self, cluster_id: str, err: Exception) -> None:
+        self._poisoned.add(cluster_id)
+        error = job_error(
+            "ClusterProcessingFailed",
+            f"The local cloud could not process this cluster ({type(err).__name__}: {err}); "
+            "delete it and create it again.",
+        )
+        try:
+            with self.store.savepoint():
+                record = self.store.get_resource(cluster_id)
+                state = record.extra["compute"]
+                state["failed"] = True
+                state["errors"] = [*state.get("errors", []), error]
+                record.body["properties"]["provisioningState"] = "failed"
+                self.store.put_resource(
+                    record.id, record.type, record.name, record.body, record.extra
+                )
+        except Exception:
+            log.exception("cluster %s cannot even be marked failed; it is skipped", cluster_id)
+
+    def _poison_job(self, job_id: str, err: Exception) -> None:
+        with self._active_lock:
+            self._active.discard(job_id)
+        error = job_error(
+            "JobProcessingFailed",
+            f"The local cloud could not process this job ({type(err).__name__}: {err}).",
+        )
+        for release in (True, False):
+            try:
+                with self.store.savepoint():
+                    job = self.store.get_resource(job_id)
+                    if job is not None:
+                        self.finish_now(job, "failed", error, release=release)
+                return
+            except Exception:
+                log.exception("job %s cannot be marked failed (release=%s)", job_id, release)
 
     # ------------------------------------------------------------------ clusters
 
-    def _advance_cluster(self, cluster, now: float, demand: int, kills: list) -> bool:
+    def _advance_cluster(
+        self, cluster, now: float, demand: int, todo: _Actions, setup_probes: dict
+    ) -> bool:
         state = cluster.extra["compute"]
         changed = False
         scale = _props(cluster)["scaleSettings"]
@@ -257,17 +412,23 @@ class Scheduler:
             state["resize_since"] is not None
             and now - state["resize_since"] >= self.allocation_delay
         ):
-            self._resize(cluster, state, now, kills)
+            self._resize(cluster, state, now, todo)
             state["resize_since"] = None
             state["allocation_since"] = now
             changed = True
+        mount_problems = None  # the cluster's mounts, checked once per pass for all its nodes
         for node in state["nodes"]:
-            if node["state"] != "preparing":
+            if node["state"] != "preparing" or node.get("setup_pending"):
                 continue
             if node.get("setup"):
-                changed |= self._check_setup_task(state, node, now)
+                probed = setup_probes.get((cluster.id, node["id"]))
+                if probed is not None and probed[0] == node["setup"] and probed[1][0] != "running":
+                    self._setup_task_ended(state, node, now, probed[1][1])
+                    changed = True
             elif now - node["since"] >= self.preparation_delay:
-                self._prepare(cluster, state, node, now)
+                if mount_problems is None:
+                    mount_problems = self._mount(cluster, state)
+                self._prepare(cluster, state, node, now, mount_problems, todo)
                 changed = True
         if changed:
             self.store.put_resource(
@@ -277,12 +438,18 @@ class Scheduler:
             n["state"] == "preparing" for n in state["nodes"]
         )
 
-    def _resize(self, cluster, state: dict, now: float, kills: list) -> None:
+    def _resize(self, cluster, state: dict, now: float, todo: _Actions) -> None:
+        """Add or remove nodes to reach the target, in time linear in the node count."""
         nodes = state["nodes"]
         target = state["target"]
-        while len([n for n in nodes if n["state"] != "leaving"]) < target:
+        present = sum(1 for n in nodes if n["state"] != "leaving")
+        failure = self.faults.allocation_failure(cluster.name) if target > present else None
+        if failure is not None:  # the allocation fails: no node is added, as on Batch AI
+            state["errors"] = [*state["errors"], failure]
+            target = present
+        stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now))
+        for _ in range(target - present):
             state["next_node"] = state.get("next_node", 0) + 1
-            stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now))
             nodes.append(
                 {
                     "id": f"tvm-{int(state['uid'][:8], 16)}_{state['next_node']}-{stamp}",
@@ -291,30 +458,64 @@ class Scheduler:
                     "job": None,
                 }
             )
-        surplus = len([n for n in nodes if n["state"] != "leaving"]) - target
-        for wanted_state in ("unusable", "preparing", "idle"):
-            for node in [n for n in nodes if n["state"] == wanted_state]:
-                if surplus > 0:
-                    if node.get("setup"):
-                        nodeagent.terminate(JobHandle.from_json(node["setup"]))
-                    nodes.remove(node)
-                    surplus -= 1
+        surplus = present - target
         if surplus <= 0:
             return
+        removed = set()
+        for wanted_state in ("unusable", "preparing", "idle"):
+            for index, node in enumerate(nodes):
+                if surplus <= 0:
+                    break
+                if node["state"] == wanted_state:
+                    removed.add(index)
+                    surplus -= 1
+                    if node.get("setup"):  # stopped after the pass; forgotten once stopped
+                        state.setdefault("stopping", []).append(node["setup"])
+                        todo.setup_stops.append((cluster.id, node["setup"]))
         option = (_props(cluster)["scaleSettings"].get("manual") or {}).get(
             "nodeDeallocationOption", "waitforjobcompletion"
         )
-        for node in [n for n in nodes if n["state"] == "running"][:surplus]:
+        for index, node in enumerate(nodes):
+            if surplus <= 0:
+                break
+            if node["state"] != "running":
+                continue
+            surplus -= 1
             job = self.store.get_resource(node["job"]) if node["job"] else None
             if option in ("requeue", "terminate") and job is not None and job.extra.get("handle"):
-                # Stopped after this pass's transaction; then requeued or failed (see tick).
+                # Stopped after this pass's transaction; then requeued or failed.
                 _props(job)["executionState"] = "terminating"
                 job.extra["after_stop"] = option
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
-                kills.append(job.id)
-                nodes.remove(node)
+                todo.kills.append(job.id)
+                removed.add(index)
             else:
                 node["state"] = "leaving"
+        state["nodes"] = [n for i, n in enumerate(nodes) if i not in removed]
+
+    def _fail_node_under(self, job, todo: _Actions) -> None:
+        """A fault rule made the job's node unusable: the node leaves service with the error
+        Batch AI reported for it, and the job is stopped and failed with it."""
+        cluster = self.store.get_resource(job.extra["cluster"])
+        node_ids = set(job.extra.get("nodes") or [])
+        error = job_error(
+            NODE_ERROR_CODE,
+            f"Node {', '.join(sorted(node_ids))} became unusable while the job ran on it "
+            "(a fault rule of the local cloud); the job was stopped.",
+        )
+        if cluster is not None:
+            state = cluster.extra["compute"]
+            for node in state["nodes"]:
+                if node["id"] in node_ids:
+                    node.update(state="unusable", job=None, since=time.time())
+            state["errors"] = [*state["errors"], error]
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
+        _props(job)["executionState"] = "terminating"
+        job.extra.update(after_stop="fail", stop_error=error)
+        self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
+        todo.kills.append(job.id)
 
     def _stop_for_resize(self, job_id: str) -> None:
         """A resize took a running job's node: stop it, then requeue or fail it."""
@@ -332,7 +533,7 @@ class Scheduler:
                 props["executionState"] = "queued"
                 props["executionStateTransitionTime"] = _iso(time.time())
                 props.pop("executionInfo", None)
-                job.extra.update(handle=None, nodes=[], launching=False)
+                job.extra.update(handle=None, nodes=[], launching=False, record_dir=None)
                 with_exit = os.path.join(handle.record_dir, nodeagent.EXIT_FILE)
                 if os.path.exists(with_exit):
                     os.unlink(with_exit)
@@ -341,7 +542,8 @@ class Scheduler:
                 self.finish_now(
                     job,
                     "failed",
-                    job_error(
+                    job.extra.get("stop_error")
+                    or job_error(
                         "NodeDeallocated",
                         "The cluster was resized down with nodeDeallocationOption "
                         "'terminate' and the job's node was taken away.",
@@ -349,9 +551,11 @@ class Scheduler:
                     release=False,
                 )
 
-    def _prepare(self, cluster, state: dict, node: dict, now: float) -> None:
-        """Mount the cluster's shares for a node; idle if all mount, else unusable."""
+    def _mount(self, cluster, state: dict) -> list:
+        """Make the cluster's share mounts (links under its mount root); the errors of those
+        that fail, as Batch AI reported them."""
         mount_root = self.cluster_mount_root(state["uid"])
+        os.makedirs(mount_root, exist_ok=True)
         problems = []
         for mount in cluster.extra.get("secrets", {}).get("mounts", []):
             problem = self.mount_problem(mount)
@@ -374,19 +578,18 @@ class Scheduler:
                         },
                     )
                 )
+        return problems
+
+    def _prepare(
+        self, cluster, state: dict, node: dict, now: float, problems: list, todo: _Actions
+    ) -> None:
+        """A node whose mounts are made: idle, or unusable if one failed; with a setup task it
+        stays preparing while the task is started (after the pass) and runs."""
         task = (_props(cluster).get("nodeSetup") or {}).get("setupTask")
         if not problems and task:
-            try:
-                node["setup"] = self._start_setup_task(cluster, state, node, task).to_json()
-                return  # the node stays preparing until its setup task ends
-            except (nodeagent.PlanError, OSError) as err:
-                problems.append(
-                    job_error(
-                        "SetupTaskFailed",
-                        f"The node setup task could not start on node "
-                        f"{node['id']}: {getattr(err, 'message', err)}",
-                    )
-                )
+            node["setup_pending"] = True
+            todo.setup_starts.append((cluster.id, node["id"]))
+            return
         self._node_ready(state, node, problems, now)
 
     def _node_ready(self, state: dict, node: dict, problems: list, now: float) -> None:
@@ -395,9 +598,59 @@ class Scheduler:
             known = {(e["code"], e["message"]) for e in state["errors"]}
             state["errors"] += [e for e in problems if (e["code"], e["message"]) not in known]
         else:
-            os.makedirs(self.cluster_mount_root(state["uid"]), exist_ok=True)
-            node["state"] = "idle"
+            node["state"] = "idle"  # its mount root was made by _mount, once for all nodes
         node["since"] = now
+
+    def _setup_work_dir(self, state: dict, node: dict) -> str:
+        return str(self.root / "clusters" / state["uid"] / "setup" / node["id"])
+
+    def _start_setup(self, cluster_id: str, node_id: str) -> None:
+        """Start one node's setup task (unlocked), then record its handle or its failure."""
+        cluster = self.store.get_resource(cluster_id)
+        node = _node(cluster, node_id)
+        if node is None or not node.get("setup_pending"):
+            return
+        problems, handle = [], None
+        try:
+            task = _props(cluster)["nodeSetup"]["setupTask"]
+            handle = self._start_setup_task(cluster, cluster.extra["compute"], node, task)
+        except Exception as err:  # a bad task fails its node, never the scheduler
+            problems.append(
+                job_error(
+                    "SetupTaskFailed",
+                    f"The node setup task could not start on node {node_id}: "
+                    f"{getattr(err, 'message', None) or f'{type(err).__name__}: {err}'}",
+                )
+            )
+        crash_point("setup-task.started")
+        with self.store.transaction():
+            cluster = self.store.get_resource(cluster_id)
+            node = _node(cluster, node_id)
+            if node is None or not node.get("setup_pending"):
+                if handle is not None:  # the node left meanwhile
+                    self._in_background(nodeagent.terminate, handle)
+                return
+            node.pop("setup_pending")
+            if handle is not None:
+                node["setup"] = handle.to_json()
+            else:
+                self._node_ready(cluster.extra["compute"], node, problems, time.time())
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
+
+    def _stop_setup_task(self, cluster_id: str, handle: dict) -> None:
+        """Stop a departed node's setup task, then forget it (stop first, forget last)."""
+        crash_point("setup-task.stopping")
+        nodeagent.terminate(JobHandle.from_json(handle))
+        with self.store.transaction():
+            cluster = self.store.get_resource(cluster_id)
+            stopping = (cluster.extra["compute"].get("stopping") or []) if cluster else []
+            if handle in stopping:
+                stopping.remove(handle)
+                self.store.put_resource(
+                    cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+                )
 
     def _start_setup_task(self, cluster, state: dict, node: dict, task: dict) -> JobHandle:
         """Run nodeSetup.setupTask for a node through the node agent; its stdout/stderr go to
@@ -419,7 +672,7 @@ class Scheduler:
                 f"stdOutErrPathPrefix '{task['stdOutErrPathPrefix']}' is not a path on this node",
             )
         folder = os.path.join(prefix, task["stdOutErrPathSuffix"], node["id"])
-        work = str(self.root / "clusters" / state["uid"] / "setup" / node["id"])
+        work = self._setup_work_dir(state, node)
         spec = nodeagent.LaunchSpec(
             job=f"{cluster.id} setup task",
             record_dir=os.path.join(work, nodeagent.RECORD_DIR_NAME),
@@ -436,10 +689,7 @@ class Scheduler:
         )
         return nodeagent.launch(spec)
 
-    def _check_setup_task(self, state: dict, node: dict, now: float) -> bool:
-        status, outcome = nodeagent.probe(JobHandle.from_json(node["setup"]))
-        if status == "running":
-            return False
+    def _setup_task_ended(self, state: dict, node: dict, now: float, outcome) -> None:
         problems = []
         if not outcome.succeeded:
             why = (
@@ -457,13 +707,18 @@ class Scheduler:
             )
         node.pop("setup")
         self._node_ready(state, node, problems, now)
-        return True
 
     def stop_setup_tasks(self, cluster) -> None:
-        """Stop the setup tasks still running on a cluster's nodes (cluster deleted)."""
-        for node in (cluster.extra.get("compute") or {}).get("nodes", []):
-            if node.get("setup"):
-                nodeagent.terminate(JobHandle.from_json(node["setup"]))
+        """Stop the setup tasks still running on a cluster's nodes (cluster deleted), all at
+        once: each may take the whole grace period."""
+        compute = cluster.extra.get("compute") or {}
+        handles = [n["setup"] for n in compute.get("nodes", []) if n.get("setup")]
+        handles += compute.get("stopping") or []
+        stoppers = [
+            self._in_background(nodeagent.terminate, JobHandle.from_json(h)) for h in handles
+        ]
+        for stopper in stoppers:
+            stopper.join()
 
     def resize(self, cluster_id: str, target: int) -> None:
         """Start a resize to ``target`` nodes (clusters.update)."""
@@ -533,7 +788,17 @@ class Scheduler:
                 raise nodeagent.PlanError(
                     "AZFMountError", f"Unable to mount the job's Azure File share: {problem}."
                 )
+            # Where the agent will claim the job is known before it starts, so a server that
+            # dies before saving the handle finds the job again (see recover).
+            with self.store.transaction():
+                job = self.store.get_resource(job_id)
+                if job is None or _props(job)["executionState"] != "running":
+                    return
+                job.extra["record_dir"] = plan.spec.record_dir
+                self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
+            crash_point("job-launch.before-start")
             handle = nodeagent.launch(plan.spec, python=sys.executable)
+            crash_point("job-launch.started")
         except (nodeagent.PlanError, OSError, ValueError) as err:
             code = getattr(err, "code", "JobFailed")
             message = (
@@ -655,51 +920,57 @@ class Scheduler:
     def stop_jobs(self, jobs: list, error: dict, remove: bool = False) -> None:
         """Terminate ``jobs`` (records): queued ones fail at once, running ones have their whole
         process group stopped (in parallel) before this returns. With ``remove`` the records
-        are deleted first, so the deletion is visible at once."""
+        are deleted too, last: a record is marked ``deleting`` first, so a server that dies
+        midway finishes the delete when it starts again (see recover), and no process
+        outlives its record."""
         handles = []
         with self.store.transaction():
             for stale in jobs:
                 job = self.store.get_resource(stale.id)
                 if job is None:
                     continue
-                state = _props(job)["executionState"]
+                props = _props(job)
+                state = props["executionState"]
+                if not remove and state not in ACTIVE:
+                    continue
+                if state == "queued" and not remove:
+                    self.finish_now(job, "failed", error)
+                    continue
+                if job.extra.get("handle") and state in ACTIVE:
+                    handles.append((job.id, JobHandle.from_json(job.extra["handle"])))
                 if state in ACTIVE:
-                    if job.extra.get("handle"):
-                        handles.append((job.id, JobHandle.from_json(job.extra["handle"])))
-                    if state != "queued" or remove:
-                        props = _props(job)
-                        props["executionState"] = "terminating"
-                        props["executionStateTransitionTime"] = _iso(time.time())
-                        self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
-                    if state == "queued" and not remove:
-                        self.finish_now(job, "failed", error)
-                        continue
+                    props["executionState"] = "terminating"
+                    props["executionStateTransitionTime"] = _iso(time.time())
+                job.extra["stop_error"] = error
                 if remove:
-                    self.store.delete_resource(job.id)
-        threads = [
-            threading.Thread(target=nodeagent.terminate, args=(h,), daemon=True) for _, h in handles
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+                    job.extra["deleting"] = True
+                    props["provisioningState"] = "deleting"
+                self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
+        crash_point("job-stop.marked")
+        stoppers = [self._in_background(nodeagent.terminate, h) for _, h in handles]
+        for stopper in stoppers:
+            stopper.join()
+        crash_point("job-stop.stopped")
         with self.store.transaction():
-            if remove:
-                for stale in jobs:
-                    self._release(stale)
-            for job_id, handle in handles:
-                job = self.store.get_resource(job_id)
+            for stale in jobs:
+                job = self.store.get_resource(stale.id)
                 if job is None:
                     continue
-                outcome = nodeagent.read_outcome(handle.record_dir)
-                self.finish_now(
-                    job, "failed", error, exit_code=outcome.exit_code if outcome else None
-                )
-            if not remove:
-                for stale in jobs:  # running jobs still launching: their launch sees the state
-                    job = self.store.get_resource(stale.id)
-                    if job is not None and _props(job)["executionState"] == "terminating":
-                        self.finish_now(job, "failed", error)
+                if _props(job)["executionState"] == "terminating":
+                    handle = job.extra.get("handle")
+                    outcome = (
+                        nodeagent.read_outcome(handle["record_dir"]) if handle else None
+                    )  # a launch still in progress sees the state and stops its process
+                    self.finish_now(
+                        job,
+                        "failed",
+                        error,
+                        exit_code=outcome.exit_code if outcome else None,
+                        release=not remove,
+                    )
+                if remove:
+                    self._release(job)
+                    self.store.delete_resource(job.id)
         if remove:
             for stale in jobs:
                 self.forget_job_files(stale)
@@ -723,24 +994,102 @@ class Scheduler:
             shutil.rmtree(self.root / "clusters" / uid, ignore_errors=True)
 
     def recover(self) -> None:
-        """At start: jobs whose launch was cut short by a stop have no process; fail them."""
+        """At start, finish what a crash (or a stop) cut short, so that every process is
+        tracked or stopped and no job that ran is reported as never run:
+
+        * setup tasks of departed nodes are stopped, then forgotten;
+        * a node's or a job's launch cut short: the agent's claim (``agent.json``) says
+          whether its process started; if it did it is tracked, else it never will start;
+        * a job whose process ended untracked gets its recorded outcome;
+        * a job being terminated or deleted is stopped, then failed or deleted.
+        """
+        for cluster in self.store.list_resources(type=CLUSTER_TYPE):
+            try:
+                self._recover_cluster(cluster.id)
+            except Exception:
+                log.exception("cluster %s could not be recovered; it is left as it is", cluster.id)
+        deletes, stops, resize_stops = [], [], []
+        for job in self.store.list_resources(type=JOB_TYPE):
+            props = _props(job)
+            if props["executionState"] in ACTIVE:
+                with self._active_lock:
+                    self._active.add(job.id)
+            if props["executionState"] in ("running", "terminating") and not job.extra.get(
+                "handle"
+            ):
+                job = self._adopt(job)
+            if job.extra.get("deleting"):
+                deletes.append(job)
+            elif _props(job)["executionState"] == "terminating":
+                (resize_stops if job.extra.get("after_stop") else stops).append(job)
+        for job in resize_stops:
+            self._stop_for_resize(job.id)
+        for job in stops:
+            self.stop_jobs([job], job.extra.get("stop_error") or _stopped_by_restart())
+        if deletes:
+            self.stop_jobs(deletes, _stopped_by_restart(), remove=True)
+
+    def _recover_cluster(self, cluster_id: str) -> None:
+        cluster = self.store.get_resource(cluster_id)
+        state = cluster.extra["compute"]
+        stoppers = [
+            self._in_background(nodeagent.terminate, JobHandle.from_json(h))
+            for h in state.get("stopping") or []
+        ]
+        found = {}
+        for node in state["nodes"]:
+            if node.get("setup_pending"):
+                record_dir = os.path.join(
+                    self._setup_work_dir(state, node), nodeagent.RECORD_DIR_NAME
+                )
+                found[node["id"]] = nodeagent.claim_or_find(record_dir)
+        for stopper in stoppers:
+            stopper.join()
         with self.store.transaction():
-            for job in self.store.list_resources(type=JOB_TYPE):
-                props = _props(job)
-                if props["executionState"] in ACTIVE:
-                    with self._active_lock:
-                        self._active.add(job.id)
-                if props["executionState"] in ("running", "terminating") and not job.extra.get(
-                    "handle"
-                ):
-                    self.finish_now(
-                        job,
-                        "failed",
-                        job_error(
-                            "JobProcessVanished",
-                            "The local cloud stopped while starting the job, so it never ran.",
-                        ),
-                    )
+            cluster = self.store.get_resource(cluster_id)
+            state = cluster.extra["compute"]
+            state["stopping"] = []
+            for node in state["nodes"]:
+                if node["id"] in found:
+                    node.pop("setup_pending", None)  # not found: prepared (started) again
+                    if found[node["id"]] is not None:
+                        node["setup"] = found[node["id"]].to_json()
+            self.store.put_resource(
+                cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
+            )
+
+    def _adopt(self, job):
+        """A job left running or terminating without a handle: its launch was cut short."""
+        record_dir = job.extra.get("record_dir")
+        outcome = nodeagent.read_outcome(record_dir) if record_dir else None
+        handle = None
+        if outcome is None and record_dir:
+            handle = nodeagent.claim_or_find(record_dir)
+            if handle is not None:
+                outcome = nodeagent.read_outcome(record_dir)
+        with self.store.transaction():
+            job = self.store.get_resource(job.id)
+            if handle is not None:
+                job.extra.update(handle=handle.to_json(), launching=False)
+                self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
+            elif outcome is not None:
+                self._finish(job, outcome)
+            elif not job.extra.get("deleting"):
+                self.finish_now(
+                    job,
+                    "failed",
+                    job_error(
+                        "JobProcessVanished",
+                        "The local cloud stopped while starting the job, so it never ran.",
+                    ),
+                )
+            return self.store.get_resource(job.id)
+
+
+def _stopped_by_restart() -> dict:
+    return job_error(
+        "JobTerminated", "The job was terminated (the local cloud finished a stop it had begun)."
+    )
 
 
 def _link(path: str, target: str) -> None:

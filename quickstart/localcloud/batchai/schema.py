@@ -81,7 +81,13 @@ def _str(value, where: str, required: bool = False) -> str | None:
     return value
 
 
-def _int(value, where: str, required: bool = False, minimum: int | None = None) -> int | None:
+def _int(
+    value,
+    where: str,
+    required: bool = False,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
     if value is None:
         if required:
             raise bad(f"'{where}' is required.")
@@ -90,6 +96,8 @@ def _int(value, where: str, required: bool = False, minimum: int | None = None) 
         raise bad(f"'{where}' must be a whole number.")
     if minimum is not None and value < minimum:
         raise bad(f"'{where}' must be at least {minimum} (got {value}).")
+    if maximum is not None and value > maximum:
+        raise bad(f"'{where}' must be at most {maximum} (got {value}).")
     return value
 
 
@@ -209,6 +217,13 @@ def experiment_body(arm_id: str, name: str, created: float) -> dict:
 # ---------------------------------------------------------------------- clusters
 
 
+# The most nodes a cluster (or a job) may have here. A node is a record, not a VM, but every
+# scheduler pass reads the cluster's node list, so the bound keeps a pass (and a resize) short;
+# Batch AI's own limit was the subscription's core quota. tests/bench/bench_scheduler_latency.py
+# measures a resize to this bound.
+MAX_NODE_COUNT = 1000
+
+
 def check_scale_settings(value, where: str) -> dict:
     scale = _obj(value, where)
     if scale is None:
@@ -226,6 +241,7 @@ def check_scale_settings(value, where: str) -> dict:
             f"{where}.manual.targetNodeCount",
             required=True,
             minimum=0,
+            maximum=MAX_NODE_COUNT,
         )
         option = manual.get("nodeDeallocationOption") or "requeue"
         if option not in DEALLOCATION_OPTIONS:
@@ -245,15 +261,23 @@ def check_scale_settings(value, where: str) -> dict:
         f"{where}.autoScale.minimumNodeCount",
         required=True,
         minimum=0,
+        maximum=MAX_NODE_COUNT,
     )
     high = _int(
         auto.get("maximumNodeCount"),
         f"{where}.autoScale.maximumNodeCount",
         required=True,
         minimum=1,
+        maximum=MAX_NODE_COUNT,
     )
     initial = (
-        _int(auto.get("initialNodeCount"), f"{where}.autoScale.initialNodeCount", minimum=0) or 0
+        _int(
+            auto.get("initialNodeCount"),
+            f"{where}.autoScale.initialNodeCount",
+            minimum=0,
+            maximum=MAX_NODE_COUNT,
+        )
+        or 0
     )
     if low > high:
         raise bad(
@@ -415,7 +439,13 @@ def _check_job_placement(props: dict) -> None:
     """The cluster reference, the node count and where stdout/stderr go are required."""
     cluster = _obj(props.get("cluster"), "properties.cluster", required=True)
     _str(cluster.get("id"), "properties.cluster.id", required=True)
-    _int(props.get("nodeCount"), "properties.nodeCount", required=True, minimum=1)
+    _int(
+        props.get("nodeCount"),
+        "properties.nodeCount",
+        required=True,
+        minimum=1,
+        maximum=MAX_NODE_COUNT,
+    )
     _str(props.get("stdOutErrPathPrefix"), "properties.stdOutErrPathPrefix", required=True)
 
 

@@ -6,8 +6,9 @@ authenticated (routes.py, auth.py), and every path is checked by names.py before
 disk.
 
 Writes: Create File builds the file at its full size under a temporary name and renames it into
-place (readers never see a half-made file); Put Range streams the body straight into the file
-at its offset (no second buffer), as the SDK's parallel, out-of-order 4 MiB ranges need.
+place (readers never see a half-made file); Put Range receives the whole body (at most 4 MiB)
+and copies it in only once complete and checked, through a journal (Store.commit_range), so a
+range is all or nothing, even across a crash.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from werkzeug.wrappers import Request, Response
 
 from ..limits import MAX_METADATA_BYTES, metadata_size
 from .names import resolve_in_share
-from .responses import StorageError, empty, etag, http_date, iso7
+from .responses import DISK_FULL, StorageError, empty, etag, http_date, iso7
 from .space import check_quota, free_range
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
+# Space a new file must leave free beyond its own size: the journal of the ranges being
+# uploaded into it in parallel (the SDKs send up to 4 MiB each, a few at a time).
+JOURNAL_RESERVE = 4 * MAX_RANGE
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
 BLOCK = 1 << 20
 DEFAULT_QUOTA = 5120  # GiB
@@ -334,6 +338,8 @@ class FileHandlers:
         props = self._file_props_from_request(request)  # refused (metadata) before any write
         old_size = target.stat().st_size if target.is_file() else 0
         self._check_quota(share, size - old_size)
+        if size + JOURNAL_RESERVE > self.store.free_bytes():
+            raise DISK_FULL  # refused whole: a file that could not be filled never appears
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, props)
         return empty(201, self._smb_headers(target.stat(), False, target.parent))
@@ -399,23 +405,23 @@ class FileHandlers:
                 f"Content-Length ({body_length}) must equal the range length ({length}).",
             )
         expected_md5 = request.headers.get("Content-MD5")
-        with open(target, "r+b") as out:
-            if expected_md5:  # verify before writing anything: buffer the (<= 4 MiB) body
-                data = request.stream.read(length)
-                if base64.b64encode(hashlib.md5(data).digest()).decode() != expected_md5:
-                    raise StorageError(
-                        400,
-                        "Md5Mismatch",
-                        "The MD5 value specified in the request did not match the MD5 "
-                        "value calculated by the server.",
-                    )
-                written = os.pwrite(out.fileno(), data, start) if data else 0
-            else:
-                written = self._stream_into(request.stream, out.fileno(), start, length)
-        if written != length:
+        # All or nothing: the whole body is received and checked before the file sees any of
+        # it, and it reaches the file through a journal that a restart replays.
+        staged = self.store.stage_range(
+            target, start, request.stream, length, with_md5=bool(expected_md5)
+        )
+        if staged.length != length:
             raise StorageError(
                 400, "IncompleteBody", "The request body ended before Content-Length bytes."
             )
+        if expected_md5 and base64.b64encode(staged.md5).decode() != expected_md5:
+            raise StorageError(
+                400,
+                "Md5Mismatch",
+                "The MD5 value specified in the request did not match the MD5 "
+                "value calculated by the server.",
+            )
+        self.store.commit_range(staged)
         st = target.stat()
         headers = {
             "ETag": etag(st),
@@ -425,23 +431,6 @@ class FileHandlers:
         if expected_md5:
             headers["Content-MD5"] = expected_md5
         return empty(201, headers)
-
-    @staticmethod
-    def _stream_into(stream, fd: int, offset: int, length: int) -> int:
-        """Copy ``length`` bytes of the request body to ``fd`` at ``offset`` through one buffer."""
-        buffer = bytearray(min(BLOCK, length) or 1)
-        view = memoryview(buffer)
-        written = 0
-        while written < length:
-            n = stream.readinto(view[: min(len(buffer), length - written)])
-            if not n:
-                break
-            chunk = view[:n]
-            while chunk:
-                done = os.pwrite(fd, chunk, offset + written)
-                written += done
-                chunk = chunk[done:]
-        return written
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
         props = self._load_props(share, target, st)

@@ -27,6 +27,16 @@ class StorageError(Exception):
         self.headers = headers or {}
 
 
+# Azure never told a client its disk was full; a server-side failure it did report, and
+# retrying it is right once space is freed. Nothing of the request is stored.
+DISK_FULL = StorageError(
+    500,
+    "InternalError",
+    "The server encountered an internal error: the local cloud's disk is full. Free space "
+    "where its state directory lives, then retry the request.",
+)
+
+
 def http_date(epoch: float) -> str:
     return email.utils.formatdate(epoch, usegmt=True)
 

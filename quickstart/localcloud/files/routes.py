@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import time
 import uuid
 
@@ -18,7 +19,7 @@ from werkzeug.wrappers import Request, Response
 from .auth import authenticate, check_version
 from .handlers import FileHandlers
 from .names import PathRejected, check_share_name, split_path
-from .responses import API_VERSION, StorageError, error_response, http_date
+from .responses import API_VERSION, DISK_FULL, StorageError, error_response, http_date
 
 log = logging.getLogger("quickstart.localcloud")
 
@@ -29,6 +30,20 @@ _SAS_OVERRIDES = {
     "rscl": "Content-Language",
     "rsct": "Content-Type",
 }
+
+
+INTERNAL_ERROR = StorageError(
+    500,
+    "InternalError",
+    "The local cloud hit an internal error; see localcloud.log in its state directory.",
+)
+
+
+def disk_full(err: BaseException) -> bool:
+    """True for the errors a full disk raises: ENOSPC/EDQUOT, or SQLite's "disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)
 
 
 def install(cloud) -> None:
@@ -54,20 +69,15 @@ class FileRoutes:
             response = error_response(request, StorageError(400, err.code, err.message), request_id)
         except HTTPException:  # the body ended early or ran past its limit: server.py answers
             raise
-        except OSError as err:
-            response = error_response(request, _os_error(err), request_id)
-        except Exception:
-            log.exception("Azure Files request failed: %s %s", request.method, request.path)
-            response = error_response(
-                request,
-                StorageError(
-                    500,
-                    "InternalError",
-                    "The local cloud hit an internal error; see localcloud.log in its state "
-                    "directory.",
-                ),
-                request_id,
-            )
+        except Exception as err:
+            if disk_full(err):
+                log.warning("Azure Files request refused, the disk is full: %s", err)
+                response = error_response(request, DISK_FULL, request_id)
+            elif isinstance(err, OSError):
+                response = error_response(request, _os_error(err), request_id)
+            else:
+                log.exception("Azure Files request failed: %s %s", request.method, request.path)
+                response = error_response(request, INTERNAL_ERROR, request_id)
         headers = response.headers
         headers["x-ms-request-id"] = request_id
         headers["x-ms-version"] = API_VERSION
