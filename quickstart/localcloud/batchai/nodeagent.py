@@ -886,7 +886,8 @@ class _Wrapper:
             expanded = expand(task["command"], {**self.env, **task["env"]})
             self.say(f"{label} expanded: {expanded}", task["node"])
         code, task = self.run_tasks(tasks, "Job")
-        self.say(f"Job exited with code {code}.")
+        if len(tasks) > 1:
+            self.say(f"The job ended with exit code {code}.")
         self.record(code, "job", self._stop_error(code, "job"), task)
         return 0
 

@@ -227,6 +227,17 @@ def test_terminating_an_mpi_job_stops_every_rank_and_frees_the_nodes(env2):
     wait_for(lambda: cluster_counts(env2) == (2, 0))
 
 
+def test_on_a_host_without_mpirun_the_job_fails_saying_what_to_install(env2, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # the local cloud runs in this process
+    settings = models.CustomMpiSettings(command_line="echo never", process_count=2)
+    submit(env2, "nompi", custom_mpi_settings=settings)
+    job = wait_for_job(env2.client, "nompi")
+    assert job.execution_state == "failed" and job.execution_info.exit_code == -1
+    message = job.execution_info.errors[0].message
+    assert "apt-get install openmpi-bin" in message and "\n" not in message
+    assert cluster_counts(env2) == (2, 0)
+
+
 def test_without_mpirun_an_mpi_job_fails_with_one_line_naming_the_package():
     with pytest.raises(launch_plans.LaunchError) as caught:
         launch_plans.mpi_command("python train.py", 2, mpirun=None)
