@@ -7,7 +7,7 @@ it), the per-node hostfile Batch AI wrote for MPI, and the small remote-shell ag
 Open MPI reach the other "nodes" of this host. The facts and assumptions behind every choice
 are in ``docs/distributed-jobs.md`` (section 7 is the plan followed here).
 
-Standard library only, like the node agent that uses it.
+Standard library only, like the node agent that uses it (whose PlanError it raises).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import os
 import shlex
 import socket
 from dataclasses import asdict, dataclass, field
+
+from .nodeagent import PlanError
 
 HOSTFILE_NAME = "hostfile"
 RSH_AGENT_NAME = "mpi-node-shell"
@@ -40,15 +42,6 @@ MPI_TOOLKITS = (
     "chainerSettings",
     "caffeSettings",
 )
-
-
-class LaunchError(Exception):
-    """The job cannot be launched on this host as asked (``code``, ``message``)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def node_address(index: int) -> str:
@@ -170,7 +163,7 @@ def preparation_tasks(command: str | None, nodes: list) -> list:
 def mpi_command(line: str, process_count: int, mpirun: str | None) -> str:
     """``mpirun -np P --hostfile $AZ_BATCHAI_MPI_HOST_FILE <line>`` (the master's hostfile)."""
     if mpirun is None:
-        raise LaunchError(
+        raise PlanError(
             "MpiNotInstalled",
             f"processCount {process_count} runs the job under mpirun, which this host lacks; "
             f"{MPI_INSTALL_HINT}, or set processCount and nodeCount to 1.",
@@ -231,7 +224,7 @@ def layout(
         line = f"{python_line} {args}".strip()
         result.tasks = [_mpi_or_direct(master, line, process_count, count, mpirun)]
     else:
-        raise LaunchError("InvalidParameter", f"The local cloud cannot launch {toolkit} jobs.")
+        raise PlanError("InvalidParameter", f"The local cloud cannot launch {toolkit} jobs.")
     return result
 
 

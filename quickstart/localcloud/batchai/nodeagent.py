@@ -393,7 +393,7 @@ def _plan_command(
             shared_temp=shared_temp,
             mpirun=shutil.which("mpirun", path=host_env.get("PATH")),
         )
-    except (PlanError, launch_plans.LaunchError) as err:
+    except PlanError as err:
         return None, {"code": err.code, "message": err.message}
     if interpreter:
         notes.append(f"Interpreter: {interpreter}")

@@ -13,6 +13,7 @@ import azure.mgmt.batchai.models as models
 import pytest
 
 from quickstart.localcloud.batchai import launch_plans
+from quickstart.localcloud.batchai.nodeagent import PlanError
 from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_process_left: autouse)
     EXP,
     RG,
@@ -239,7 +240,7 @@ def test_on_a_host_without_mpirun_the_job_fails_saying_what_to_install(env2, mon
 
 
 def test_without_mpirun_an_mpi_job_fails_with_one_line_naming_the_package():
-    with pytest.raises(launch_plans.LaunchError) as caught:
+    with pytest.raises(PlanError) as caught:
         launch_plans.mpi_command("python train.py", 2, mpirun=None)
     assert "\n" not in caught.value.message
     assert "apt-get install openmpi-bin" in caught.value.message
