@@ -228,6 +228,19 @@ def test_terminating_an_mpi_job_stops_every_rank_and_frees_the_nodes(env2):
     wait_for(lambda: cluster_counts(env2) == (2, 0))
 
 
+@needs_mpirun
+def test_an_mpi_rank_failing_fails_the_job_with_its_code_and_stops_the_others(env2):
+    settings = models.CustomMpiSettings(
+        command_line="sh -c '[ $OMPI_COMM_WORLD_RANK = 1 ] && exit 3; exec sleep 600'",
+        process_count=2,
+    )
+    submit(env2, "rankfails", custom_mpi_settings=settings)
+    job = wait_for_job(env2.client, "rankfails", timeout=30)
+    assert job.execution_state == "failed" and job.execution_info.exit_code == 3
+    assert job.execution_info.errors[0].code == "JobFailed"
+    wait_for(lambda: cluster_counts(env2) == (2, 0))
+
+
 def test_on_a_host_without_mpirun_the_job_fails_saying_what_to_install(env2, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")  # the local cloud runs in this process
     settings = models.CustomMpiSettings(command_line="echo never", process_count=2)
