@@ -26,6 +26,8 @@ from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_proces
     wait_for_job,
 )
 
+# Generous: the machine these run on is shared, and a busy one starts processes slowly.
+WAIT = 90
 needs_mpirun = pytest.mark.skipif(
     shutil.which("mpirun") is None, reason="mpirun missing: apt-get install openmpi-bin"
 )
@@ -93,6 +95,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def rank_file(folder, rank: int, prefix: str = "rank") -> int:
+    """The pid a rank wrote, or 0 while its file is missing or still empty."""
+    try:
+        return int((folder / f"{prefix}-{rank}").read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
 def cluster_counts(env):
     counts = env.client.clusters.get(RG, WS, "mycluster").node_state_counts
     return counts.idle_node_count, counts.running_node_count
@@ -104,7 +114,7 @@ def test_pytorch_gloo_ranks_on_two_nodes_all_reduce_and_agree(env2, tmp_path):
         python_script_file_path=script, command_line_args="2", communication_backend="gloo"
     )
     submit(env2, "gloo", py_torch_settings=settings)
-    job = wait_for_job(env2.client, "gloo", timeout=60)
+    job = wait_for_job(env2.client, "gloo", timeout=WAIT)
     assert job.execution_state == "succeeded", stdouterr(env2, "gloo", "stderr-1.txt")
     assert job.tool_type == "pytorch" and job.py_torch_settings.process_count == 2
     lines = [stdouterr(env2, "gloo", f"stdout-{i}.txt").split() for i in (0, 1)]
@@ -139,7 +149,7 @@ def test_mpi_ranks_run_on_the_nodes_of_the_hostfile_batch_ai_wrote(env2):
     )
     settings = models.CustomMpiSettings(command_line=f"sh -c '{report}'", process_count=2)
     submit(env2, "mpi", custom_mpi_settings=settings)
-    job = wait_for_job(env2.client, "mpi", timeout=60)
+    job = wait_for_job(env2.client, "mpi", timeout=WAIT)
     assert job.execution_state == "succeeded", stdouterr(env2, "mpi", "stderr.txt")
     assert job.tool_type == "mpi"
     ranks = sorted(line for line in stdouterr(env2, "mpi", "stdout.txt").splitlines() if line)
@@ -157,7 +167,7 @@ def test_tensorflow_roles_get_tf_config_and_parameter_servers_stop_after_the_wor
         python_script_file_path=script, worker_count=2, parameter_server_count=1
     )
     submit(env2, "tf", tensor_flow_settings=settings)
-    job = wait_for_job(env2.client, "tf", timeout=60)
+    job = wait_for_job(env2.client, "tf", timeout=WAIT)
     assert job.execution_state == "succeeded", stdouterr(env2, "tf", "stderr-wk-0.txt")
     configs = {
         name: json.loads(stdouterr(env2, "tf", f"stdout-{name}.txt").splitlines()[0])
@@ -181,13 +191,8 @@ def test_one_node_dying_fails_the_job_stops_the_other_and_frees_both_nodes(env2,
     script = upload(env2, "sleeper.py", SLEEPER, tmp_path)
     submit(env2, "doomed", py_torch_settings=models.PyTorchSettings(python_script_file_path=script))
     models_dir = output_file(env2, "doomed", "MODEL", "x").parent
-    pids = wait_for(
-        lambda: (
-            all((models_dir / f"pid-{i}").exists() for i in (0, 1))
-            and [int((models_dir / f"pid-{i}").read_text() or 0) for i in (0, 1)]
-        ),
-        timeout=30,
-    )
+    wait_for(lambda: all(rank_file(models_dir, i, "pid") for i in (0, 1)), timeout=WAIT)
+    pids = [rank_file(models_dir, i, "pid") for i in (0, 1)]
     assert cluster_counts(env2) == (0, 2)
     submit(
         env2,
@@ -197,14 +202,14 @@ def test_one_node_dying_fails_the_job_stops_the_other_and_frees_both_nodes(env2,
     )
     assert env2.client.jobs.get(RG, WS, EXP, "waiting").execution_state == "queued"
     os.kill(pids[1], signal.SIGKILL)
-    job = wait_for_job(env2.client, "doomed", timeout=30)
+    job = wait_for_job(env2.client, "doomed", timeout=WAIT)
     assert job.execution_state == "failed" and job.execution_info.exit_code == 128 + signal.SIGKILL
     error = job.execution_info.errors[0]
     assert error.code == "JobFailed"
     assert "process 1 on node" in error.message and "stderr-1.txt" in error.message
     wait_for(lambda: not alive(pids[0]), timeout=10)
     assert wait_for_job(env2.client, "waiting").execution_state == "succeeded"
-    wait_for(lambda: cluster_counts(env2) == (2, 0))
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
 
 
 @needs_mpirun
@@ -217,15 +222,18 @@ def test_terminating_an_mpi_job_stops_every_rank_and_frees_the_nodes(env2):
     submit(env2, "long", custom_mpi_settings=settings)
     submit(env2, "queued", custom_mpi_settings=settings)
     models_dir = output_file(env2, "long", "MODEL", "x").parent
-    wait_for(lambda: all((models_dir / f"rank-{i}").exists() for i in (0, 1)), timeout=30)
-    ranks = [int((models_dir / f"rank-{i}").read_text()) for i in (0, 1)]
+    wait_for(lambda: all(rank_file(models_dir, i) for i in (0, 1)), timeout=WAIT)
+    ranks = [rank_file(models_dir, i) for i in (0, 1)]
     assert env2.client.jobs.get(RG, WS, EXP, "queued").execution_state == "queued"
     env2.client.jobs.terminate(RG, WS, EXP, "long").result()
     assert not any(alive(pid) for pid in ranks)
     assert env2.client.jobs.get(RG, WS, EXP, "long").execution_state == "failed"
-    wait_for(lambda: env2.client.jobs.get(RG, WS, EXP, "queued").execution_state == "running")
+    wait_for(
+        lambda: env2.client.jobs.get(RG, WS, EXP, "queued").execution_state == "running",
+        timeout=WAIT,
+    )
     env2.client.jobs.delete(RG, WS, EXP, "queued").result()
-    wait_for(lambda: cluster_counts(env2) == (2, 0))
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
 
 
 @needs_mpirun
@@ -235,10 +243,10 @@ def test_an_mpi_rank_failing_fails_the_job_with_its_code_and_stops_the_others(en
         process_count=2,
     )
     submit(env2, "rankfails", custom_mpi_settings=settings)
-    job = wait_for_job(env2.client, "rankfails", timeout=30)
+    job = wait_for_job(env2.client, "rankfails", timeout=WAIT)
     assert job.execution_state == "failed" and job.execution_info.exit_code == 3
     assert job.execution_info.errors[0].code == "JobFailed"
-    wait_for(lambda: cluster_counts(env2) == (2, 0))
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
 
 
 def test_on_a_host_without_mpirun_the_job_fails_saying_what_to_install(env2, monkeypatch):
