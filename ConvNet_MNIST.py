@@ -6,9 +6,8 @@
 # DATA_DIR holds the two CNTK text files; a model file goes to MODEL_DIR after every epoch.
 # Everything is printed on stderr, as the recipe does, one flushed line at a time. Where `cntk`
 # imports (the job's container, cntk:2.1-gpu-python3.5, hence Python 3.5 syntax) this runs the
-# recipe's CNTK code and saves ConvNet_MNIST_{epoch}.dnn; elsewhere it hands over to the PyTorch
-# port (quickstart/convnet_pytorch/, uploaded beside this file): the same network, schedule and
-# lines, saving ConvNet_MNIST_{epoch}.pt.
+# recipe's CNTK code and saves ConvNet_MNIST_{epoch}.dnn; elsewhere the PyTorch port (uploaded
+# beside it) trains the same network, schedule and lines, saving ConvNet_MNIST_{epoch}.pt.
 """The Batch AI quickstart's training script: CNTK where it imports, PyTorch elsewhere."""
 
 from __future__ import division, print_function
@@ -195,9 +194,11 @@ def train_with_pytorch(args):
         raise InputError('neither CNTK nor the PyTorch port imports ({}); install PyTorch '
                          '(pip install torch) or CNTK'.format(error)) from None
     try:
-        report_final(*convnet_pytorch.train(
+        results = convnet_pytorch.train(
             args, os.path.join(args.data_dir, TRAIN_FILE), os.path.join(args.data_dir, TEST_FILE),
-            LR_PER_SAMPLE, MOMENTUM_TIME_CONSTANT, TEST_MINIBATCH_SIZE))
+            LR_PER_SAMPLE, MOMENTUM_TIME_CONSTANT, TEST_MINIBATCH_SIZE)
+        if results:  # None on MPI ranks other than 0 (the port trains data-parallel under MPI)
+            report_final(*results)
     except convnet_pytorch.InputError as error:
         raise InputError(str(error)) from None
 

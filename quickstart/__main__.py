@@ -90,6 +90,13 @@ def build_parser():
         metavar="N",
         help="train for N epochs (appends --max-epochs N to the job's command line)",
     )
+    run.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="a cluster of N nodes and the job on all of them, trained data-parallel under "
+        "MPI (overrides [cluster] node_count)",
+    )
     teardown = command(
         "teardown",
         "Delete the jobs, experiment, cluster, workspace and resource group, and "
@@ -178,6 +185,7 @@ def main(argv=None):
     quiet_library_logs()
     overrides = {
         "epochs": getattr(args, "epochs", None),
+        "node_count": getattr(args, "nodes", None),
         "state_dir": getattr(args, "state_dir", None),
     }
     try:

@@ -247,7 +247,8 @@ def load_settings(path=None, environ=None, overrides=None, warn=None):
                 break
     for key, value in (overrides or {}).items():
         if value is not None:
-            raw[key] = (str(value), "--" + key.replace("_", "-"))
+            option = {"node_count": "nodes"}.get(key, key)  # run --nodes sets node_count
+            raw[key] = (str(value), "--" + option.replace("_", "-"))
     settings, more = _validate(raw)
     problems += more
     if problems:

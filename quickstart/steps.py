@@ -326,7 +326,7 @@ def job_parameters(settings, cluster):
     mount = f"$AZ_BATCHAI_MOUNT_ROOT/{RELATIVE_MOUNT_POINT}"
     return models.JobCreateParameters(
         cluster=models.ResourceId(id=cluster.id),
-        node_count=1,
+        node_count=settings.node_count,  # the article's 1; more train data-parallel under MPI
         std_out_err_path_prefix=mount,
         input_directories=[
             models.InputDirectory(id="SAMPLE", path=f"{mount}/{settings.directory}")

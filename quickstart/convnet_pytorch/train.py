@@ -3,7 +3,8 @@
 Read top to bottom: pick the device, read the two CNTK text files, build the network from the
 seed, then train epoch by epoch with CNTK's schedule and momentum SGD, saving a model file
 after each epoch, and test. On a CPU each step is FastCpuStep's (same values, about twice the
-speed); on a GPU it is plain autograd.
+speed); on a GPU it is plain autograd. Started by MPI with several ranks, it trains
+data-parallel (distributed.py) and rank 0 alone saves, tests and reports.
 """
 
 import math
@@ -13,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .cntk_compat import CntkMomentumSGD, SampleStream, schedule_value
 from .conv1_kernels import load_conv1_kernels
 from .cpu_tuning import cpu_thread_count, keep_freed_memory
@@ -29,11 +31,36 @@ def log(text=""):
     print(text, flush=True)
 
 
+def quiet(text=""):
+    """The log of ranks other than 0: only their own progress lines are worth reading."""
+
+
 def train(args, train_path, test_path, lr_per_sample, momentum_time_constant, test_minibatch):
     """Train and test as the recipe does; returns (test minibatches, test error, test samples)
-    for the recipe's closing lines."""
-    device = select_device(args.device)
-    log(f"CNTK is not importable here: training the same network with PyTorch {VERSION}.")
+    for the recipe's closing lines, or None on the ranks other than 0 of a data-parallel run."""
+    parallel = distributed.from_environment()
+    try:
+        return _train(
+            args,
+            parallel,
+            train_path,
+            test_path,
+            lr_per_sample,
+            momentum_time_constant,
+            test_minibatch,
+        )
+    finally:
+        parallel.close()
+
+
+def _train(
+    args, parallel, train_path, test_path, lr_per_sample, momentum_time_constant, test_minibatch
+):
+    say = log if parallel.rank == 0 else quiet
+    device = select_device(args.device, parallel.ranks_on_this_host(), say)
+    say(f"CNTK is not importable here: training the same network with PyTorch {VERSION}.")
+    if parallel.size > 1:
+        say(f"Training data-parallel on {parallel.size} MPI ranks (torch.distributed, gloo).")
     train_x, train_y = read_tensors(train_path, device)
     test_x, test_y = read_tensors(test_path, device)
 
@@ -43,14 +70,14 @@ def train(args, train_path, test_path, lr_per_sample, momentum_time_constant, te
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = CntkMomentumSGD(model.parameters())
-    step, forward = training_step(model, optimizer, device)
+    step, forward = training_step(model, optimizer, device, say)
     order = torch.Generator()
     order.manual_seed(seed)
     samples = SampleStream(len(train_y), order, device)
     parameters = list(model.parameters())
     total = sum(p.numel() for p in parameters)
-    log(f"Training {total} parameters in {len(parameters)} parameter tensors.")
-    log()
+    say(f"Training {total} parameters in {len(parameters)} parameter tensors.")
+    say()
 
     shown_lr = shown_momentum = None
     for epoch in range(args.max_epochs):
@@ -58,29 +85,41 @@ def train(args, train_path, test_path, lr_per_sample, momentum_time_constant, te
         time_constant = schedule_value(momentum_time_constant, epoch)
         momentum_per_sample = math.exp(-1.0 / time_constant) if time_constant else 0.0
         if lr != shown_lr:
-            log(f"Learning rate per 1 samples: {lr}")
+            say(f"Learning rate per 1 samples: {lr}")
             shown_lr = lr
         if momentum_per_sample != shown_momentum:
-            log(f"Momentum per 1 samples: {momentum_per_sample}")
+            say(f"Momentum per 1 samples: {momentum_per_sample}")
             shown_momentum = momentum_per_sample
 
         started = time.time()
         model.train()
         loss_sum = torch.zeros((), device=device)
         error_sum = torch.zeros((), dtype=torch.int64, device=device)
-        count = 0
+        count = local_count = 0
         while count < args.epoch_size:
             n = min(args.minibatch_size, args.epoch_size - count)
-            indices = samples.take(n)
-            labels = train_y[indices]
-            logits, loss = step(train_x[indices], labels)
+            indices = parallel.shard(samples.take(n))
+            if len(indices):
+                labels = train_y[indices]
+                logits, loss = step(train_x[indices], labels)
+                with torch.no_grad():
+                    loss_sum += loss.detach() * len(indices)
+                    error_sum += (logits.argmax(1) != labels).sum()
+            else:  # a last minibatch smaller than the number of ranks
+                optimizer.zero_grad()
+            parallel.sum_gradients(optimizer.gradients, len(indices), n)
             optimizer.step(lr, time_constant, n)
-            with torch.no_grad():
-                loss_sum += loss.detach() * n
-                error_sum += (logits.argmax(1) != labels).sum()
             count += n
-        log_epoch(epoch, args.max_epochs, float(loss_sum), int(error_sum), count, started)
+            local_count += len(indices)
+        totals = parallel.sum_totals(float(loss_sum), int(error_sum), local_count)
+        if parallel.rank != 0:  # its own slice's line; rank 0 prints the whole minibatches'
+            print(f"Rank {parallel.rank}: ", end="")
+            log_epoch(epoch, args.max_epochs, float(loss_sum), int(error_sum), local_count, started)
+            continue
+        log_epoch(epoch, args.max_epochs, totals[0], int(totals[1]), int(totals[2]), started)
         save_model(model, os.path.join(args.model_dir, f"ConvNet_MNIST_{epoch}.pt"))
+    if parallel.rank != 0:
+        return None
 
     model.eval()
     errors = minibatches = 0
@@ -92,8 +131,9 @@ def train(args, train_path, test_path, lr_per_sample, momentum_time_constant, te
     return minibatches, errors / len(test_y), len(test_y)
 
 
-def select_device(requested):
-    """The device to train on, set up as it trains best, and the line that says which."""
+def select_device(requested, ranks_on_this_host=1, say=log):
+    """The device to train on, set up as it trains best, and the line that says which. Ranks
+    sharing this machine share its cores (unless OMP_NUM_THREADS says otherwise)."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA GPU is available to PyTorch here")
@@ -101,13 +141,16 @@ def select_device(requested):
         torch.backends.cudnn.allow_tf32 = False  # fp32 maths, as CNTK's cuDNN ran it
         torch.backends.cuda.matmul.allow_tf32 = False
         gpu = f"GPU[{torch.cuda.current_device()}] {torch.cuda.get_device_name()}"
-        log(f"Selected {gpu} as the process wide default device.")
+        say(f"Selected {gpu} as the process wide default device.")
         return torch.device("cuda")
     keep_freed_memory()
-    torch.set_num_threads(cpu_thread_count(os.environ))
+    threads = cpu_thread_count(os.environ)
+    if not os.environ.get("OMP_NUM_THREADS"):
+        threads = max(1, threads // ranks_on_this_host)
+    torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     cpu = f"CPU ({threads} thread{'' if threads == 1 else 's'})"
-    log(f"Selected {cpu} as the process wide default device.")
+    say(f"Selected {cpu} as the process wide default device.")
     return torch.device("cpu")
 
 
@@ -117,12 +160,12 @@ def read_tensors(path, device):
     return torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
 
 
-def training_step(model, optimizer, device):
+def training_step(model, optimizer, device, say=log):
     """(step, forward): step(pixels, labels) -> (logits, loss) leaves the gradients in .grad;
     forward(pixels) -> logits for testing. The fast CPU step on a CPU, autograd on a GPU."""
     if device.type == "cpu":
         kernels, which_conv1 = load_conv1_kernels()
-        log(which_conv1)
+        say(which_conv1)
         fast = FastCpuStep(model, kernels)
         return fast.train_step, fast.forward
 

@@ -53,16 +53,6 @@ NOT_STARTED_EXIT_CODE = -1
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
-# Toolkits whose launch is "<python> <script> <args>"; the value names the args field.
-PYTHON_TOOLKITS = {
-    "cntkSettings": "commandLineArgs",
-    "pyTorchSettings": "commandLineArgs",
-    "tensorFlowSettings": "masterCommandLineArgs",
-    "caffeSettings": "commandLineArgs",
-    "caffe2Settings": "commandLineArgs",
-    "chainerSettings": "commandLineArgs",
-    "horovodSettings": "commandLineArgs",
-}
 TOOL_TYPES = {
     "cntkSettings": "cntk",
     "pyTorchSettings": "pytorch",
@@ -71,7 +61,7 @@ TOOL_TYPES = {
     "caffe2Settings": "caffe2",
     "chainerSettings": "chainer",
     "customToolkitSettings": "custom",
-    "customMpiSettings": "custommpi",
+    "customMpiSettings": "mpi",
     "horovodSettings": "horovod",
 }
 
@@ -150,6 +140,14 @@ class LaunchSpec:
     notes: list = field(default_factory=list)  # lines for the head of execution.log
     make_dirs: list = field(default_factory=list)
     links: dict = field(default_factory=dict)  # symlink path -> target (job-level mounts)
+    # A job over several nodes (launch_plans.Layout): its processes, per-node job preparation,
+    # files written before the start (hostfiles, Open MPI's node shell), per-node log names.
+    # Without tasks the wrapper runs ``preparation`` then ``command`` (one node, one process).
+    tasks: list = field(default_factory=list)
+    preparation_tasks: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+    executables: list = field(default_factory=list)
+    logs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -198,6 +196,8 @@ def plan_job(
     job_mount_root: str,
     secret_values: dict,
     job_mounts: dict | None = None,
+    nodes: list | None = None,
+    shared_temp: str | None = None,
 ) -> JobPlan:
     """Work out the environment, directories and command of one job (nothing is touched).
 
@@ -206,9 +206,19 @@ def plan_job(
     Raises PlanError only for what makes the job's directories unknowable; a job that can be
     laid out but not run (BrainScript, MPI without mpirun) gets ``spec.failure`` instead, so
     it fails like a real job with its stdouterr/ and execution.log in place.
+
+    ``nodes`` are the job's nodes (launch_plans.JobNode, the master first; default: one node
+    whose job temp is under ``node.job_temp_root``) and ``shared_temp`` the folder all of them
+    share (default: ``shared`` in the master's job temp).
     """
-    job_temp = os.path.join(node.job_temp_root, segment.rsplit("/", 1)[-1])
-    env = _node_environment(node, job_mount_root, job_temp)
+    from . import launch_plans  # here, not at the top: the wrapper runs this file by path
+
+    if not nodes:
+        uid = segment.rsplit("/", 1)[-1]
+        nodes = [launch_plans.JobNode("node", "127.0.0.4", os.path.join(node.job_temp_root, uid))]
+    job_temp = nodes[0].job_temp
+    shared_temp = shared_temp or os.path.join(job_temp, "shared")
+    env = _node_environment(node, job_mount_root, job_temp, shared_temp)
     host_env = dict(os.environ)
     stdouterr_dir, record_dir = _plan_stdouterr(props, segment, env, host_env)
     _plan_inputs(props, env, host_env)
@@ -217,7 +227,9 @@ def plan_job(
 
     toolkit = toolkit_of(props)
     notes = _host_notes(job_name, props)
-    command, failure = _plan_command(toolkit, props, env, host_env, node, notes)
+    layout, failure = _plan_command(toolkit, props, env, host_env, node, notes, nodes, shared_temp)
+    tasks = [task.to_json() for task in layout.tasks] if layout else []
+    env.update(layout.env if layout else {})
     spec = LaunchSpec(
         job=job_name,
         record_dir=record_dir,
@@ -226,7 +238,7 @@ def plan_job(
         env=env,
         secret_values=[v for v in secret_values.values() if v],
         preparation=(props.get("jobPreparation") or {}).get("commandLine"),
-        command=command,
+        command=tasks[0]["command"] if len(tasks) == 1 else None,
         failure=failure,
         max_seconds=_max_seconds(props),
         notes=notes,
@@ -234,13 +246,24 @@ def plan_job(
             stdouterr_dir,
             record_dir,
             job_temp,
-            env["AZ_BATCHAI_SHARED_JOB_TEMP"],
+            shared_temp,
             job_mount_root,
             *outputs.values(),
+            *(n.job_temp for n in nodes),
         ],
         links={
             os.path.join(job_mount_root, rel): target for rel, target in (job_mounts or {}).items()
         },
+        tasks=tasks,
+        preparation_tasks=[
+            t.to_json()
+            for t in launch_plans.preparation_tasks(
+                (props.get("jobPreparation") or {}).get("commandLine"), nodes
+            )
+        ],
+        files=layout.files if layout else {},
+        executables=layout.executables if layout else [],
+        logs=layout.logs if layout else {nodes[0].id: "execution.log"},
     )
     return JobPlan(
         segment=segment,
@@ -251,14 +274,17 @@ def plan_job(
     )
 
 
-def _node_environment(node: NodeContext, job_mount_root: str, job_temp: str) -> dict:
-    """The ``$AZ_BATCHAI_*`` variables a node set for every job, before its directories."""
+def _node_environment(
+    node: NodeContext, job_mount_root: str, job_temp: str, shared_temp: str
+) -> dict:
+    """The ``$AZ_BATCHAI_*`` variables a node set for every job, before its directories (the
+    master node's; launch_plans.node_env holds what differs on the others)."""
     return {
         "AZ_BATCHAI_MOUNT_ROOT": node.mount_root,
         "AZ_BATCHAI_JOB_MOUNT_ROOT": job_mount_root,
-        "AZ_BATCHAI_JOB_TEMP_DIR": node.job_temp_root,
+        "AZ_BATCHAI_JOB_TEMP_DIR": os.path.dirname(job_temp),
         "AZ_BATCHAI_JOB_TEMP": job_temp,
-        "AZ_BATCHAI_SHARED_JOB_TEMP": os.path.join(job_temp, "shared"),
+        "AZ_BATCHAI_SHARED_JOB_TEMP": shared_temp,
         "AZ_BATCHAI_NUM_GPUS": str(node.num_gpus),
         "AZ_BATCHAI_TASK_INDEX": "0",
         # Python buffers a redirected stdout in 8 KiB blocks; a node streamed what the job
@@ -349,24 +375,30 @@ def _plan_command(
     host_env: dict,
     node: NodeContext,
     notes: list,
-) -> tuple[str | None, dict | None]:
-    """(command line, None), or (None, failure) for a job that can be laid out but not run
-    here; adds the interpreter and shell to ``notes``."""
+    nodes: list,
+    shared_temp: str,
+):
+    """(launch_plans.Layout, None), or (None, failure) for a job that can be laid out but not
+    run here; adds the interpreter and shell to ``notes``."""
+    from . import launch_plans
+
+    settings = props.get(toolkit) if toolkit else None
     try:
-        command, interpreter = _command_line(
+        python_line, interpreter = _python_line(toolkit, settings, env, host_env, node)
+        layout = launch_plans.layout(
             toolkit,
-            props.get(toolkit) if toolkit else None,
-            env,
-            host_env,
-            node,
-            props.get("nodeCount") or 1,
+            settings,
+            nodes,
+            python_line=python_line,
+            shared_temp=shared_temp,
+            mpirun=shutil.which("mpirun", path=host_env.get("PATH")),
         )
     except PlanError as err:
         return None, {"code": err.code, "message": err.message}
     if interpreter:
         notes.append(f"Interpreter: {interpreter}")
     notes.append(f"Shell: {' '.join(_shell())} (command lines and $VARIABLES as on a node)")
-    return command, None
+    return layout, None
 
 
 def _max_seconds(props: dict) -> float | None:
@@ -375,23 +407,19 @@ def _max_seconds(props: dict) -> float | None:
     return duration_seconds(wall_clock) if wall_clock else None
 
 
-def _command_line(
+def _python_line(
     toolkit: str | None,
     settings: dict | None,
     env: dict,
     host_env: dict,
     node: NodeContext,
-    node_count: int,
-) -> tuple[str, str | None]:
-    """(shell command line, interpreter or None) for the job's toolkit, or PlanError."""
+) -> tuple[str | None, str | None]:
+    """(``<interpreter> <script>``, interpreter) of a Python toolkit, (None, None) for the
+    custom ones, or PlanError for what this host cannot run."""
     if toolkit is None or settings is None:
         raise PlanError("InvalidParameter", "The job has no toolkit settings.")
-    if toolkit == "customToolkitSettings":
-        return settings.get("commandLine") or "", None
-    if toolkit == "customMpiSettings":
-        return _with_mpi(
-            settings.get("commandLine") or "", settings.get("processCount"), node_count
-        ), None
+    if toolkit in ("customToolkitSettings", "customMpiSettings"):
+        return None, None
     if toolkit == "cntkSettings":
         language = (settings.get("languageType") or "Python").lower()
         if language != "python" or (
@@ -409,41 +437,14 @@ def _command_line(
             "The local cloud runs only Python Caffe jobs (caffeSettings.pythonScriptFilePath); "
             "a configFilePath job needs the caffe executable of the Caffe container.",
         )
-    if toolkit == "tensorFlowSettings" and (
-        (settings.get("workerCount") or 1) > 1 or (settings.get("parameterServerCount") or 0) > 0
-    ):
-        raise PlanError(
-            "UnsupportedToolkit",
-            "The local cloud runs TensorFlow jobs as a single master process; set "
-            "workerCount to 1 and parameterServerCount to 0 (or leave them out).",
-        )
     script = settings.get("pythonScriptFilePath")
     if not script:
         raise PlanError("InvalidParameter", f"{toolkit}.pythonScriptFilePath is required.")
     interpreter = expand(
         settings.get("pythonInterpreterPath") or node.default_python, {**host_env, **env}
     )
-    args = settings.get(PYTHON_TOOLKITS[toolkit]) or ""
     line = f"{shlex.quote(interpreter)} {shlex.quote(expand(script, {**host_env, **env}))}"
-    if args:
-        line += " " + args  # the shell expands $VARs and honours quoting, as on a node
-    process_count = settings.get("processCount")
-    if toolkit in ("pyTorchSettings",) and process_count is None:
-        process_count = 1
-    return _with_mpi(line, process_count, node_count), interpreter
-
-
-def _with_mpi(line: str, process_count: int | None, node_count: int) -> str:
-    count = node_count if process_count is None else process_count
-    if count <= 1:
-        return "exec " + line
-    if shutil.which("mpirun") is None:
-        raise PlanError(
-            "UnsupportedToolkit",
-            f"processCount {count} needs MPI (mpirun), which this host lacks; set "
-            "processCount to 1 (and nodeCount to 1) to run the job as one process.",
-        )
-    return f"exec mpirun -np {count} {line}"
+    return line, interpreter
 
 
 # ---------------------------------------------------------------------- server side
@@ -480,6 +481,7 @@ class Outcome:
     error: dict | None  # {"code", "message"} when the agent knows more than a code
     ended: float
     started: float | None = None
+    task: dict | None = None  # on several nodes: the failing process (name, node, its files)
 
     @property
     def succeeded(self) -> bool:
@@ -499,6 +501,11 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
         if os.path.islink(link):
             os.unlink(link)
         os.symlink(target, link, target_is_directory=True)
+    for path, content in spec.files.items():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content)
+    for path in spec.executables:
+        os.chmod(path, 0o755)
     for stale in (EXIT_FILE, AGENT_FILE):  # a stale record or claim must never count
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.record_dir, stale))
@@ -623,6 +630,7 @@ def read_outcome(record_dir: str) -> Outcome | None:
         data.get("error"),
         float(data.get("ended") or time.time()),
         data.get("started"),
+        data.get("task"),
     )
 
 
@@ -662,7 +670,10 @@ def group_alive(handle: JobHandle) -> bool:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid`` (Linux /proc)."""
+    """Live (non-zombie) processes whose process group or session is ``pgid`` (Linux /proc).
+
+    The wrapper leads both its group and its session; the session also holds what left the
+    group (each task's own group, Open MPI's daemons and ranks)."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -673,7 +684,11 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+        if (
+            len(fields) > 3
+            and fields[0] not in ("Z", "X")
+            and pgid in (int(fields[2]), int(fields[3]))
+        ):
             members.append(int(entry))
     return members
 
@@ -725,10 +740,16 @@ def terminate(handle: JobHandle, grace: float = TERMINATE_GRACE_SECONDS) -> None
 
 
 def _signal_group(pgid: int, signum: int) -> None:
+    """``signum`` to the process group ``pgid``, then to the rest of the session it leads."""
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+    if Path("/proc").is_dir():
+        for pid in group_members(pgid):
+            if pid != os.getpid():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signum)
 
 
 def _boot_id() -> str:
@@ -776,21 +797,38 @@ def _shell() -> list[str]:
 
 
 class _Wrapper:
-    """The detached process that runs one job and records how it ended."""
+    """The detached process that runs one job's processes on all its nodes and records how
+    the job ended.
+
+    A job of one process runs in the wrapper's process group, as it always did. With several,
+    each process (task) gets its own group inside the wrapper's session, so one can be stopped
+    with everything it started while the others run on; the session holds them all, so
+    ``terminate`` and ``finish`` reach every one, Open MPI's daemons and ranks too.
+    """
 
     def __init__(self, spec: LaunchSpec):
         self.spec = spec
-        self.log = open(
-            os.path.join(spec.stdouterr_dir, "execution.log"), "a", encoding="utf-8", buffering=1
-        )
+        names = spec.logs or {"": "execution.log"}
+        self.logs = {
+            node: open(os.path.join(spec.stdouterr_dir, name), "a", encoding="utf-8", buffering=1)
+            for node, name in names.items()
+        }
+        self.master = next(iter(self.logs))
         self.terminating = False
+        self.timed_out = False
         self.started = time.time()
         self.env = {**os.environ, **spec.env}
 
-    def say(self, line: str) -> None:
-        self.log.write(f"{_utc()} {mask(line, self.spec.secret_values)}\n")
+    def say(self, line: str, node: str | None = None) -> None:
+        """A line in the master node's execution log, and in ``node``'s own if it has one."""
+        text = f"{_utc()} {mask(line, self.spec.secret_values)}\n"
+        self.logs[self.master].write(text)
+        if node is not None and node != self.master and node in self.logs:
+            self.logs[node].write(text)
 
-    def record(self, exit_code: int | None, phase: str, error: dict | None = None) -> None:
+    def record(
+        self, exit_code: int | None, phase: str, error: dict | None = None, task: dict | None = None
+    ) -> None:
         _write_json_atomically(
             os.path.join(self.spec.record_dir, EXIT_FILE),
             {
@@ -799,51 +837,118 @@ class _Wrapper:
                 "error": error,
                 "started": self.started,
                 "ended": time.time(),
+                "task": {k: task[k] for k in ("name", "node", "stdout", "stderr")}
+                if task and len(self.logs) > 1
+                else None,
             },
         )
 
     def on_sigterm(self, signum, frame) -> None:
-        # The whole group got it; note it and keep waiting so the exit code is recorded.
+        # The whole session got it; note it and keep waiting so the exit code is recorded.
         self.terminating = True
 
-    def run_phase(self, command: str, out_name: str, err_name: str, phase: str) -> int:
-        """Run ``command`` through the shell; returns the exit code, 128+N for signal N."""
-        with (
-            open(os.path.join(self.spec.stdouterr_dir, out_name), "ab") as out,
-            open(os.path.join(self.spec.stdouterr_dir, err_name), "ab") as err,
-        ):
-            child = subprocess.Popen(
-                _shell() + [command],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.spec.cwd,
-                env=self.env,
-                close_fds=True,
-            )
-        self.say(f"{phase} started as process {child.pid}.")
-        deadline = None if self.spec.max_seconds is None else self.started + self.spec.max_seconds
-        try:
-            code = child.wait(
-                timeout=None if deadline is None else max(0.0, deadline - time.time())
-            )
-        except subprocess.TimeoutExpired:
+    def _single(self, command: str, stdout: str, stderr: str) -> list:
+        return [
+            {
+                "name": "job",
+                "node": None,
+                "command": command,
+                "env": {},
+                "cwd": self.spec.cwd,
+                "stdout": stdout,
+                "stderr": stderr,
+                "main": True,
+            }
+        ]
+
+    def run_tasks(self, tasks: list, phase: str) -> tuple[int, dict | None]:
+        """Start ``tasks`` and wait until every main one has ended, one has failed, the job is
+        terminated or out of time; then stop what is left. Returns (exit code, the task it
+        came from): the first failure's, else that of a main task stopped, else (0, None).
+        Codes are the shell's: 128+N for a process ended by signal N."""
+        running = []
+        for task in tasks:
+            out_path = os.path.join(self.spec.stdouterr_dir, task["stdout"])
+            err_path = os.path.join(self.spec.stdouterr_dir, task["stderr"])
+            with open(out_path, "ab") as out, open(err_path, "ab") as err:
+                child = subprocess.Popen(
+                    _shell() + [task["command"]],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=task["cwd"],
+                    env={**self.env, **task["env"]},
+                    close_fds=True,
+                    # Several tasks: each in its own group, so one can be stopped alone.
+                    process_group=0 if len(tasks) > 1 else None,
+                )
+            running.append((task, child))
             self.say(
-                f"The job exceeded its maxWallClockTime ({self.spec.max_seconds:g} s); stopping it."
+                f"{self._label(phase, task, tasks)} started as process {child.pid}.", task["node"]
             )
-            self.timed_out = True
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this process must live to record it
-            _signal_group(os.getpgid(0), signal.SIGTERM)
-            try:
-                code = child.wait(timeout=TERMINATE_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                code = child.wait()
-        return 128 - code if code < 0 else code
+        deadline = None if self.spec.max_seconds is None else self.started + self.spec.max_seconds
+        failed = None
+        while True:
+            for task, child in list(running):
+                code = child.poll()
+                if code is None:
+                    continue
+                running.remove((task, child))
+                code = 128 - code if code < 0 else code
+                self.say(
+                    f"{self._label(phase, task, tasks)} exited with code {code}.", task["node"]
+                )
+                if code != 0 and failed is None:
+                    failed = (code, task)
+            if failed or self.terminating or not any(t.get("main", True) for t, _ in running):
+                break
+            if deadline is not None and time.time() >= deadline:
+                self.timed_out = True
+                self.say(
+                    f"The job exceeded its maxWallClockTime ({self.spec.max_seconds:g} s); "
+                    "stopping it."
+                )
+                break
+            time.sleep(0.02)
+        stopped = self._stop(running, phase, tasks)
+        if failed:
+            return failed
+        mains = [(code, task) for code, task in stopped if task.get("main", True)]
+        return mains[0] if mains else (0, None)
+
+    def _label(self, phase: str, task: dict, tasks: list) -> str:
+        if len(tasks) == 1 and task["node"] in (None, self.master):
+            return phase
+        return f"{phase} process {task['name']} on node {task['node']}"
+
+    def _stop(self, running: list, phase: str, tasks: list) -> list:
+        """SIGTERM each left task's process group, SIGKILL after the grace period; returns
+        [(exit code, task)] of those stopped."""
+        if not running:
+            return []
+        own_group = os.getpgid(0)
+        for task, child in running:
+            self.say(f"Stopping {self._label(phase, task, tasks)}.", task["node"])
+            if os.getpgid(child.pid) == own_group:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this process must live on
+                _signal_group(own_group, signal.SIGTERM)
+            else:
+                _signal_group(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        while time.monotonic() < deadline and any(c.poll() is None for _, c in running):
+            time.sleep(0.02)
+        stopped = []
+        for task, child in running:
+            if child.poll() is None and os.getpgid(child.pid) == own_group:
+                child.kill()  # the rest of the group gets SIGKILL in finish()
+            elif child.poll() is None:
+                _signal_group(child.pid, signal.SIGKILL)
+            code = child.wait()
+            stopped.append((128 - code if code < 0 else code, task))
+        return stopped
 
     def run(self) -> int:
         spec = self.spec
-        self.timed_out = False
         signal.signal(signal.SIGTERM, self.on_sigterm)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for line in spec.notes:
@@ -856,32 +961,46 @@ class _Wrapper:
             self.say(f"The job cannot run here: {spec.failure['message']}")
             self.record(NOT_STARTED_EXIT_CODE, "launch", spec.failure)
             return 0
-        if spec.preparation:
+        preparation = spec.preparation_tasks or (
+            self._single(spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt")
+            if spec.preparation
+            else []
+        )
+        if preparation:
             self.say(f"Job preparation command line: {spec.preparation}")
-            code = self.run_phase(
-                spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt", "Job preparation"
-            )
-            self.say(f"Job preparation exited with code {code}.")
+            code, task = self.run_tasks(preparation, "Job preparation")
             if code != 0 or self.terminating or self.timed_out:
-                self.record(code, "jobPreparation", self._stop_error(code, "jobPreparation"))
+                self.record(code, "jobPreparation", self._stop_error(code, "jobPreparation"), task)
                 self.say("The job's command was not started.")
                 return 0
         if self.terminating:
             self.record(128 + signal.SIGTERM, "job", self._stop_error(0, "job"))
             return 0
-        self.say(f"Command line: {spec.command}")
-        self.say("Expanded: " + expand(spec.command, self.env))
-        code = self.run_phase(spec.command, "stdout.txt", "stderr.txt", "Job")
-        self.say(f"Job exited with code {code}.")
-        self.record(code, "job", self._stop_error(code, "job"))
+        tasks = spec.tasks or self._single(spec.command, "stdout.txt", "stderr.txt")
+        for task in tasks:
+            label = self._label("Job", task, tasks)
+            self.say(f"{label} command line: {task['command']}", task["node"])
+            expanded = expand(task["command"], {**self.env, **task["env"]})
+            self.say(f"{label} expanded: {expanded}", task["node"])
+        code, task = self.run_tasks(tasks, "Job")
+        if len(tasks) > 1:
+            self.say(f"The job ended with exit code {code}.")
+        self.record(code, "job", self._stop_error(code, "job"), task)
         return 0
 
     def finish(self) -> None:
-        """End like a node's container: nothing the job started in its group survives it.
+        """End like a node's container: nothing the job started in its session survives it.
 
-        SIGKILL to the whole group, this process included (its work is recorded by now)."""
+        SIGKILL to every other process of the session, then to this one's group (this
+        process included: its work is recorded by now)."""
         self.say("Node agent finished.")
-        self.log.close()
+        for log in self.logs.values():
+            log.close()
+        me = os.getpid()
+        for pid in group_members(os.getpgid(0)):
+            if pid != me:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         _signal_group(os.getpgid(0), signal.SIGKILL)
 
     def _stop_error(self, code: int, phase: str) -> dict | None:

@@ -527,7 +527,7 @@ class BatchAI:
     ):
         record = self._cluster(resourceGroupName, workspaceName, clusterName)
         nodes = record.extra["compute"]["nodes"]
-        return self._page(request, [_login(n["id"]) for n in nodes])
+        return self._page(request, [_login(n["id"], n.get("address")) for n in nodes])
 
     # ------------------------------------------------------------------ jobs
 
@@ -746,9 +746,9 @@ class BatchAI:
     ):
         record = self._job(resourceGroupName, workspaceName, experimentName, jobName)
         running = record.body["properties"]["executionState"] == "running"
-        return self._page(
-            request, [_login(n) for n in (record.extra.get("nodes") or [])] if running else []
-        )
+        cluster = self.store.get_resource(record.extra["cluster"])
+        nodes = {n.id: n.address for n in self.scheduler.job_nodes(record, cluster)}
+        return self._page(request, [_login(n, a) for n, a in nodes.items()] if running else [])
 
     def list_output_files(
         self,
@@ -891,9 +891,10 @@ class BatchAI:
         return arm_json(200, self._status_body(request, op), {"Retry-After": "0"})
 
 
-def _login(node_id: str) -> dict:
-    # Every node is this host: "logging in to a node" is logging in to this machine.
-    return {"nodeId": node_id, "ipAddress": "127.0.0.1", "port": 22}
+def _login(node_id: str, address: str | None = None) -> dict:
+    # Every node is this host: "logging in to a node" is logging in to this machine, at the
+    # node's own loopback address.
+    return {"nodeId": node_id, "ipAddress": address or "127.0.0.1", "port": 22}
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int | None) -> int:

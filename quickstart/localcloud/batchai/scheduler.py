@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..crashpoints import crash_point
 from ..faults import NODE_ERROR_CODE, Faults
-from . import nodeagent
+from . import launch_plans, nodeagent
 from .nodeagent import JobHandle, NodeContext
 from .schema import (
     CLUSTER_TYPE,
@@ -158,6 +158,29 @@ class Scheduler:
 
     def job_temp_root(self) -> str:
         return str(self.root / "jobs")
+
+    def node_job_temp(self, node_id: str, job_uid: str) -> str:
+        """A node's own AZ_BATCHAI_JOB_TEMP for a job (its local disk, on Batch AI)."""
+        return str(self.root / "nodes" / node_id / "jobs" / job_uid)
+
+    def shared_job_temp(self, job_uid: str) -> str:
+        """AZ_BATCHAI_SHARED_JOB_TEMP: one folder for all the job's nodes (NFS, on Batch AI)."""
+        return os.path.join(self.job_temp_root(), job_uid, "shared")
+
+    def job_nodes(self, job, cluster) -> list:
+        """The job's nodes (launch_plans.JobNode), the master first."""
+        addresses = {
+            n["id"]: n.get("address") or launch_plans.node_address(1)
+            for n in ((cluster.extra.get("compute") or {}).get("nodes", []) if cluster else [])
+        }
+        return [
+            launch_plans.JobNode(
+                node_id,
+                addresses.get(node_id, launch_plans.node_address(1)),
+                self.node_job_temp(node_id, job.extra["uid"]),
+            )
+            for node_id in job.extra.get("nodes") or []
+        ]
 
     def node_context(self, cluster_uid: str) -> NodeContext:
         return NodeContext(
@@ -453,6 +476,7 @@ class Scheduler:
             nodes.append(
                 {
                     "id": f"tvm-{int(state['uid'][:8], 16)}_{state['next_node']}-{stamp}",
+                    "address": launch_plans.node_address(state["next_node"]),
                     "state": "preparing",
                     "since": now,
                     "job": None,
@@ -830,6 +854,7 @@ class Scheduler:
             cluster.extra["compute"]["uid"] if cluster else job.extra.get("cluster_uid", "none")
         )
         values = job.extra["secrets"].get("values", {})
+        nodes = self.job_nodes(job, cluster)
         return nodeagent.plan_job(
             _props(job),
             job_name=job.body["id"],
@@ -841,6 +866,8 @@ class Scheduler:
                 m["relative"]: str(self.store.share_dir(m["share"]) or "")
                 for m in job.extra["secrets"].get("mounts", [])
             },
+            nodes=nodes or None,
+            shared_temp=self.shared_job_temp(job.extra["uid"]) if nodes else None,
         )
 
     def _finish(self, job, outcome: nodeagent.Outcome, clusters: dict | None = None) -> None:
@@ -848,6 +875,18 @@ class Scheduler:
         errors = []
         if outcome.error:
             errors.append(job_error(outcome.error["code"], outcome.error["message"]))
+        elif outcome.exit_code != 0 and outcome.task:
+            task = outcome.task
+            what = "job preparation" if outcome.phase == "jobPreparation" else "job's process"
+            errors.append(
+                job_error(
+                    "JobPreparationFailed" if outcome.phase == "jobPreparation" else "JobFailed",
+                    f"The {what} {task['name']} on node {task['node']} exited with code "
+                    f"{outcome.exit_code}, so the job's other processes were stopped; see "
+                    f"{task['stderr']} and {task['stdout']} in stdouterr.",
+                    {"exitCode": outcome.exit_code},
+                )
+            )
         elif outcome.exit_code != 0:
             if outcome.phase == "jobPreparation":
                 errors.append(
@@ -983,6 +1022,8 @@ class Scheduler:
         if not uid:
             return
         shutil.rmtree(os.path.join(self.job_temp_root(), uid), ignore_errors=True)
+        for node_id in job.extra.get("nodes") or []:
+            shutil.rmtree(self.node_job_temp(node_id, uid), ignore_errors=True)
         shutil.rmtree(self.job_mount_root(uid), ignore_errors=True)
         record_dir = (job.extra.get("handle") or {}).get("record_dir")
         if record_dir:

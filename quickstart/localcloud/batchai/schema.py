@@ -486,6 +486,29 @@ def _check_toolkit(props: dict, out: dict) -> None:
             f"properties.{toolkit}.pythonScriptFilePath",
             required=True,
         )
+    _fill_process_counts(toolkit, out[toolkit], props["nodeCount"])
+
+
+def _fill_process_counts(toolkit: str, out_settings: dict, node_count: int) -> None:
+    """The counts the service filled in and showed in every GET (docs/distributed-jobs.md
+    section 5): processCount defaults to nodeCount; a distributed TensorFlow job gets one
+    worker per node and one parameter server."""
+    if toolkit in PROCESS_COUNT_TOOLKITS:
+        out_settings.setdefault("processCount", node_count)
+    if toolkit == "tensorFlowSettings":
+        workers = out_settings.setdefault("workerCount", node_count)
+        if node_count > 1 or workers > 1:
+            out_settings.setdefault("parameterServerCount", 1)
+
+
+PROCESS_COUNT_TOOLKITS = (
+    "cntkSettings",
+    "pyTorchSettings",
+    "horovodSettings",
+    "chainerSettings",
+    "customMpiSettings",
+    "caffeSettings",
+)
 
 
 def _check_cntk_settings(settings: dict, out_settings: dict, node_count: int) -> None:

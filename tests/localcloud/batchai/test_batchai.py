@@ -717,7 +717,8 @@ def test_cluster_resize_and_a_mount_that_fails(env):
     cluster = wait_for_idle_cluster(client, 3)
     assert cluster.current_node_count == 3 and cluster.allocation_state == "steady"
     logins = list(client.clusters.list_remote_login_information(RG, WS, CLUSTER))
-    assert len({n.node_id for n in logins}) == 3 and logins[0].ip_address == "127.0.0.1"
+    assert len({n.node_id for n in logins}) == 3
+    assert [n.ip_address for n in logins] == ["127.0.0.4", "127.0.0.5", "127.0.0.6"]
     client.clusters.update(
         RG,
         WS,

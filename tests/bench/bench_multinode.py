@@ -1,0 +1,157 @@
+"""Benchmark: jobs over several nodes (issue 14), each figure beside a baseline of the same run.
+
+    .venv/bin/python tests/bench/bench_multinode.py [--repeats 5] [--skip-training]
+
+1. Submit -> every rank running, for 2 and 4 nodes, with the PyTorch launch (one process per
+   node, started by the node agent) and the MPI launch (mpirun over the hostfile): each rank's
+   first statement writes the time; the figure is the latest of them minus the moment before
+   ``jobs.create``. Baseline: the same job on one node (medians of ``--repeats`` runs).
+2. The quickstart (``python -m quickstart run --epochs 1``) on two nodes (MPI, data-parallel,
+   one thread per rank) beside one node (one process, both cores), same day, same machine:
+   the time of the epoch from the job's own ``Finished Epoch`` line, the final test error, and
+   the whole run's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import azure.mgmt.batchai.models as models  # noqa: E402
+
+from quickstart.localcloud import LocalCloud  # noqa: E402
+from tests.localcloud.batchai.test_batchai import EXP, RG, WS, job_params, sdk_env  # noqa: E402
+
+STAMP = (
+    "import os, time\n"
+    "out = os.environ['AZ_BATCHAI_OUTPUT_MODEL']\n"
+    "rank = os.environ.get('OMPI_COMM_WORLD_RANK') or os.environ['AZ_BATCHAI_TASK_INDEX']\n"
+    "open(os.path.join(out, 'started-' + rank), 'w').write(repr(time.time()))\n"
+)
+
+
+def all_ranks_running(env, name: str, nodes: int, toolkit: str, script: str) -> float:
+    """Seconds from just before jobs.create until the last rank wrote its start time."""
+    params = job_params(env.cluster.id, node_count=nodes)
+    params.cntk_settings = None
+    if toolkit == "pytorch":
+        params.py_torch_settings = models.PyTorchSettings(python_script_file_path=script)
+    else:
+        line = f"{sys.executable} {script}"
+        params.custom_mpi_settings = models.CustomMpiSettings(
+            command_line=line, process_count=nodes
+        )
+    submitted = time.time()
+    env.client.jobs.create(RG, WS, EXP, name, params)
+    job = None
+    while job is None or job.execution_state not in ("succeeded", "failed"):
+        time.sleep(0.02)
+        job = env.client.jobs.get(RG, WS, EXP, name)
+    if job.execution_state != "succeeded":
+        raise SystemExit(f"job {name} failed: {job.execution_info.errors}")
+    folder = env.share_dir / job.job_output_directory_path_segment / "outputs" / "Models"
+    stamps = [float((folder / f"started-{r}").read_text()) for r in range(nodes)]
+    return max(stamps) - submitted
+
+
+def launch_figures(repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        with LocalCloud(tmp_path / "cloud", port=0, cluster_allocation_delay=0.1) as cloud:
+            env = sdk_env(cloud, tmp_path, nodes=4)
+            stamp = tmp_path / "stamp.py"
+            stamp.write_text(STAMP)
+            env.files.create_file_from_path(
+                "batchaiquickstart", "mnistcntksample", "stamp.py", str(stamp)
+            )
+            script = "$AZ_BATCHAI_INPUT_SAMPLE/stamp.py"
+            print("submit -> every rank running (median of", repeats, "runs)")
+            for toolkit in ("pytorch", "mpi"):
+                medians = {}
+                for nodes in (1, 2, 4):
+                    runs = [
+                        all_ranks_running(env, f"{toolkit}{nodes}_{i}", nodes, toolkit, script)
+                        for i in range(repeats)
+                    ]
+                    medians[nodes] = statistics.median(runs)
+                    print(
+                        f"  {toolkit:8s} {nodes} node(s): {medians[nodes]:.3f} s "
+                        f"(min {min(runs):.3f}, max {max(runs):.3f}; "
+                        f"{medians[nodes] / medians[1]:.2f}x the 1-node job)"
+                    )
+
+
+def quickstart_run(nodes: int) -> dict:
+    """One `python -m quickstart run --nodes N --epochs 1` in a fresh folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "QUICKSTART_POLL_INTERVAL": "0.5"}
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "quickstart", "run", "--nodes", str(nodes), "--epochs", "1"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        wall = time.monotonic() - started
+        subprocess.run(
+            [sys.executable, "-m", "quickstart", "teardown", "--delete-share"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise SystemExit(f"run --nodes {nodes} failed:\n{output[-3000:]}")
+    epoch = re.search(r"^Finished Epoch\[1 of 1\]: .* (\d+\.\d+)s \(", output, re.M)
+    error = re.search(r"^Final test error: (\d+\.\d\d)%", output, re.M)
+    threads = re.search(r"Selected CPU \((\d+) threads?\)", output)
+    return {
+        "epoch": float(epoch[1]),
+        "error": float(error[1]),
+        "wall": wall,
+        "threads": threads[1] if threads else "?",
+    }
+
+
+def training_figures() -> None:
+    print("the quickstart, one epoch (60,000 samples)")
+    one = quickstart_run(1)
+    two = quickstart_run(2)
+    for label, figures in (("1 node ", one), ("2 nodes", two)):
+        print(
+            f"  {label}: epoch {figures['epoch']:.1f} s "
+            f"({figures['epoch'] / one['epoch']:.2f}x the 1-node epoch), "
+            f"final test error {figures['error']:.2f}%, whole run {figures['wall']:.1f} s, "
+            f"{figures['threads']} thread(s) per rank"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("mpirun") is None:
+        raise SystemExit("needs mpirun: apt-get install openmpi-bin")
+    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"{os.cpu_count()} cores")
+    launch_figures(args.repeats)
+    if not args.skip_training:
+        training_figures()
+
+
+if __name__ == "__main__":
+    main()

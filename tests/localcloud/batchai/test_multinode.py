@@ -1,0 +1,275 @@
+"""Jobs over several nodes, as Batch AI ran them (docs/distributed-jobs.md), driven by the real
+azure-mgmt-batchai client over HTTPS: PyTorch gloo ranks that all-reduce, MPI ranks on the
+hostfile's nodes, TensorFlow roles with TF_CONFIG, and one node's process dying."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import azure.mgmt.batchai.models as models
+import pytest
+
+from quickstart.localcloud.batchai import launch_plans
+from quickstart.localcloud.batchai.nodeagent import PlanError
+from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_process_left: autouse)
+    EXP,
+    RG,
+    WS,
+    job_params,
+    no_job_process_left,
+    output_file,
+    sdk_env,
+    wait_for,
+    wait_for_job,
+)
+
+# Generous: the machine these run on is shared, and a busy one starts processes slowly.
+WAIT = 90
+needs_mpirun = pytest.mark.skipif(
+    shutil.which("mpirun") is None, reason="mpirun missing: apt-get install openmpi-bin"
+)
+
+GLOO_RANK = """\
+import os, sys, torch, torch.distributed as dist
+dist.init_process_group(
+    os.environ["AZ_BATCHAI_PYTORCH_BACKEND"],
+    init_method=os.environ["AZ_BATCHAI_PYTORCH_INIT_METHOD"],
+    world_size=int(sys.argv[1]),
+    rank=int(os.environ["AZ_BATCHAI_TASK_INDEX"]),
+)
+value = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(value)
+print("rank", dist.get_rank(), "sum", int(value.item()), "temp", os.environ["AZ_BATCHAI_JOB_TEMP"])
+dist.destroy_process_group()
+"""
+TF_ROLE = """\
+import json, os, time
+config = json.loads(os.environ["TF_CONFIG"])
+print(json.dumps(config, sort_keys=True))
+print("ps", os.environ["AZ_BATCHAI_PS_HOSTS"], "workers", os.environ["AZ_BATCHAI_WORKER_HOSTS"])
+if config["task"]["type"] == "ps":
+    time.sleep(600)  # a parameter server never ends by itself (server.join())
+"""
+SLEEPER = """\
+import os, time
+with open(os.path.join(os.environ["AZ_BATCHAI_OUTPUT_MODEL"], "pid-" + os.environ["AZ_BATCHAI_TASK_INDEX"]), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def env2(local_cloud, tmp_path):
+    """The quickstart's cluster with two nodes, the share mounted, an experiment."""
+    return sdk_env(local_cloud, tmp_path, nodes=2)
+
+
+def upload(env, name: str, text: str, tmp_path) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    env.files.create_file_from_path("batchaiquickstart", "mnistcntksample", name, str(path))
+    return f"$AZ_BATCHAI_INPUT_SAMPLE/{name}"
+
+
+def submit(env, name: str, node_count: int = 2, **toolkit):
+    params = job_params(env.cluster.id, node_count=node_count)
+    params.cntk_settings = None
+    for key, value in toolkit.items():
+        setattr(params, key, value)
+    env.client.jobs.create(RG, WS, EXP, name, params).result()
+
+
+def stdouterr(env, job: str, name: str) -> str:
+    return output_file(env, job, "stdouterr", name).read_text()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has ended; it only waits to be collected)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def rank_file(folder, rank: int, prefix: str = "rank") -> int:
+    """The pid a rank wrote, or 0 while its file is missing or still empty."""
+    try:
+        return int((folder / f"{prefix}-{rank}").read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def cluster_counts(env):
+    counts = env.client.clusters.get(RG, WS, "mycluster").node_state_counts
+    return counts.idle_node_count, counts.running_node_count
+
+
+def test_pytorch_gloo_ranks_on_two_nodes_all_reduce_and_agree(env2, tmp_path):
+    script = upload(env2, "gloo_rank.py", GLOO_RANK, tmp_path)
+    settings = models.PyTorchSettings(
+        python_script_file_path=script, command_line_args="2", communication_backend="gloo"
+    )
+    submit(env2, "gloo", py_torch_settings=settings)
+    job = wait_for_job(env2.client, "gloo", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env2, "gloo", "stderr-1.txt")
+    assert job.tool_type == "pytorch" and job.py_torch_settings.process_count == 2
+    lines = [stdouterr(env2, "gloo", f"stdout-{i}.txt").split() for i in (0, 1)]
+    assert [(line[1], line[3]) for line in lines] == [("0", "3"), ("1", "3")]
+    assert lines[0][5] != lines[1][5]  # each node its own job temp
+    names = {
+        f.name
+        for f in env2.client.jobs.list_output_files(
+            RG, WS, EXP, "gloo", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")
+        )
+    }
+    assert {"stdout-0.txt", "stderr-1.txt"} <= names
+    assert {n for n in names if n.startswith("execution")} == {
+        f"execution-{node}.log" for node in job_node_ids(env2, "gloo")
+    }
+    assert cluster_counts(env2) == (2, 0)
+
+
+def job_node_ids(env, job: str) -> list:
+    """The cluster's node ids (a two-node job on a two-node cluster uses both)."""
+    return [
+        n.node_id for n in env.client.clusters.list_remote_login_information(RG, WS, "mycluster")
+    ]
+
+
+@needs_mpirun
+def test_mpi_ranks_run_on_the_nodes_of_the_hostfile_batch_ai_wrote(env2):
+    report = (
+        "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE"
+        ' entry "$(sed -n "$((AZ_BATCHAI_TASK_INDEX + 1))p" "$AZ_BATCHAI_MPI_HOST_FILE")"'
+        " temp $AZ_BATCHAI_JOB_TEMP"
+    )
+    settings = models.CustomMpiSettings(command_line=f"sh -c '{report}'", process_count=2)
+    submit(env2, "mpi", custom_mpi_settings=settings)
+    job = wait_for_job(env2.client, "mpi", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env2, "mpi", "stderr.txt")
+    assert job.tool_type == "mpi"
+    ranks = sorted(line for line in stdouterr(env2, "mpi", "stdout.txt").splitlines() if line)
+    assert [r.split(" entry ")[0] for r in ranks] == ["rank 0 of 2", "rank 1 of 2"]
+    entries = [r.split(" entry ")[1].split(" temp ")[0] for r in ranks]
+    assert entries == ["127.0.0.4 slots=1", "127.0.0.5 slots=1"]
+    assert len({r.split(" temp ")[1] for r in ranks}) == 2
+
+
+def test_tensorflow_roles_get_tf_config_and_parameter_servers_stop_after_the_workers(
+    env2, tmp_path
+):
+    script = upload(env2, "tf_role.py", TF_ROLE, tmp_path)
+    settings = models.TensorFlowSettings(
+        python_script_file_path=script, worker_count=2, parameter_server_count=1
+    )
+    submit(env2, "tf", tensor_flow_settings=settings)
+    job = wait_for_job(env2.client, "tf", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env2, "tf", "stderr-wk-0.txt")
+    configs = {
+        name: json.loads(stdouterr(env2, "tf", f"stdout-{name}.txt").splitlines()[0])
+        for name in ("wk-0", "wk-1", "ps-0")
+    }
+    assert {n: (c["task"]["type"], c["task"]["index"]) for n, c in configs.items()} == {
+        "wk-0": ("worker", 0),
+        "wk-1": ("worker", 1),
+        "ps-0": ("ps", 0),
+    }
+    cluster = configs["wk-0"]["cluster"]
+    assert all(c["cluster"] == cluster for c in configs.values())
+    assert [h.split(":")[0] for h in cluster["worker"]] == ["127.0.0.4", "127.0.0.5"]
+    assert [h.split(":")[0] for h in cluster["ps"]] == ["127.0.0.4"]
+    hosts = stdouterr(env2, "tf", "stdout-wk-1.txt").splitlines()[1]
+    assert hosts == f"ps {cluster['ps'][0]} workers {','.join(cluster['worker'])}"
+    assert cluster_counts(env2) == (2, 0)
+
+
+def test_one_node_dying_fails_the_job_stops_the_other_and_frees_both_nodes(env2, tmp_path):
+    script = upload(env2, "sleeper.py", SLEEPER, tmp_path)
+    submit(env2, "doomed", py_torch_settings=models.PyTorchSettings(python_script_file_path=script))
+    models_dir = output_file(env2, "doomed", "MODEL", "x").parent
+    wait_for(lambda: all(rank_file(models_dir, i, "pid") for i in (0, 1)), timeout=WAIT)
+    pids = [rank_file(models_dir, i, "pid") for i in (0, 1)]
+    assert cluster_counts(env2) == (0, 2)
+    submit(
+        env2,
+        "waiting",
+        node_count=1,
+        custom_toolkit_settings=models.CustomToolkitSettings(command_line="echo ran"),
+    )
+    assert env2.client.jobs.get(RG, WS, EXP, "waiting").execution_state == "queued"
+    os.kill(pids[1], signal.SIGKILL)
+    job = wait_for_job(env2.client, "doomed", timeout=WAIT)
+    assert job.execution_state == "failed" and job.execution_info.exit_code == 128 + signal.SIGKILL
+    error = job.execution_info.errors[0]
+    assert error.code == "JobFailed"
+    assert "process 1 on node" in error.message and "stderr-1.txt" in error.message
+    wait_for(lambda: not alive(pids[0]), timeout=10)
+    assert wait_for_job(env2.client, "waiting").execution_state == "succeeded"
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
+
+
+@needs_mpirun
+def test_terminating_an_mpi_job_stops_every_rank_and_frees_the_nodes(env2):
+    settings = models.CustomMpiSettings(
+        command_line='sh -c \'echo $$ > "$AZ_BATCHAI_OUTPUT_MODEL/rank-$OMPI_COMM_WORLD_RANK"; '
+        "exec sleep 600'",
+        process_count=2,
+    )
+    submit(env2, "long", custom_mpi_settings=settings)
+    submit(env2, "queued", custom_mpi_settings=settings)
+    models_dir = output_file(env2, "long", "MODEL", "x").parent
+    wait_for(lambda: all(rank_file(models_dir, i) for i in (0, 1)), timeout=WAIT)
+    ranks = [rank_file(models_dir, i) for i in (0, 1)]
+    assert env2.client.jobs.get(RG, WS, EXP, "queued").execution_state == "queued"
+    env2.client.jobs.terminate(RG, WS, EXP, "long").result()
+    assert not any(alive(pid) for pid in ranks)
+    assert env2.client.jobs.get(RG, WS, EXP, "long").execution_state == "failed"
+    wait_for(
+        lambda: env2.client.jobs.get(RG, WS, EXP, "queued").execution_state == "running",
+        timeout=WAIT,
+    )
+    env2.client.jobs.delete(RG, WS, EXP, "queued").result()
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
+
+
+@needs_mpirun
+def test_an_mpi_rank_failing_fails_the_job_with_its_code_and_stops_the_others(env2):
+    settings = models.CustomMpiSettings(
+        command_line="sh -c '[ $OMPI_COMM_WORLD_RANK = 1 ] && exit 3; exec sleep 600'",
+        process_count=2,
+    )
+    submit(env2, "rankfails", custom_mpi_settings=settings)
+    job = wait_for_job(env2.client, "rankfails", timeout=WAIT)
+    assert job.execution_state == "failed" and job.execution_info.exit_code == 3
+    assert job.execution_info.errors[0].code == "JobFailed"
+    wait_for(lambda: cluster_counts(env2) == (2, 0), timeout=WAIT)
+
+
+def test_on_a_host_without_mpirun_the_job_fails_saying_what_to_install(env2, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # the local cloud runs in this process
+    settings = models.CustomMpiSettings(command_line="echo never", process_count=2)
+    submit(env2, "nompi", custom_mpi_settings=settings)
+    job = wait_for_job(env2.client, "nompi")
+    assert job.execution_state == "failed" and job.execution_info.exit_code == -1
+    message = job.execution_info.errors[0].message
+    assert "apt-get install openmpi-bin" in message and "\n" not in message
+    assert cluster_counts(env2) == (2, 0)
+
+
+def test_without_mpirun_an_mpi_job_fails_with_one_line_naming_the_package():
+    with pytest.raises(PlanError) as caught:
+        launch_plans.mpi_command("python train.py", 2, mpirun=None)
+    assert "\n" not in caught.value.message
+    assert "apt-get install openmpi-bin" in caught.value.message
+
+
+def test_hostfile_spreads_ranks_over_the_nodes_earlier_nodes_first():
+    nodes = [
+        launch_plans.JobNode(f"n{i}", launch_plans.node_address(i + 1), "/t") for i in range(2)
+    ]
+    assert launch_plans.hostfile(nodes, 5) == "127.0.0.4 slots=3\n127.0.0.5 slots=2\n"
+    assert launch_plans.hostfile(nodes, 1) == "127.0.0.4 slots=1\n127.0.0.5 slots=1\n"
