@@ -22,10 +22,10 @@ def test_resource_group_share_directory_and_upload_steps(local_cloud, tmp_path, 
         "Test-28x28_cntk_text.txt": b"|labels 0 1 |features 0 0\n" * 1000,
         "ConvNet_MNIST.py": b"import sys\nprint(sys.argv)\n",
     }
-    paths = []
+    paths = {}
     for name, data in sample.items():
         (tmp_path / name).write_bytes(data)
-        paths.append(tmp_path / name)
+        paths[name] = tmp_path / name
 
     clients = steps.create_clients(settings)
     steps.create_resource_group(clients.resources, settings)
@@ -55,6 +55,7 @@ def test_real_sample_files_upload(local_cloud):
     paths = steps.prepare_sample_files(settings)
     steps.upload_sample_files(service, settings, paths)
     files = make_file_service(local_cloud.connection)
-    for path in paths:
-        remote = files.get_file_properties(settings.share, settings.directory, path.name)
+    for name, path in paths.items():  # the port in its folder: "convnet_pytorch/train.py"
+        folder, _, file_name = f"{settings.directory}/{name}".rpartition("/")
+        remote = files.get_file_properties(settings.share, folder, file_name)
         assert remote.properties.content_length == path.stat().st_size
