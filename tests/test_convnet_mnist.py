@@ -719,3 +719,21 @@ def test_the_gpu_branchs_autograd_step_matches_the_fast_cpu_step():
     total = sum(float(p.grad.abs().sum()) for p in model.parameters())
     assert float(optimizer.gradients.abs().sum()) == pytest.approx(total)  # what step() reads
     assert forward is model
+
+
+def test_without_the_port_beside_it_the_script_says_so_in_one_line(tmp_path, data_dir):
+    """As on a node where only ConvNet_MNIST.py was uploaded (and CNTK does not import)."""
+    alone = tmp_path / "ConvNet_MNIST.py"
+    alone.write_bytes(SCRIPT.read_bytes())
+    result = subprocess.run(
+        [sys.executable, str(alone), data_dir, str(tmp_path / "models")],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ConvNet_MNIST.py: error: CNTK does not import, nor does the PyTorch port: No module "
+        "named 'convnet_pytorch'; upload quickstart/convnet_pytorch/ beside this script\n"
+    )
