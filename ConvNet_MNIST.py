@@ -191,8 +191,9 @@ def train_with_pytorch(args):
     try:
         import convnet_pytorch
     except ImportError as error:  # no PyTorch here, or the port was not uploaded with the script
-        raise InputError('neither CNTK nor the PyTorch port imports ({}); install PyTorch '
-                         '(pip install torch) or CNTK'.format(error)) from None
+        raise InputError('CNTK does not import, nor does the PyTorch port: {}; {}'.format(
+            error, 'pip install torch' if error.name == 'torch' else
+            'upload quickstart/convnet_pytorch/ beside this script')) from None
     try:
         results = convnet_pytorch.train(
             args, os.path.join(args.data_dir, TRAIN_FILE), os.path.join(args.data_dir, TEST_FILE),

@@ -98,8 +98,10 @@ def test_help_lists_the_commands_without_importing_the_sdks():
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    try: main(['--help'])\n"
         "    except SystemExit: pass\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'msrest', 'msrestazure', 'adal',"
-        " 'requests', 'tqdm', 'werkzeug', 'torch', 'numpy') or m.startswith('quickstart.localcloud'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'msrest', "
+        "'msrestazure', 'adal',"
+        " 'requests', 'tqdm', 'werkzeug', 'torch', 'numpy') or "
+        "m.startswith('quickstart.localcloud'))\n"
         "print(heavy)\nprint(out.getvalue())\n"
     )
     result = subprocess.run(
@@ -131,7 +133,8 @@ def test_config_errors_are_one_line_each_with_exit_2(tmp_path, capsys):
     assert cli.main(["run", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "config error: [resources] share: must be 3-63 lowercase letters, digits and single hyphens, "
+        "config error: [resources] share: must be 3-63 lowercase letters, digits and single "
+        "hyphens, "
         "starting and ending with a letter or digit",
         "config error: [cluster] vm_size: must be a VM size such as STANDARD_NC6 "
         "(Standard_<family><size>[_<version>])",
@@ -271,7 +274,8 @@ def test_error_lines_hide_sas_signatures_and_bearer_tokens():
     )
     line = cli.describe(error, [])
     assert line == (
-        "RuntimeError: 403 Client Error for url: https://h/acct/share/f.txt?sv=2018-03-28&sr=f&sig=***&se=1 "
+        "RuntimeError: 403 Client Error for url: "
+        "https://h/acct/share/f.txt?sv=2018-03-28&sr=f&sig=***&se=1 "
         "headers: Authorization: Bearer ***"
     )
 
@@ -291,7 +295,8 @@ def fake_local_cloud(monkeypatch, tmp_path, serving):
         "subscription_id": SUBSCRIPTION,
         "storage_account": "localstorage",
         "storage_key": LOCAL_KEY,
-        "storage_connection_string": "DefaultEndpointsProtocol=https;AccountName=localstorage;AccountKey="
+        "storage_connection_string": "DefaultEndpointsProtocol=https;AccountName=localstorage;"
+        + "AccountKey="
         + LOCAL_KEY
         + ";FileEndpoint=https://127.0.0.1:4443/localstorage",
         "ca_cert": str(tmp_path / "ca.pem"),
@@ -406,7 +411,7 @@ def test_without_the_local_cloud_a_clear_one_line_error(monkeypatch, capsys):
     assert err.count("\n") == 1 and "the local cloud is not available yet" in err
 
 
-# Secrets --------------------------------------------------------------------------------------------
+# Secrets ------------------------------------------------------------------------------------------
 
 
 def test_secrets_never_appear_in_any_output(tmp_path, azure_config, sample, monkeypatch, capsys):
@@ -522,7 +527,7 @@ if "--fail" in args:
 
 @needs_batch_ai
 def test_run_status_teardown_against_the_local_cloud(local_cloud, tmp_path, monkeypatch, capsys):
-    """The tutorial end to end with a tiny training script: the same code path as the real sample."""
+    """The tutorial end to end with a tiny training script: the real sample's code path."""
     from quickstart import steps
 
     sample_dir = tmp_path / "sample"

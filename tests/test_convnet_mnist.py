@@ -695,3 +695,45 @@ def test_short_training_streams_the_recipes_lines_and_learns(tmp_path, data_dir)
     with torch.no_grad():
         predicted = model(torch.from_numpy(features)).argmax(1).numpy()
     assert f"{100.0 * (predicted != labels).mean():0.2f}" == finals[0].group(2)
+
+
+def test_the_gpu_branchs_autograd_step_matches_the_fast_cpu_step():
+    """The step train.py takes on a CUDA device, run here on the CPU (no GPU in the tests)."""
+    from types import SimpleNamespace
+
+    from quickstart.convnet_pytorch.train import training_step
+
+    torch.manual_seed(12)
+    pixels, labels = mnist_like_batch(16)
+    reference, model = perturbed_pair()
+    reference.eval(), model.eval()
+    optimizer = CntkMomentumSGD(model.parameters())
+    step, forward = training_step(model, optimizer, SimpleNamespace(type="cuda"))
+    for _ in range(2):  # the second step must replace the gradients, not add to them
+        logits, loss = step(pixels, labels)
+    expected_logits, expected_loss = FastCpuStep(reference).train_step(pixels, labels)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    for (name, expected), got in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert torch.allclose(got.grad, expected.grad, rtol=1e-4, atol=1e-6), name
+    total = sum(float(p.grad.abs().sum()) for p in model.parameters())
+    assert float(optimizer.gradients.abs().sum()) == pytest.approx(total)  # what step() reads
+    assert forward is model
+
+
+def test_without_the_port_beside_it_the_script_says_so_in_one_line(tmp_path, data_dir):
+    """As on a node where only ConvNet_MNIST.py was uploaded (and CNTK does not import)."""
+    alone = tmp_path / "ConvNet_MNIST.py"
+    alone.write_bytes(SCRIPT.read_bytes())
+    result = subprocess.run(
+        [sys.executable, str(alone), data_dir, str(tmp_path / "models")],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ConvNet_MNIST.py: error: CNTK does not import, nor does the PyTorch port: No module "
+        "named 'convnet_pytorch'; upload quickstart/convnet_pytorch/ beside this script\n"
+    )

@@ -196,8 +196,8 @@ def test_run_twice_watch_interrupt_reattach_and_tear_down(workdir):
     code, third = quickstart(workdir, "run", "--epochs", "1")
     assert code == 0, third
     assert (
-        f"Job {second_job} from an earlier run is still running: following it instead of submitting another"
-        in third
+        f"Job {second_job} from an earlier run is still running: following it instead of "
+        "submitting another" in third
     )
     assert " submitted" not in third and "Uploaded" not in third
     assert third.index("Training 98778 parameters") < third.index("Finished Epoch[1 of 1]")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from unittest.mock import ANY, call
 
 import pytest
+import requests
 from azure.common import AzureMissingResourceHttpError
 from azure.mgmt.batchai import models
 from azure.storage.file.models import File as FileModel
@@ -432,10 +433,14 @@ def test_waiting_prints_the_status_line_at_each_poll_until_a_node_is_idle(azure,
     assert result.node_state_counts.idle_node_count == 1
     assert sleeps == [7, 7, 7]
     assert capsys.readouterr().out.splitlines() == [
-        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0",
-        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0",
-        "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 0; Preparing: 1; Leaving: 0",
-        "Cluster state: steady Target: 1; Allocated: 1; Idle: 1; Unusable: 0; Running: 0; Preparing: 0; Leaving: 0",
+        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; "
+        "Preparing: 0; Leaving: 0",
+        "Cluster state: resizing Target: 1; Allocated: 0; Idle: 0; Unusable: 0; Running: 0; "
+        "Preparing: 0; Leaving: 0",
+        "Cluster state: steady Target: 1; Allocated: 1; Idle: 0; Unusable: 0; Running: 0; "
+        "Preparing: 1; Leaving: 0",
+        "Cluster state: steady Target: 1; Allocated: 1; Idle: 1; Unusable: 0; Running: 0; "
+        "Preparing: 0; Leaving: 0",
     ]
 
 
@@ -542,7 +547,8 @@ def test_a_pinned_job_name_replaces_the_finished_job_of_that_name_and_says_so(az
     steps.create_job(azure.batchai, azure_settings(job="myjob"), cluster(), "myjob")
     assert azure.call_names() == ["jobs.get", "jobs.delete", "jobs.create"]
     assert (
-        "Replaced job myjob from an earlier run (succeeded; its files stay on the share): the job name is "
+        "Replaced job myjob from an earlier run (succeeded; its files stay on the share): the job "
+        "name is "
         "pinned in the settings"
     ) in capsys.readouterr().out
 
@@ -744,7 +750,7 @@ def test_a_failed_download_leaves_no_partial_file_in_place(azure, tmp_path):
     listing = {
         "MODEL": [output_file("ConvNet_MNIST_0.dnn", MODEL_URL.format("ConvNet_MNIST_0.dnn"))]
     }
-    with pytest.raises(Exception):
+    with pytest.raises(requests.HTTPError):
         steps.download_output_files(
             azure.http, azure_settings(download_dir=str(tmp_path)), "myjob", listing
         )
@@ -850,7 +856,8 @@ def test_run_follows_a_job_an_earlier_run_left_running_instead_of_submitting(
 
     out = capsys.readouterr().out
     assert (
-        "Job cntk_a from an earlier run is still running: following it instead of submitting another; "
+        "Job cntk_a from an earlier run is still running: following it instead of submitting "
+        "another; "
         "its output so far comes first"
     ) in out
     assert "epoch 1 (before the reattach)\nepoch 2\n" in out
@@ -1048,8 +1055,8 @@ def test_status_shows_the_cluster_the_latest_job_its_output_so_far_and_its_files
     assert "Job cntk_a: Job state: running" in out
     assert "Output so far (last 20 of 25 lines of stderr.txt):\n  Finished Epoch[6 of 40]\n" in out
     assert (
-        "  Finished Epoch[25 of 40]\nThe job is still running: `python -m quickstart status --follow`"
-        in out
+        "  Finished Epoch[25 of 40]\nThe job is still running: `python -m quickstart status "
+        "--follow`" in out
     )
     assert "file: stderr.txt, download url: " in out
     assert azure.batchai.jobs.list_output_files.call_args.args[3] == "cntk_a"

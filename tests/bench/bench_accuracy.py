@@ -95,8 +95,9 @@ def main():
         results.append(error)
         print("")
         print(
-            f"seed {seed}: test error after {args.max_epochs} epochs of {args.epoch_size} {error:.2f}%; mean {statistics.mean(epoch_seconds):.2f} s per epoch, {(time.time() - started) / 60:.1f} "
-            "min in all"
+            f"seed {seed}: test error after {args.max_epochs} epochs of {args.epoch_size} "
+            f"{error:.2f}%; mean {statistics.mean(epoch_seconds):.2f} s per epoch, "
+            f"{(time.time() - started) / 60:.1f} min in all"
         )
     mean = statistics.mean(results)
     print("")

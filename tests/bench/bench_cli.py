@@ -58,13 +58,16 @@ def main():
     cli = wall_times([sys.executable, "-m", "quickstart", "--help"], args.runs)
     base_median, cli_median = statistics.median(baseline), statistics.median(cli)
     print(
-        f"python -c pass           median {base_median:.3f} s  (min {min(baseline):.3f}, max {max(baseline):.3f}, {args.runs} runs)"
+        f"python -c pass           median {base_median:.3f} s  (min {min(baseline):.3f}, max "
+        f"{max(baseline):.3f}, {args.runs} runs)"
     )
     print(
-        f"python -m quickstart --help  median {cli_median:.3f} s  (min {min(cli):.3f}, max {max(cli):.3f}, {args.runs} runs)"
+        f"python -m quickstart --help  median {cli_median:.3f} s  (min {min(cli):.3f}, max "
+        f"{max(cli):.3f}, {args.runs} runs)"
     )
     print(
-        f"ratio --help / bare python: {cli_median / base_median:.2f}x; --help costs {cli_median - base_median:.3f} s over the bare interpreter"
+        f"ratio --help / bare python: {cli_median / base_median:.2f}x; --help costs "
+        f"{cli_median - base_median:.3f} s over the bare interpreter"
     )
     print(
         "goal --help <= {:.1f} s: {}".format(

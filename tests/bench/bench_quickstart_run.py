@@ -91,7 +91,8 @@ def main():
     output = result.stdout
     if result.returncode != 0 or teardown.returncode != 0:
         sys.exit(
-            f"run exited {result.returncode}, teardown {teardown.returncode}:\n{output[-3000:]}{teardown.stdout[-1000:]}"
+            f"run exited {result.returncode}, teardown "
+            f"{teardown.returncode}:\n{output[-3000:]}{teardown.stdout[-1000:]}"
         )
     summary = re.search(r"^Wall time: .*$", output, re.M).group(0)
     execution = seconds(re.search(r"execution took (\d+:\d\d:\d\d)", output).group(1))
@@ -104,7 +105,8 @@ def main():
     print(f"wall time of the command (measured here): {wall:.1f} s")
     print(f"baseline, the job's execution as the local cloud recorded it: {execution} s")
     print(
-        f"tutorial around the training: {wall - execution:.1f} s; ratio wall / execution = {wall / max(execution, 1):.2f}"
+        f"tutorial around the training: {wall - execution:.1f} s; ratio wall / execution = "
+        f"{wall / max(execution, 1):.2f}"
     )
 
 

@@ -167,7 +167,8 @@ def main():
         return 0
 
     print(
-        f"training speed, minibatch {MINIBATCH}, {len(os.sched_getaffinity(0))} CPU cores, {args.rounds} rounds of {args.steps} steps of each loop"
+        f"training speed, minibatch {MINIBATCH}, {len(os.sched_getaffinity(0))} CPU cores, "
+        f"{args.rounds} rounds of {args.steps} steps of each loop"
     )
     workers = {"baseline": Worker("baseline"), "ours": Worker("ours")}
     times = {"baseline": [], "ours": []}
@@ -184,13 +185,16 @@ def main():
     ours = statistics.median(times["ours"])
     print("per-round ratios: " + ", ".join(f"{r:.2f}" for r in ratios))
     print(
-        f"baseline (plain eager loop): {baseline * 1e3:.2f} ms/step = {baseline * STEPS_PER_EPOCH:.2f} s/epoch (median of blocks)"
+        f"baseline (plain eager loop): {baseline * 1e3:.2f} ms/step = "
+        f"{baseline * STEPS_PER_EPOCH:.2f} s/epoch (median of blocks)"
     )
     print(
-        f"ours (ConvNet_MNIST.py):     {ours * 1e3:.2f} ms/step = {ours * STEPS_PER_EPOCH:.2f} s/epoch"
+        f"ours (ConvNet_MNIST.py):     {ours * 1e3:.2f} ms/step = {ours * STEPS_PER_EPOCH:.2f} "
+        "s/epoch"
     )
     print(
-        f"speed-up: {baseline / ours:.2f}x on the medians, {statistics.median(ratios):.2f}x the median of the rounds' ratios; "
+        f"speed-up: {baseline / ours:.2f}x on the medians, {statistics.median(ratios):.2f}x the "
+        "median of the rounds' ratios; "
         f"goal >= {GOAL_RATIO}x"
     )
     return 0

@@ -55,6 +55,7 @@ def test_real_sample_files_upload(local_cloud):
     paths = steps.prepare_sample_files(settings)
     steps.upload_sample_files(service, settings, paths)
     files = make_file_service(local_cloud.connection)
-    for path in paths:
-        remote = files.get_file_properties(settings.share, settings.directory, path.name)
+    for name, path in paths.items():  # the port in its folder: "convnet_pytorch/train.py"
+        folder, _, file_name = f"{settings.directory}/{name}".rpartition("/")
+        remote = files.get_file_properties(settings.share, folder, file_name)
         assert remote.properties.content_length == path.stat().st_size
