@@ -6,7 +6,8 @@ A Batch AI node ran each job's command for the service and uploaded what it wrot
 * ``plan_job`` (pure): from a job's stored properties, work out what a node would have done:
   the ``$AZ_BATCHAI_*`` environment, the job's output directory path segment, where
   ``stdouterr/`` and each ``outputs/<suffix>`` go, and the command line of its toolkit.
-* ``launch`` (in the server): lay out ``stdouterr/`` and the output directories, then start
+* ``launch`` (in the server): link the job-level mounts, lay out ``stdouterr/`` and the output
+  directories (which may lie on those mounts), then start
   this file as a small wrapper process (``python nodeagent.py run``, spec on stdin: secrets never
   touch the disk) that detaches into its own session and process group, so the job outlives the
   server. The server gets back a ``JobHandle`` (pid, kernel start time, boot id) to keep.
@@ -491,13 +492,15 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
 
     Raises OSError if a folder cannot be made or the wrapper cannot start.
     """
-    for folder in spec.make_dirs:
-        os.makedirs(folder, exist_ok=True)
+    # Mount first, then make the job's folders: they may lie on a job-level mount (stdouterr
+    # under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>), and a folder made first would block the link.
     for link, target in spec.links.items():
         os.makedirs(os.path.dirname(link), exist_ok=True)
         if os.path.islink(link):
             os.unlink(link)
         os.symlink(target, link, target_is_directory=True)
+    for folder in spec.make_dirs:
+        os.makedirs(folder, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(spec.record_dir, EXIT_FILE))  # a stale record must never count
     process = subprocess.Popen(

@@ -929,3 +929,46 @@ def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env)
     wait_for(
         lambda: env.client.clusters.get(RG, WS, "auto").current_node_count == 0
     )  # shrinks back
+
+
+def test_a_job_writes_its_logs_and_outputs_to_a_job_level_mount(env):
+    """The recipes put stdouterr under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>: the mount must be in
+    place before the job's folders are made there, and what the job writes lands in the share."""
+    env.files.create_share("joblogs")
+    job_mount = models.MountVolumes(
+        azure_file_shares=[
+            models.AzureFileShareReference(
+                account_name=env.connection["storage_account"],
+                credentials=models.AzureStorageCredentialsInfo(
+                    account_key=env.connection["storage_key"]
+                ),
+                azure_file_url=f"https://{env.files.primary_endpoint}/joblogs",
+                relative_mount_path="logs",
+            )
+        ]
+    )
+    params = job_params(
+        env.cluster.id,
+        'echo to stdout; echo to stderr >&2; echo weights > "$AZ_BATCHAI_OUTPUT_MODEL/model.dnn"',
+        mount_volumes=job_mount,
+    )
+    params.std_out_err_path_prefix = "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs"
+    params.output_directories = [
+        models.OutputDirectory(id="MODEL", path_prefix="$AZ_BATCHAI_JOB_MOUNT_ROOT/logs")
+    ]
+    env.client.jobs.create(RG, WS, EXP, "writer", params).result()
+    job = wait_for_job(env.client, "writer")
+    assert job.execution_state == "succeeded", job.execution_info.errors
+    segment = job.job_output_directory_path_segment
+    assert env.files.get_file_to_text("joblogs", f"{segment}/stdouterr", "stdout.txt").content == (
+        "to stdout\n"
+    )
+    assert env.files.get_file_to_text("joblogs", f"{segment}/stdouterr", "stderr.txt").content == (
+        "to stderr\n"
+    )
+    listed = env.client.jobs.list_output_files(
+        RG, WS, EXP, "writer", models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")
+    )
+    model = {f.name: f for f in listed}["model.dnn"]
+    got = requests.get(model.download_url, verify=env.connection["ca_cert"])
+    assert got.text == "weights\n"
