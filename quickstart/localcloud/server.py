@@ -6,6 +6,7 @@ Paths served::
     POST /adfs/oauth2/token                       AAD client-credentials grant (identity/)
     *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm/)
     *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files/)
+    *    /blob/<storage_account>/<container>/...  Azure Blob, SharedKey or SAS checked (blob/)
 
 Extension API (how a REST surface such as ``quickstart/localcloud/batchai/`` plugs in)
 ====================================================================================
@@ -93,7 +94,11 @@ log = logging.getLogger("quickstart.localcloud")
 
 connection_dropped_errors = (ConnectionError, socket.timeout, ssl.SSLError)
 
-SURFACE_MODULES = ("quickstart.localcloud.files", "quickstart.localcloud.batchai")
+SURFACE_MODULES = (
+    "quickstart.localcloud.files",
+    "quickstart.localcloud.blob",
+    "quickstart.localcloud.batchai",
+)
 OPTIONAL_SURFACES = {"quickstart.localcloud.batchai"}
 HOST = "127.0.0.1"
 
@@ -142,6 +147,7 @@ class CloudContext:
         self.stop_hooks: list[Callable[[], None]] = []
         self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
         self.storage_handler: Callable[[Request], Response] | None = None
+        self.blob_handler: Callable[[Request], Response] | None = None
         self.connection = connection_file.build_connection(
             base_url=base_url,
             tenant=credentials.tenant,
@@ -232,6 +238,13 @@ class LocalCloudApp:
             return self.cloud.arm.dispatch(request)
         if first == self.account and self.cloud.storage_handler is not None:
             return self.cloud.storage_handler(request)
+        if (
+            first == connection_file.BLOB_PATH_PREFIX
+            and len(segments) > 2
+            and segments[2].lower() == self.account
+            and self.cloud.blob_handler is not None
+        ):
+            return self.cloud.blob_handler(request)
         if request.path == connection_file.HEALTH_PATH:
             return self.health(request)
         if (
@@ -246,7 +259,9 @@ class LocalCloudApp:
             "NotFound",
             f"The local cloud serves no '{request.path}'. Known: "
             f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., /providers/..., "
-            f"/{self.cloud.credentials.storage_account}/<share>/...",
+            f"/{self.cloud.credentials.storage_account}/<share>/..., "
+            f"/{connection_file.BLOB_PATH_PREFIX}/{self.cloud.credentials.storage_account}/"
+            "<container>/...",
         )
 
     def health(self, request: Request) -> Response:

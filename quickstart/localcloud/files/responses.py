@@ -7,11 +7,18 @@ written once.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
 from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Request, Response
+
+from .names import PathRejected
+
+log = logging.getLogger("quickstart.localcloud")
 
 API_VERSION = "2019-02-02"  # what azure-storage-file 2.1.0 sends; newer ones are refused
 
@@ -64,4 +71,38 @@ def empty(status: int, headers: dict | None = None) -> Response:
     """An answer with no body and no Content-Type, as the service sends for most operations."""
     response = Response(b"", status=status, headers=headers or {})
     response.headers.remove("Content-Type")
+    return response
+
+
+def serve_storage_request(
+    request: Request, dispatch: Callable[[Request], Response], service: str
+) -> Response:
+    """Run one storage request through ``dispatch`` and add the headers every storage answer
+    carries; a StorageError or PathRejected becomes the service's XML error, anything else a
+    logged 500 InternalError (never a stack trace on the wire). Files and Blob both answer so."""
+    request_id = str(uuid.uuid4())
+    try:
+        response = dispatch(request)
+    except StorageError as err:
+        response = error_response(request, err, request_id)
+    except PathRejected as err:
+        response = error_response(request, StorageError(400, err.code, err.message), request_id)
+    except Exception:
+        log.exception("%s request failed: %s %s", service, request.method, request.path)
+        response = error_response(
+            request,
+            StorageError(
+                500,
+                "InternalError",
+                "The local cloud hit an internal error; see localcloud.log in its state directory.",
+            ),
+            request_id,
+        )
+    headers = response.headers
+    headers["x-ms-request-id"] = request_id
+    headers["x-ms-version"] = API_VERSION
+    headers["Date"] = http_date(time.time())
+    client_request_id = request.headers.get("x-ms-client-request-id")
+    if client_request_id is not None:
+        headers["x-ms-client-request-id"] = client_request_id
     return response
