@@ -399,17 +399,14 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
         client.file_servers.get(RG, WS, "nfs")
     with pytest.raises(CloudError, match="does not emulate usages"):
         list(client.usages.list("eastus"))
-    blob = cluster_params(env.connection, env.files)
-    blob.node_setup.mount_volumes.azure_blob_file_systems = [
-        models.AzureBlobFileSystemReference(
-            account_name="a",
-            container_name="c",
-            credentials=models.AzureStorageCredentialsInfo(account_key="k"),
-            relative_mount_path="bfs",
+    nfs = cluster_params(env.connection, env.files)
+    nfs.node_setup.mount_volumes.unmanaged_file_systems = [
+        models.UnmanagedFileSystemReference(
+            mount_command="mount -t nfs 10.0.0.4:/data", relative_mount_path="nfs"
         )
     ]
-    with pytest.raises(CloudError, match="does not emulate Azure Blob containers"):
-        client.clusters.create(RG, WS, "blobcluster", blob).result()
+    with pytest.raises(CloudError, match="does not emulate unmanaged file systems"):
+        client.clusters.create(RG, WS, "nfscluster", nfs).result()
 
 
 def test_the_provider_lists_the_operations_it_serves(local_cloud):
