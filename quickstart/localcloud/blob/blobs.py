@@ -155,10 +155,12 @@ class BlobHandlers:
             )
         return length
 
-    def _receive(self, request: Request, length: int, check_md5: bool) -> tuple[Path, str]:
-        """Stream the body into a new temporary file; (its path, base64 MD5 of the body)."""
+    def _receive(self, request: Request, length: int, want_md5: bool) -> tuple[Path, str]:
+        """Stream the body into a new temporary file; (its path, base64 MD5 of the body, or ""
+        when neither ``want_md5`` nor a Content-MD5 to check asked for it)."""
         temp = self.store.temp_path()
-        digest = hashlib.md5()
+        expected = request.headers.get("Content-MD5")
+        digest = hashlib.md5() if want_md5 or expected else None
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -169,9 +171,8 @@ class BlobHandlers:
                 raise StorageError(
                     400, "IncompleteBody", "The request body ended before Content-Length bytes."
                 )
-            md5 = base64.b64encode(digest.digest()).decode()
-            expected = request.headers.get("Content-MD5")
-            if check_md5 and expected and expected != md5:
+            md5 = base64.b64encode(digest.digest()).decode() if digest else ""
+            if expected and expected != md5:
                 raise StorageError(
                     400,
                     "Md5Mismatch",
@@ -222,7 +223,7 @@ class BlobHandlers:
             )
         root, target = self._target(container, name)
         length = self._body_length(request, MAX_PUT_BLOB, "Put Blob")
-        temp, md5 = self._receive(request, length, check_md5=True)
+        temp, md5 = self._receive(request, length, want_md5=True)
         settings = self._settings(request)
         settings.setdefault("x-ms-blob-content-md5", md5)
         self._place(root, target, temp)
@@ -278,7 +279,7 @@ class BlobHandlers:
                 "The specified blob or block content is invalid: every block id of a blob "
                 "must have the same length.",
             )
-        temp, md5 = self._receive(request, length, check_md5=True)
+        temp, md5 = self._receive(request, length, want_md5=False)
         os.replace(temp, folder / file_name)
         headers = {"x-ms-request-server-encrypted": "true"}
         if request.headers.get("Content-MD5"):
