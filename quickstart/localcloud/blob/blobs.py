@@ -226,24 +226,29 @@ class BlobHandlers:
         temp, md5 = self._receive(request, length, want_md5=True)
         settings = self._settings(request)
         settings.setdefault("x-ms-blob-content-md5", md5)
+        return self._commit(request, container, name, (root, target, temp), settings, None, md5)
+
+    def _commit(
+        self, request, container, name, paths, settings: dict, blocks: list | None, md5: str
+    ) -> Response:
+        """Put the complete temporary file in place as the blob, then its properties; its
+        uncommitted blocks are discarded, as Azure does once a blob is written."""
+        root, target, temp = paths
         self._place(root, target, temp)
         st = target.stat()
-        self._save_props(
-            container,
-            name,
-            target,
-            {"settings": settings, "metadata": read_metadata(request), "created": st.st_mtime},
-        )
+        props = {"settings": settings, "metadata": read_metadata(request), "created": st.st_mtime}
+        if blocks is not None:
+            props["blocks"] = blocks
+        self._save_props(container, name, target, props)
         shutil.rmtree(self._blocks_dir(container, name), ignore_errors=True)
-        return empty(
-            201,
-            {
-                "ETag": blob_etag(st),
-                "Last-Modified": http_date(st.st_mtime),
-                "Content-MD5": md5,
-                "x-ms-request-server-encrypted": "true",
-            },
-        )
+        headers = {
+            "ETag": blob_etag(st),
+            "Last-Modified": http_date(st.st_mtime),
+            "x-ms-request-server-encrypted": "true",
+        }
+        if md5:
+            headers["Content-MD5"] = md5
+        return empty(201, headers)
 
     @staticmethod
     def _block_file_name(block_id: str) -> str:
@@ -343,27 +348,8 @@ class BlobHandlers:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        self._place(root, target, temp)
-        st = target.stat()
-        self._save_props(
-            container,
-            name,
-            target,
-            {
-                "settings": self._settings(request),
-                "metadata": read_metadata(request),
-                "created": st.st_mtime,
-                "blocks": committed,
-            },
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-        return empty(
-            201,
-            {
-                "ETag": blob_etag(st),
-                "Last-Modified": http_date(st.st_mtime),
-                "x-ms-request-server-encrypted": "true",
-            },
+        return self._commit(
+            request, container, name, (root, target, temp), self._settings(request), committed, ""
         )
 
     def _committed(self, container: str, name: str, target: Path) -> dict:

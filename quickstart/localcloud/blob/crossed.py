@@ -40,22 +40,22 @@ def looks_like_file(request: Request) -> bool:
 def refuse_if_meant_for_blob(request: Request, blob_endpoint: str) -> None:
     """Called by the Files router: a Blob request on the Files endpoint."""
     if looks_like_blob(request):
-        raise StorageError(
-            400,
-            "InvalidUri",
-            "This is the local cloud's Azure Files endpoint and the request is an Azure Blob "
-            f"operation; send it to the Blob endpoint {blob_endpoint} (BlobEndpoint= in "
-            "connection.json's storage_connection_string).",
-        )
+        _refuse(("Azure Files", "Azure Blob"), ("Blob", blob_endpoint, "BlobEndpoint"))
 
 
 def refuse_if_meant_for_files(request: Request, file_endpoint: str) -> None:
     """Called by the Blob router: a Files request on the Blob endpoint."""
     if looks_like_file(request):
-        raise StorageError(
-            400,
-            "InvalidUri",
-            "This is the local cloud's Azure Blob endpoint and the request is an Azure Files "
-            f"operation; send it to the Files endpoint {file_endpoint} (FileEndpoint= in "
-            "connection.json's storage_connection_string).",
-        )
+        _refuse(("Azure Blob", "Azure Files"), ("Files", file_endpoint, "FileEndpoint"))
+
+
+def _refuse(services: tuple[str, str], endpoint: tuple[str, str, str]) -> None:
+    here, meant = services
+    kind, url, setting = endpoint
+    raise StorageError(
+        400,
+        "InvalidUri",
+        f"This is the local cloud's {here} endpoint and the request is an {meant} operation; "
+        f"send it to the {kind} endpoint {url} ({setting}= in connection.json's "
+        "storage_connection_string).",
+    )

@@ -112,6 +112,22 @@ def job_params(cluster_id: str, command: str | None = None, *, node_count: int =
     )
 
 
+def job_file_mount(env, share: str, relative: str) -> models.MountVolumes:
+    """A job-level mount of Azure Files share ``share`` at $AZ_BATCHAI_JOB_MOUNT_ROOT/relative."""
+    return models.MountVolumes(
+        azure_file_shares=[
+            models.AzureFileShareReference(
+                account_name=env.connection["storage_account"],
+                credentials=models.AzureStorageCredentialsInfo(
+                    account_key=env.connection["storage_key"]
+                ),
+                azure_file_url=f"https://{env.files.primary_endpoint}/{share}",
+                relative_mount_path=relative,
+            )
+        ]
+    )
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -903,18 +919,7 @@ def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env)
     params = job_params(
         cluster.id,
         'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"',
-        mount_volumes=models.MountVolumes(
-            azure_file_shares=[
-                models.AzureFileShareReference(
-                    account_name=env.connection["storage_account"],
-                    credentials=models.AzureStorageCredentialsInfo(
-                        account_key=env.connection["storage_key"]
-                    ),
-                    azure_file_url=f"https://{env.files.primary_endpoint}/jobshare",
-                    relative_mount_path="jobafs",
-                )
-            ]
-        ),
+        mount_volumes=job_file_mount(env, "jobshare", "jobafs"),
     )
     env.client.jobs.create(RG, WS, EXP, "autojob", params).result()
     job = wait_for_job(env.client, "autojob")
@@ -932,22 +937,10 @@ def test_a_job_writes_its_logs_and_outputs_to_a_job_level_mount(env):
     """The recipes put stdouterr under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>: the mount must be in
     place before the job's folders are made there, and what the job writes lands in the share."""
     env.files.create_share("joblogs")
-    job_mount = models.MountVolumes(
-        azure_file_shares=[
-            models.AzureFileShareReference(
-                account_name=env.connection["storage_account"],
-                credentials=models.AzureStorageCredentialsInfo(
-                    account_key=env.connection["storage_key"]
-                ),
-                azure_file_url=f"https://{env.files.primary_endpoint}/joblogs",
-                relative_mount_path="logs",
-            )
-        ]
-    )
     params = job_params(
         env.cluster.id,
         'echo to stdout; echo to stderr >&2; echo weights > "$AZ_BATCHAI_OUTPUT_MODEL/model.dnn"',
-        mount_volumes=job_mount,
+        mount_volumes=job_file_mount(env, "joblogs", "logs"),
     )
     params.std_out_err_path_prefix = "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs"
     params.output_directories = [
