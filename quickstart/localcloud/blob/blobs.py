@@ -32,7 +32,7 @@ from ..files.handlers import send_file, stream_into
 from ..files.responses import StorageError, empty, http_date
 from .containers import ContainerHandlers, metadata_xml, read_metadata
 from .listing import blob_files, includes, page_of, page_size
-from .names import blob_parts
+from .names import blob_parts, crosses_link
 
 MAX_PUT_BLOB = 256 * 1024 * 1024  # Put Blob body limit at x-ms-version 2019-02-02
 MAX_BLOCK = 100 * 1024 * 1024  # Put Block body limit at 2019-02-02
@@ -88,11 +88,7 @@ class BlobHandlers:
 
     @staticmethod
     def _inside(root: Path, target: Path) -> bool:
-        """True if ``target``'s folder resolves inside ``root`` (a job on a mount may have made
-        a symbolic link that points elsewhere; blobs never follow one out)."""
-        real_root = os.path.realpath(root)
-        real_parent = os.path.realpath(target.parent)
-        return os.path.commonpath([real_root, real_parent]) == real_root
+        return not crosses_link(root, list(target.relative_to(root).parts[:-1]))
 
     def _existing(self, container: str, name: str) -> tuple[Path, os.stat_result]:
         root, target = self._target(container, name)
@@ -189,9 +185,9 @@ class BlobHandlers:
         """Rename a complete temporary file to the blob's path, making its folders; 409 if
         the name is taken by a folder of other blobs, or a blob holds a folder it needs."""
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             if not self._inside(root, target):
                 raise NotADirectoryError
+            target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_dir() and not target.is_symlink():
                 raise IsADirectoryError
             os.replace(temp, target)

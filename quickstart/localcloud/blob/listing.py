@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from ..files.responses import StorageError
+from .names import crosses_link
 
 MAX_RESULTS = 5000
 INCLUDE_VALUES = {"metadata", "snapshots", "uncommittedblobs", "copy", "deleted"}
@@ -53,7 +54,10 @@ def blob_files(root: Path, prefix: str) -> list[tuple[str, os.stat_result]]:
     ``prefix``, sorted by name. Only the folder the prefix names is walked; symbolic links
     (which a job on a mount could make) are not blobs and are never followed."""
     start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-    start = root.joinpath(*start_rel.split("/")) if start_rel else root
+    folders = start_rel.split("/") if start_rel else []
+    if any(part in ("", ".", "..") for part in folders) or crosses_link(root, folders):
+        return []  # no blob has such a name (names.py), and the walk stays in the container
+    start = root.joinpath(*folders)
     found = []
     stack = [(start, start_rel)]
     while stack:

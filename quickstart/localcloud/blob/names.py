@@ -10,6 +10,8 @@ segment, a trailing '/', a segment over 255 bytes, and a NUL. Each refusal says 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..files.names import PathRejected, check_share_name
 
 MAX_BLOB_NAME = 1024
@@ -50,3 +52,17 @@ def blob_parts(name: str) -> list[str]:
                 f"{MAX_SEGMENT_BYTES} bytes, which the local cloud's folders cannot hold.",
             )
     return parts
+
+
+def crosses_link(root: Path, folders: list[str]) -> bool:
+    """True if a folder on the way from ``root`` down ``folders`` is a symbolic link (a job on
+    a mount may have made one, pointing anywhere): the Blob service never follows one, and a
+    write checks this before it makes any folder."""
+    current = root
+    for part in folders:
+        current = current / part
+        if current.is_symlink():
+            return True
+        if not current.exists():
+            return False  # the rest would be made fresh, below a real folder
+    return False

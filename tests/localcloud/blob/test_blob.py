@@ -274,7 +274,7 @@ def test_a_request_for_one_storage_service_never_gets_the_others_error(local_clo
     assert make_blob_service(connection).exists("same")
 
 
-def test_files_written_into_a_containers_folder_are_blobs(blobs, local_cloud):
+def test_files_written_into_a_containers_folder_are_blobs(blobs, local_cloud, tmp_path):
     """What a job writes through a blob mount: plain files become blobs (default properties),
     empty folders and symbolic links do not."""
     blobs.create_container("data")
@@ -282,9 +282,21 @@ def test_files_written_into_a_containers_folder_are_blobs(blobs, local_cloud):
     (folder / "outputs" / "empty").mkdir(parents=True)
     (folder / "outputs" / "model.dnn").write_bytes(b"weights")
     (folder / "escape").symlink_to("/etc")
+    (folder / "inside").symlink_to(folder / "outputs")
     assert [b.name for b in blobs.list_blobs("data")] == ["outputs/model.dnn"]
     props = blobs.get_blob_properties("data", "outputs/model.dnn").properties
     assert props.content_length == 7
     assert props.content_settings.content_type == "application/octet-stream"
-    with pytest.raises(AzureMissingResourceHttpError):
-        blobs.get_blob_to_bytes("data", "escape/hostname")
+    for through_a_link in ("escape/hostname", "inside/model.dnn", "inside"):
+        with pytest.raises(AzureMissingResourceHttpError):
+            blobs.get_blob_to_bytes("data", through_a_link)
+    blobs.create_container("other")
+    blobs.create_blob_from_text("other", "secret.txt", "another container's")
+    for prefix in ("escape/", "../", "./", "a//"):
+        assert list(blobs.list_blobs("data", prefix=prefix)) == []
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "out").symlink_to(outside)
+    with pytest.raises(AzureConflictHttpError):
+        blobs.create_blob_from_text("data", "out/new/x.txt", "never written through a link")
+    assert list(outside.iterdir()) == []
