@@ -3,7 +3,8 @@ beside the local cloud's Azure Files and beside Azurite's Blob service, in the s
 
     .venv/bin/python tests/bench/bench_blob.py [--size-mib 128] [--runs 3] [--azurite DIR]
 
-For a local cloud embedded in this process (as the tests run it), prints in MB/s (best of RUNS):
+For a local cloud embedded in this process (as the tests run it), prints in MB/s (best of RUNS,
+the three taking turns within each run):
 
 * Azure Files: FileService.create_file_from_path and get_file_to_path (max_connections 2, the
   SDK's default);
@@ -45,52 +46,52 @@ AZURITE_KEY = (
 )
 
 
-def best_seconds(runs: int, fn) -> float:
-    """The fastest of ``runs`` timings (the least disturbed by other load on the machine)."""
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
-
-
 def rate(size: int, seconds: float) -> float:
     return size / MB / seconds
 
 
-def files_figures(connection: dict, source: Path, work: Path, runs: int) -> tuple[float, float]:
+def files_target(connection: dict, source: Path, work: Path):
+    """(upload, download) of ``source`` through the local cloud's Azure Files."""
     service = make_file_service(connection)
     service.create_share("bench", fail_on_exist=False)
-    up = best_seconds(
-        runs, lambda: service.create_file_from_path("bench", None, "big.bin", str(source))
-    )
     target = work / "files-down.bin"
-    down = best_seconds(
-        runs, lambda: service.get_file_to_path("bench", None, "big.bin", str(target))
+    return (
+        lambda: service.create_file_from_path("bench", None, "big.bin", str(source)),
+        lambda: service.get_file_to_path("bench", None, "big.bin", str(target)),
+        target,
     )
-    check_same(source, target)
-    service.delete_share("bench")
-    return rate(source.stat().st_size, up), rate(source.stat().st_size, down)
 
 
-def blob_figures(
-    connection: dict, connection_string: str, source: Path, work: Path, runs: int
-) -> tuple[float, float]:
+def blob_target(connection: dict, connection_string: str, source: Path, work: Path, label: str):
+    """(upload, download) of ``source`` through a Blob service, with BlockBlobService."""
     service = make_blob_service(connection, connection_string)
     service.create_container("bench", fail_on_exist=False)
-    up = best_seconds(runs, lambda: service.create_blob_from_path("bench", "big.bin", str(source)))
-    target = work / "blob-down.bin"
-    down = best_seconds(runs, lambda: service.get_blob_to_path("bench", "big.bin", str(target)))
-    check_same(source, target)
-    service.delete_container("bench")
-    return rate(source.stat().st_size, up), rate(source.stat().st_size, down)
+    target = work / f"{label}-down.bin"
+    return (
+        lambda: service.create_blob_from_path("bench", "big.bin", str(source)),
+        lambda: service.get_blob_to_path("bench", "big.bin", str(target)),
+        target,
+    )
+
+
+def interleaved_best(targets: dict, runs: int, size: int, source: Path) -> dict:
+    """{label: (upload MB/s, download MB/s)}, each the best of ``runs``. Every run times each
+    target in turn, so a burst of load on this shared machine hits all of them alike."""
+    best = {label: [float("inf"), float("inf")] for label in targets}
+    for _ in range(runs):
+        for phase in (0, 1):
+            for label, steps in targets.items():
+                start = time.perf_counter()
+                steps[phase]()
+                best[label][phase] = min(best[label][phase], time.perf_counter() - start)
+    for _, _, target in targets.values():
+        check_same(source, target)
+    return {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
 
 
 def check_same(source: Path, target: Path) -> None:
     if target.read_bytes() != source.read_bytes():
         raise SystemExit(f"{target.name} differs from what was uploaded")
-    target.unlink()
 
 
 def install_azurite(folder: Path) -> tuple[Path | None, str]:
@@ -173,37 +174,45 @@ def main() -> None:
                 out.write(os.urandom(1024 * 1024))
         with LocalCloud(work / "localcloud", port=0) as cloud:
             connection = cloud.connection
-            files_up, files_down = files_figures(connection, source, work, args.runs)
-            blob_up, blob_down = blob_figures(
-                connection, connection["storage_connection_string"], source, work, args.runs
-            )
+            targets = {
+                "files": files_target(connection, source, work),
+                "blob": blob_target(
+                    connection, connection["storage_connection_string"], source, work, "blob"
+                ),
+            }
             program, why = install_azurite(args.azurite or work / "azurite")
-            azurite = None
+            process = None
             if program is not None:
                 process, port = start_azurite(
                     program, work / "azurite-data", Path(connection["ca_cert"]).parent
                 )
-                try:
-                    azurite = blob_figures(
-                        connection,
-                        f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};"
-                        f"AccountKey={AZURITE_KEY};"
-                        f"BlobEndpoint=https://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
-                        source,
-                        work,
-                        args.runs,
-                    )
-                finally:
+                targets["azurite"] = blob_target(
+                    connection,
+                    f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};"
+                    f"AccountKey={AZURITE_KEY};"
+                    f"BlobEndpoint=https://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+                    source,
+                    work,
+                    "azurite",
+                )
+            try:
+                figures = interleaved_best(targets, args.runs, source.stat().st_size, source)
+            finally:
+                if process is not None:
                     process.terminate()
                     process.wait(timeout=10)
-    print(f"  Files   upload   create_file_from_path: {files_up:7.1f} MB/s")
-    print(f"  Files   download get_file_to_path:      {files_down:7.1f} MB/s")
-    for label, ours, files, other in (
-        ("upload   create_blob_from_path:", blob_up, files_up, azurite and azurite[0]),
-        ("download get_blob_to_path:     ", blob_down, files_down, azurite and azurite[1]),
+    files, ours, azurite = figures["files"], figures["blob"], figures.get("azurite")
+    print(f"  Files   upload   create_file_from_path: {files[0]:7.1f} MB/s")
+    print(f"  Files   download get_file_to_path:      {files[1]:7.1f} MB/s")
+    for phase, label in enumerate(
+        ("upload   create_blob_from_path:", "download get_blob_to_path:     ")
     ):
-        versus = f"{ours / other:.2f}x Azurite's {other:.1f} MB/s" if other else why
-        print(f"  Blob    {label} {ours:7.1f} MB/s  ({ours / files:.2f}x Files; {versus})")
+        other = azurite[phase] if azurite else None
+        versus = f"{ours[phase] / other:.2f}x Azurite's {other:.1f} MB/s" if other else why
+        print(
+            f"  Blob    {label} {ours[phase]:7.1f} MB/s  "
+            f"({ours[phase] / files[phase]:.2f}x Files; {versus})"
+        )
 
 
 if __name__ == "__main__":
