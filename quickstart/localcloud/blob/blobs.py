@@ -30,6 +30,8 @@ from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import send_file, stream_into
 from ..files.responses import StorageError, empty, http_date
+from . import blocks
+from .blocks import id_lengths, offset_hint
 from .containers import ContainerHandlers, metadata_xml, read_metadata
 from .listing import blob_files, includes, page_of, page_size
 from .names import blob_parts, crosses_link
@@ -247,8 +249,8 @@ class BlobHandlers:
         return empty(201, headers)
 
     @staticmethod
-    def _block_file_name(block_id: str) -> str:
-        """The file name of a base64 block id (64 bytes at most once decoded), or 400."""
+    def _block_id(block_id: str) -> bytes:
+        """The bytes of a base64 block id (64 bytes at most), or 400."""
         try:
             raw = base64.b64decode(block_id, validate=True)
         except (binascii.Error, ValueError):
@@ -259,7 +261,7 @@ class BlobHandlers:
                 "InvalidQueryParameterValue",
                 f"blockid '{block_id}' must be base64 of 1 to {MAX_BLOCK_ID} bytes.",
             )
-        return raw.hex()
+        return raw
 
     def put_block(self, request: Request, container: str, name: str) -> Response:
         block_id = request.args.get("blockid")
@@ -267,24 +269,44 @@ class BlobHandlers:
             raise StorageError(
                 400, "MissingRequiredQueryParameter", "Put Block needs the blockid parameter."
             )
-        file_name = self._block_file_name(block_id)
+        raw_id = self._block_id(block_id)
         self._target(container, name)
         length = self._body_length(request, MAX_BLOCK, "Put Block")
         folder = self._blocks_dir(container, name)
         folder.mkdir(parents=True, exist_ok=True)
-        others = [p for p in os.listdir(folder) if len(p) != len(file_name)]
-        if others:
+        if id_lengths(folder) - {len(raw_id.hex())}:
             raise StorageError(
                 400,
                 "InvalidBlobOrBlock",
                 "The specified blob or block content is invalid: every block id of a blob "
                 "must have the same length.",
             )
-        temp, md5 = self._receive(request, length, want_md5=False)
-        os.replace(temp, folder / file_name)
+        expected = request.headers.get("Content-MD5")
+        received = {}
+
+        def receive() -> Path:
+            temp, received["md5"] = self._receive(request, length, want_md5=False)
+            return temp
+
+        def write_into(fd: int, offset: int) -> None:
+            digest = hashlib.md5() if expected else None
+            if stream_into(request.stream, fd, offset, length, digest) != length:
+                raise StorageError(
+                    400, "IncompleteBody", "The request body ended before Content-Length bytes."
+                )
+            received["md5"] = base64.b64encode(digest.digest()).decode() if digest else ""
+            if expected and expected != received["md5"]:
+                raise StorageError(
+                    400,
+                    "Md5Mismatch",
+                    "The MD5 value specified in the request did not match the MD5 value "
+                    "calculated by the server.",
+                )
+
+        blocks.put(folder, raw_id.hex(), offset_hint(raw_id), length, receive, write_into)
         headers = {"x-ms-request-server-encrypted": "true"}
-        if request.headers.get("Content-MD5"):
-            headers["Content-MD5"] = md5
+        if expected:
+            headers["Content-MD5"] = received["md5"]
         return empty(201, headers)
 
     def _block_list(self, request: Request) -> list[tuple[str, str]]:
@@ -320,33 +342,40 @@ class BlobHandlers:
         wanted = self._block_list(request)
         folder = self._blocks_dir(container, name)
         old = self._committed(container, name, target)
-        sources = []  # (file, offset, size, id)
+        uncommitted = blocks.sources(folder)
+        chosen = []  # (file, offset, size, id)
         for kind, block_id in wanted:
-            file_name = self._block_file_name(block_id)
-            uncommitted = folder / file_name
-            if kind != "Committed" and uncommitted.is_file():
-                sources.append((uncommitted, 0, uncommitted.stat().st_size, block_id))
+            hex_id = self._block_id(block_id).hex()
+            if kind != "Committed" and hex_id in uncommitted:
+                chosen.append((*uncommitted[hex_id], block_id))
             elif kind != "Uncommitted" and block_id in old:
-                offset, size = old[block_id]
-                sources.append((target, offset, size, block_id))
+                chosen.append((target, *old[block_id], block_id))
             else:
                 raise StorageError(400, "InvalidBlockList", "The specified block list is invalid.")
-        temp = self.store.temp_path()
         committed, offset = [], 0
+        for _, _, size, block_id in chosen:
+            committed.append([block_id, offset, size])
+            offset += size
+        temp = blocks.as_is(folder, [source[:3] for source in chosen])
+        if temp is None:
+            temp = self._assemble(chosen)
+        return self._commit(
+            request, container, name, (root, target, temp), self._settings(request), committed, ""
+        )
+
+    def _assemble(self, chosen: list) -> Path:
+        """A new temporary file holding the chosen blocks in order (copied in the kernel)."""
+        temp = self.store.temp_path()
         try:
             with open(temp, "wb") as out:
-                for source, start, size, block_id in sources:
+                for source, start, size, _ in chosen:
                     with open(source, "rb") as block:
                         _copy_range(block, out, start, size)
-                    committed.append([block_id, offset, size])
-                    offset += size
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        return self._commit(
-            request, container, name, (root, target, temp), self._settings(request), committed, ""
-        )
+        return temp
 
     def _committed(self, container: str, name: str, target: Path) -> dict:
         """{block id: (offset, size)} of the blob now committed at ``target``."""
@@ -358,33 +387,34 @@ class BlobHandlers:
         return {block_id: (offset, size) for block_id, offset, size in blocks}
 
     def get_block_list(self, request: Request, container: str, name: str) -> Response:
-        target, st = self._existing(container, name)
+        """Committed and/or uncommitted blocks; a blob with only uncommitted blocks has a list
+        too, as on Azure."""
         kind = request.args.get("blocklisttype", "committed").lower()
-        committed = (
-            self._props(container, name, st).get("blocks", []) if kind != "uncommitted" else []
-        )
-        uncommitted = []
-        folder = self._blocks_dir(container, name)
-        if kind in ("uncommitted", "all") and folder.is_dir():
-            for entry in sorted(os.scandir(folder), key=lambda e: e.stat().st_mtime_ns):
-                block_id = base64.b64encode(bytes.fromhex(entry.name)).decode()
-                uncommitted.append([block_id, 0, entry.stat().st_size])
-
-        def blocks(items):
-            return "".join(
-                f"<Block><Name>{escape(i)}</Name><Size>{size}</Size></Block>"
-                for i, _, size in items
+        uncommitted = blocks.listing(self._blocks_dir(container, name))
+        try:
+            _, st = self._existing(container, name)
+        except StorageError:
+            if not uncommitted:
+                raise
+            st = None
+        committed = self._props(container, name, st).get("blocks", []) if st else []
+        shown = {
+            "Committed": committed if kind != "uncommitted" else [],
+            "Uncommitted": [[i, 0, size] for i, size in uncommitted] if kind != "committed" else [],
+        }
+        xml = '<?xml version="1.0" encoding="utf-8"?><BlockList>' + "".join(
+            f"<{state}Blocks>"
+            + "".join(
+                f"<Block><Name>{escape(i)}</Name><Size>{n}</Size></Block>" for i, _, n in items
             )
-
-        xml = (
-            '<?xml version="1.0" encoding="utf-8"?><BlockList>'
-            f"<CommittedBlocks>{blocks(committed)}</CommittedBlocks>"
-            f"<UncommittedBlocks>{blocks(uncommitted)}</UncommittedBlocks></BlockList>"
+            + f"</{state}Blocks>"
+            for state, items in shown.items()
         )
-        response = Response(xml.encode(), status=200, content_type="application/xml")
-        response.headers["ETag"] = blob_etag(st)
-        response.headers["Last-Modified"] = http_date(st.st_mtime)
-        response.headers["x-ms-blob-content-length"] = str(st.st_size)
+        response = Response((xml + "</BlockList>").encode(), content_type="application/xml")
+        if st is not None:
+            response.headers["ETag"] = blob_etag(st)
+            response.headers["Last-Modified"] = http_date(st.st_mtime)
+            response.headers["x-ms-blob-content-length"] = str(st.st_size)
         return response
 
     def get_blob(self, request: Request, container: str, name: str) -> Response:

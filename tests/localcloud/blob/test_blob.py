@@ -3,6 +3,7 @@ over HTTPS, as the Batch AI recipes use it."""
 
 from __future__ import annotations
 
+import base64
 import os
 from datetime import datetime, timedelta
 
@@ -300,3 +301,35 @@ def test_files_written_into_a_containers_folder_are_blobs(blobs, local_cloud, tm
     with pytest.raises(AzureConflictHttpError):
         blobs.create_blob_from_text("data", "out/new/x.txt", "never written through a link")
     assert list(outside.iterdir()) == []
+
+
+def test_blocks_named_by_offset_commit_in_any_order_and_overlapping_ones_stay_apart(blobs):
+    """The SDK names blocks by their offset (the local cloud lays them out there, so a list in
+    that order commits without a copy); any other order, or ids whose offsets overlap, must
+    still give exactly the listed bytes."""
+    blobs.create_container("data")
+
+    def offset_id(offset: int) -> str:
+        return base64.b64encode(f"{offset:032d}".encode()).decode()
+
+    first, second = b"A" * 1000, b"B" * 500
+    blobs.put_block("data", "x.bin", first, offset_id(0))
+    blobs.put_block("data", "x.bin", second, offset_id(1000))
+    blobs.put_block_list("data", "x.bin", [BlobBlock(offset_id(1000)), BlobBlock(offset_id(0))])
+    assert blobs.get_blob_to_bytes("data", "x.bin").content == second + first
+
+    blobs.put_block("data", "y.bin", first, offset_id(0))
+    blobs.put_block("data", "y.bin", second, offset_id(1000))
+    blobs.put_block_list("data", "y.bin", [BlobBlock(offset_id(0)), BlobBlock(offset_id(1000))])
+    assert blobs.get_blob_to_bytes("data", "y.bin").content == first + second
+    listed = blobs.get_block_list("data", "y.bin", block_list_type="all")
+    assert [b.size for b in listed.committed_blocks] == [1000, 500]
+    assert listed.uncommitted_blocks == []
+
+    blobs.put_block("data", "z.bin", first, offset_id(0))
+    blobs.put_block("data", "z.bin", second, offset_id(500))  # overlaps the first
+    blobs.put_block("data", "z.bin", b"C" * 10, offset_id(0))  # the first, uploaded again
+    pending = blobs.get_block_list("data", "z.bin", block_list_type="uncommitted")
+    assert sorted(b.size for b in pending.uncommitted_blocks) == [10, 500]
+    blobs.put_block_list("data", "z.bin", [BlobBlock(offset_id(0)), BlobBlock(offset_id(500))])
+    assert blobs.get_blob_to_bytes("data", "z.bin").content == b"C" * 10 + second
