@@ -4,7 +4,7 @@ Each blob has a folder under ``blocks/`` (outside its container's folder, so a m
 them). A block is kept one of two ways:
 
 * **staged**: written into the folder's one ``staging`` file at the offset its id names. The
-  Track-1 SDK names each block after its offset in the blob (base64 of a 32-digit number), so
+  Track-1 SDK names each block after its offset in the blob (a 32-digit number), so
   when Put Block List lists staged blocks back to back in the order of their offsets, the
   staging file already *is* the blob: the commit renames it into place instead of copying
   128 MiB. The id is only a hint: a block is staged only if its region overlaps no other
@@ -19,11 +19,13 @@ written only once its bytes are in the staging file, so a failed upload never co
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 import re
 import threading
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 STAGING = "staging"
 MARKER = ".staged"
@@ -34,8 +36,16 @@ _in_flight: dict[str, dict[str, tuple[int, int]]] = {}  # folder -> {hex id: reg
 
 
 def offset_hint(raw_id: bytes) -> int | None:
-    """The offset a block id names, as the Track-1 SDK makes ids, else None."""
-    return int(raw_id) if _OFFSET_ID.fullmatch(raw_id) else None
+    """The offset a block id names, else None. azure-storage-blob 2.1.0 names a block
+    ``url_quote(base64("%032d" % offset))`` and base64-encodes that again for the wire, so the
+    id the service decodes is the quoted base64 of the offset; a bare 32-digit id counts too."""
+    candidates = [raw_id]
+    with contextlib.suppress(binascii.Error, ValueError):
+        candidates.append(base64.b64decode(unquote_to_bytes(raw_id), validate=True))
+    for candidate in candidates:
+        if _OFFSET_ID.fullmatch(candidate):
+            return int(candidate)
+    return None
 
 
 def staged(folder: Path) -> dict[str, tuple[int, int]]:
@@ -53,7 +63,11 @@ def staged(folder: Path) -> dict[str, tuple[int, int]]:
 def id_lengths(folder: Path) -> set[int]:
     """The lengths (in hex digits) of the block ids kept in ``folder``."""
     with contextlib.suppress(FileNotFoundError):
-        return {len(name.removesuffix(MARKER)) for name in os.listdir(folder) if name != STAGING}
+        return {
+            len(name.removesuffix(MARKER))
+            for name in os.listdir(folder)
+            if name != STAGING and not name.endswith(".tmp")
+        }
     return set()
 
 
