@@ -200,7 +200,11 @@ def main() -> None:
             finally:
                 if process is not None:
                     process.terminate()
-                    process.wait(timeout=10)
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
     files, ours, azurite = figures["files"], figures["blob"], figures.get("azurite")
     print(f"  Files   upload   create_file_from_path: {files[0]:7.1f} MB/s")
     print(f"  Files   download get_file_to_path:      {files[1]:7.1f} MB/s")
