@@ -17,6 +17,11 @@ the three taking turns within each run):
   with --azurite). Without node/npm, or if the install fails, those lines say why.
 
 Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run.
+
+With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
+differ on the client side: FileService's workers each read their own range from the file, while
+BlockBlobService reads every block in the calling thread and hands it to a worker (a bounded
+pipeline), so its upload waits on its own reads. Run both to tell server from client.
 """
 
 from __future__ import annotations
@@ -50,26 +55,36 @@ def rate(size: int, seconds: float) -> float:
     return size / MB / seconds
 
 
-def files_target(connection: dict, source: Path, work: Path):
+def files_target(connection: dict, source: Path, work: Path, connections: int):
     """(upload, download) of ``source`` through the local cloud's Azure Files."""
     service = make_file_service(connection)
     service.create_share("bench", fail_on_exist=False)
     target = work / "files-down.bin"
     return (
-        lambda: service.create_file_from_path("bench", None, "big.bin", str(source)),
-        lambda: service.get_file_to_path("bench", None, "big.bin", str(target)),
+        lambda: service.create_file_from_path(
+            "bench", None, "big.bin", str(source), max_connections=connections
+        ),
+        lambda: service.get_file_to_path(
+            "bench", None, "big.bin", str(target), max_connections=connections
+        ),
         target,
     )
 
 
-def blob_target(connection: dict, connection_string: str, source: Path, work: Path, label: str):
+def blob_target(
+    connection: dict, connection_string: str, source: Path, work: Path, label: str, connections
+):
     """(upload, download) of ``source`` through a Blob service, with BlockBlobService."""
     service = make_blob_service(connection, connection_string)
     service.create_container("bench", fail_on_exist=False)
     target = work / f"{label}-down.bin"
     return (
-        lambda: service.create_blob_from_path("bench", "big.bin", str(source)),
-        lambda: service.get_blob_to_path("bench", "big.bin", str(target)),
+        lambda: service.create_blob_from_path(
+            "bench", "big.bin", str(source), max_connections=connections
+        ),
+        lambda: service.get_blob_to_path(
+            "bench", "big.bin", str(target), max_connections=connections
+        ),
         target,
     )
 
@@ -159,10 +174,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-connections", type=int, default=2, help="the SDKs' default: 2")
     parser.add_argument("--azurite", type=Path, help="a folder with azurite installed by npm")
     args = parser.parse_args()
     print(
         f"bench_blob: {args.size_mib} MiB, best of {args.runs}, "
+        f"max_connections={args.max_connections}, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
     )
@@ -175,9 +192,14 @@ def main() -> None:
         with LocalCloud(work / "localcloud", port=0) as cloud:
             connection = cloud.connection
             targets = {
-                "files": files_target(connection, source, work),
+                "files": files_target(connection, source, work, args.max_connections),
                 "blob": blob_target(
-                    connection, connection["storage_connection_string"], source, work, "blob"
+                    connection,
+                    connection["storage_connection_string"],
+                    source,
+                    work,
+                    "blob",
+                    args.max_connections,
                 ),
             }
             program, why = install_azurite(args.azurite or work / "azurite")
@@ -194,6 +216,7 @@ def main() -> None:
                     source,
                     work,
                     "azurite",
+                    args.max_connections,
                 )
             try:
                 figures = interleaved_best(targets, args.runs, source.stat().st_size, source)
