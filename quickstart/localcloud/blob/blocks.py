@@ -12,8 +12,9 @@ them). A block is kept one of two ways:
 * **plain**: any other block is a file of its own, named by the hex of its id; the commit copies
   it into a new file.
 
-A staged block is recorded by a small marker file (``<hex id>.staged`` holding "offset size"),
-written only once its bytes are in the staging file, so a failed upload never counts.
+A staged block is recorded by an empty marker file named ``<hex id>@<offset>+<size>.staged``,
+made only once its bytes are in the staging file, so a failed upload never counts (and one
+directory listing tells every block's place).
 """
 
 from __future__ import annotations
@@ -48,27 +49,35 @@ def offset_hint(raw_id: bytes) -> int | None:
     return None
 
 
+def _marker(hex_id: str, offset: int, size: int) -> str:
+    return f"{hex_id}@{offset}+{size}{MARKER}"
+
+
 def staged(folder: Path) -> dict[str, tuple[int, int]]:
     """{hex id: (offset, size)} of the blocks staged in ``folder``."""
     found = {}
     with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if entry.name.endswith(MARKER):
-                with contextlib.suppress(OSError, ValueError):
-                    offset, size = map(int, Path(entry.path).read_text().split())
-                    found[entry.name[: -len(MARKER)]] = (offset, size)
+        for name in os.listdir(folder):
+            if name.endswith(MARKER):
+                hex_id, _, region = name[: -len(MARKER)].partition("@")
+                offset, _, size = region.partition("+")
+                found[hex_id] = (int(offset), int(size))
     return found
 
 
 def id_lengths(folder: Path) -> set[int]:
     """The lengths (in hex digits) of the block ids kept in ``folder``."""
     with contextlib.suppress(FileNotFoundError):
-        return {
-            len(name.removesuffix(MARKER))
-            for name in os.listdir(folder)
-            if name != STAGING and not name.endswith(".tmp")
-        }
+        return {len(name.partition("@")[0]) for name in os.listdir(folder) if name != STAGING}
     return set()
+
+
+def _drop_marker(folder: Path, hex_id: str) -> None:
+    """Forget where an earlier upload of ``hex_id`` was staged (its bytes stay, unused)."""
+    region = staged(folder).get(hex_id)
+    if region is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / _marker(hex_id, *region))
 
 
 def _overlaps(region: tuple[int, int], others) -> bool:
@@ -94,8 +103,8 @@ def put(folder: Path, hex_id: str, hint: int | None, length: int, receive, write
                 mine[hex_id] = region
     if region is None:
         temp = receive()
-        with _reserving, contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / f"{hex_id}{MARKER}")  # an earlier staged upload of the same id
+        with _reserving:
+            _drop_marker(folder, hex_id)
         os.replace(temp, folder / hex_id)
         return
     try:
@@ -106,9 +115,9 @@ def put(folder: Path, hex_id: str, hint: int | None, length: int, receive, write
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / hex_id)  # an earlier plain upload of the same id
-        marker = folder / f".{hex_id}{MARKER}.tmp"
-        marker.write_text(f"{region[0]} {region[1]}")
-        os.replace(marker, folder / f"{hex_id}{MARKER}")
+        with _reserving:
+            _drop_marker(folder, hex_id)
+            os.close(os.open(folder / _marker(hex_id, *region), os.O_WRONLY | os.O_CREAT, 0o644))
     finally:
         with _reserving:
             mine = _in_flight.get(key, {})
@@ -125,7 +134,7 @@ def sources(folder: Path) -> dict[str, tuple[Path, int, int]]:
     }
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name != STAGING and not entry.name.endswith((MARKER, ".tmp")):
+            if entry.name != STAGING and not entry.name.endswith(MARKER):
                 found[entry.name] = (Path(entry.path), 0, entry.stat().st_size)
     return found
 
