@@ -333,3 +333,21 @@ def test_blocks_named_by_offset_commit_in_any_order_and_overlapping_ones_stay_ap
     assert sorted(b.size for b in pending.uncommitted_blocks) == [10, 500]
     blobs.put_block_list("data", "z.bin", [BlobBlock(offset_id(0)), BlobBlock(offset_id(500))])
     assert blobs.get_blob_to_bytes("data", "z.bin").content == b"C" * 10 + second
+
+
+def test_containers_blobs_and_pending_blocks_survive_a_restart(tmp_path):
+    from quickstart.localcloud import LocalCloud
+
+    state = tmp_path / "state"
+    with LocalCloud(state, port=0) as cloud:
+        blobs = make_blob_service(cloud.connection)
+        blobs.create_container("data", metadata={"kept": "yes"})
+        blobs.create_blob_from_text("data", "a/b.txt", "kept", metadata={"m": "1"})
+        blobs.put_block("data", "c.bin", b"pending", "YmxvY2sx")
+    with LocalCloud(state, port=0) as cloud:
+        blobs = make_blob_service(cloud.connection)
+        assert blobs.get_container_metadata("data") == {"kept": "yes"}
+        blob = blobs.get_blob_to_text("data", "a/b.txt")
+        assert blob.content == "kept" and blob.metadata == {"m": "1"}
+        blobs.put_block_list("data", "c.bin", [BlobBlock("YmxvY2sx")])
+        assert blobs.get_blob_to_bytes("data", "c.bin").content == b"pending"
