@@ -65,6 +65,18 @@ def make_file_service(connection: dict, connection_string: str | None = None, se
     )
 
 
+def make_blob_service(connection: dict, connection_string: str | None = None, **kwargs):
+    """azure-storage-blob's BlockBlobService via the connection string (BlobEndpoint=), trusting
+    the local CA, as a Batch AI recipe builds it."""
+    from azure.storage.blob import BlockBlobService
+
+    return BlockBlobService(
+        connection_string=connection_string or connection["storage_connection_string"],
+        request_session=requests_session(connection),
+        **kwargs,
+    )
+
+
 @pytest.fixture
 def local_cloud(tmp_path):
     """A running local cloud in a fresh state directory; stopped after the test."""

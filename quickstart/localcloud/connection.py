@@ -14,6 +14,8 @@ the quickstart does::
     rm.config.connection.verify = conn["ca_cert"]
     files = FileService(connection_string=conn["storage_connection_string"],
                         request_session=requests_session(conn))   # verify=ca_cert, trust_env off
+    blobs = BlockBlobService(connection_string=conn["storage_connection_string"],
+                             request_session=requests_session(conn))  # BlobEndpoint=
 
 This module is imported by clients, so it needs neither the server nor its store.
 """
@@ -30,6 +32,9 @@ from urllib.parse import urlsplit
 CONNECTION_FILE = "connection.json"
 DEFAULT_STATE_DIR = ".localcloud"
 HEALTH_PATH = "/_localcloud/health"
+# Azure tells Files and Blob apart by host name (<account>.file./.blob.core...); on one host and
+# port the Blob endpoint is a path of its own, so a request can never reach the other service.
+BLOB_PATH_PREFIX = "blob"
 
 CONNECTION_KEYS = (
     "resource_manager_url",
@@ -63,6 +68,7 @@ def build_connection(
 ) -> dict:
     """The connection dictionary for a local cloud serving at ``base_url`` (no trailing slash)."""
     file_endpoint = f"{base_url}/{storage_account}"
+    blob_endpoint = f"{base_url}/{BLOB_PATH_PREFIX}/{storage_account}"
     return {
         "resource_manager_url": base_url + "/",
         "active_directory_url": base_url + "/adfs",
@@ -75,7 +81,7 @@ def build_connection(
         "storage_key": storage_key,
         "storage_connection_string": (
             f"DefaultEndpointsProtocol=https;AccountName={storage_account};"
-            f"AccountKey={storage_key};FileEndpoint={file_endpoint}"
+            f"AccountKey={storage_key};FileEndpoint={file_endpoint};BlobEndpoint={blob_endpoint}"
         ),
         "ca_cert": str(Path(ca_cert).resolve()),
     }

@@ -60,7 +60,7 @@ class FaultGate:
     def _answer(self, request: Request, service: str, status: int, retry_after: int) -> Response:
         headers = {"Retry-After": str(retry_after)}
         message = f"A fault rule of the local cloud answered {status}; retry after {retry_after} s."
-        if service == "files":
+        if service in ("files", "blob"):
             error = StorageError(status, STORAGE_CODES[status], STORAGE_MESSAGES[status], headers)
             response = error_response(request, error, str(uuid.uuid4()))
             response.headers["x-ms-request-id"] = str(uuid.uuid4())

@@ -8,7 +8,8 @@ the local cloud, as for ARM): GET lists the rules with what is left of them, PUT
 POST adds one, DELETE removes them all. A file or body is a list of rules or
 ``{"rules": [...]}``; each rule is an object:
 
-* what it matches: ``service`` (``identity``, ``arm``, ``batchai``, ``files`` or ``*``),
+* what it matches: ``service`` (``identity``, ``arm``, ``batchai``, ``files``, ``blob`` or
+  ``*``),
   ``method`` (``GET``... or ``*``) and ``path`` (a regular expression searched in the request
   path); for compute rules ``cluster`` or ``job`` (a regular expression on the name);
 * what it does, one or more of: ``status`` (429, 500 or 503, answered with the service's
@@ -32,9 +33,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .connection import BLOB_PATH_PREFIX
+
 ENVIRONMENT_VARIABLE = "LOCALCLOUD_FAULTS"
 ADMIN_PATH = "/_localcloud/faults"
-SERVICES = ("identity", "arm", "batchai", "files", "*")
+SERVICES = ("identity", "arm", "batchai", "files", "blob", "*")
 STATUSES = (429, 500, 503)
 
 # What Batch AI reported (Azure Batch's allocation codes underneath; an unusable node's error
@@ -161,6 +164,8 @@ def service_of(path: str, account: str) -> str | None:
         return "batchai" if "/providers/microsoft.batchai" in path.lower() else "arm"
     if first == account.lower():
         return "files"
+    if first == BLOB_PATH_PREFIX and len(segments) > 2 and segments[2].lower() == account.lower():
+        return "blob"
     if path.endswith("/oauth2/token"):
         return "identity"
     return None

@@ -7,6 +7,8 @@ drained). The numbers are Azure's where Azure documents them:
 * the AAD token form: a few KiB (a client-credentials grant is under 1 KiB);
 * ARM request bodies: 4 MiB; tags: 50 per resource, names up to 512 characters, values up to 256;
 * an Azure Files Put Range: 4 MiB (``RequestBodyTooLarge``); metadata: 8 KiB in all;
+* Azure Blob (x-ms-version 2019-02-02): Put Blob 256 MiB, Put Block 100 MiB, a Put Block List
+  body 8 MiB (50,000 ids of up to 64 bytes, base64 in XML), anything else a few KiB;
 * headers: at most 100 (Python's own parser refuses more) and 32 KiB in all;
 * names in characters, as Azure counts them (files/names.py, batchai/schema.py).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -24,6 +27,9 @@ MIB = 1024 * KIB
 TOKEN_FORM_MAX = 8 * KIB
 ARM_BODY_MAX = 4 * MIB
 FILES_BODY_MAX = 4 * MIB
+PUT_BLOB_MAX = 256 * MIB
+PUT_BLOCK_MAX = 100 * MIB
+BLOCK_LIST_BODY_MAX = 8 * MIB
 OTHER_BODY_MAX = 64 * KIB  # health and unknown paths read no body; a 404 says more
 MAX_HEADER_BYTES = 32 * KIB
 MAX_METADATA_BYTES = 8 * KIB
@@ -38,6 +44,10 @@ BODY_LIMITS = {
     "other": OTHER_BODY_MAX,
     "portal": OTHER_BODY_MAX,
 }
+# Blob's limit depends on the operation: (comp, is a blob) -> limit; a PUT of a blob without
+# comp is Put Blob; container operations and the rest send no body worth more than a few KiB.
+BLOB_BODY_LIMITS = {"block": PUT_BLOCK_MAX, "blocklist": BLOCK_LIST_BODY_MAX}
+STORAGE_SURFACES = ("files", "blob")  # answered in the storage service's XML error
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,14 @@ def check_request(environ: dict, surface: str) -> Refusal | None:
     header_bytes = sum(len(name) + len(value) + 4 for name, value in raw)
     if header_bytes > MAX_HEADER_BYTES:
         return Refusal(
-            431 if surface != "files" else 400,
-            "RequestHeaderFieldsTooLarge" if surface != "files" else "InvalidHeaderValue",
+            431 if surface not in STORAGE_SURFACES else 400,
+            "RequestHeaderFieldsTooLarge"
+            if surface not in STORAGE_SURFACES
+            else "InvalidHeaderValue",
             f"The request's headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are "
             "accepted.",
         )
-    limit = BODY_LIMITS[surface]
+    limit = body_limit(surface, environ)
     length = environ.get("CONTENT_LENGTH") or ""
     try:
         size = int(length) if length else 0
@@ -75,9 +87,26 @@ def check_request(environ: dict, surface: str) -> Refusal | None:
     return None
 
 
-def body_limit(surface: str) -> int:
-    """The most body bytes ``surface`` reads (chunked bodies are cut off there)."""
+def body_limit(surface: str, environ: dict | None = None) -> int:
+    """The most body bytes ``surface`` reads (chunked bodies are cut off there); for Blob, the
+    limit of the operation ``environ``'s request is."""
+    if surface == "blob":
+        return _blob_body_limit(environ or {})
     return BODY_LIMITS[surface]
+
+
+def _blob_body_limit(environ: dict) -> int:
+    query = parse_qs(environ.get("QUERY_STRING") or "")
+    comp = (query.get("comp") or [None])[0]
+    if comp in BLOB_BODY_LIMITS:
+        return BLOB_BODY_LIMITS[comp]
+    is_put_blob = (
+        environ.get("REQUEST_METHOD") == "PUT"
+        and comp is None
+        and "restype" not in query
+        and (environ.get("PATH_INFO") or "").strip("/").count("/") >= 3  # blob/<acct>/<c>/<b>
+    )
+    return PUT_BLOB_MAX if is_put_blob else OTHER_BODY_MAX
 
 
 def metadata_size(metadata: dict) -> int:

@@ -6,6 +6,7 @@ Paths served::
     POST /adfs/oauth2/token                       AAD client-credentials grant (identity/)
     *    /subscriptions/...                       ARM, case-insensitive, bearer token checked (arm/)
     *    /<storage_account>/<share>/...           Azure Files, SharedKey or SAS checked (files/)
+    *    /blob/<storage_account>/<container>/...  Azure Blob, SharedKey or SAS checked (blob/)
     *    /portal/...                              the web portal, login link + session (portal/)
 
 Extension API (how a REST surface such as ``quickstart/localcloud/batchai/`` plugs in)
@@ -114,6 +115,7 @@ connection_dropped_errors = (ConnectionError, socket.timeout, ssl.SSLError)
 
 SURFACE_MODULES = (
     "quickstart.localcloud.files",
+    "quickstart.localcloud.blob",
     "quickstart.localcloud.batchai",
     "quickstart.localcloud.portal",
 )
@@ -185,6 +187,7 @@ class CloudContext:
         self.stop_hooks: list[Callable[[], None]] = []
         self.resource_group_delete_hooks: list[Callable[[str, str], None]] = []
         self.storage_handler: Callable[[Request], Response] | None = None
+        self.blob_handler: Callable[[Request], Response] | None = None  # /blob/<account> (blob/)
         self.portal_handler: Callable[[Request], Response] | None = None  # /portal (portal/)
         # fn(request, response, seconds) after each API request (the portal's call log)
         self.request_observers: list[Callable[[Request, Response, float], None]] = []
@@ -275,7 +278,7 @@ class LocalCloudApp:
             return response(environ, start_response)
         if not environ.get("CONTENT_LENGTH"):  # a chunked body: cut off at the limit as read
             environ["wsgi.input"] = limits.CappedStream(
-                environ["wsgi.input"], limits.body_limit(surface)
+                environ["wsgi.input"], limits.body_limit(surface, environ)
             )
         try:
             response = self.dispatch(request, surface)
@@ -289,7 +292,7 @@ class LocalCloudApp:
             )
         except RequestEntityTooLarge:
             environ["localcloud.close"] = True
-            limit = limits.body_limit(surface)
+            limit = limits.body_limit(surface, environ)
             response = self.refuse(
                 request,
                 surface,
@@ -321,13 +324,21 @@ class LocalCloudApp:
                 observe(request, response, time.perf_counter() - started)
 
     def surface_of(self, request: Request) -> str:
-        """Which service a request is for: token, arm, files or other (limits differ)."""
+        """Which service a request is for: token, arm, files, blob, portal or other (limits
+        differ)."""
         segments = request.path.split("/")
         first = segments[1].lower() if len(segments) > 1 else ""
         if first in ("subscriptions", "providers"):
             return "arm"
         if first == self.account and self.cloud.storage_handler is not None:
             return "files"
+        if (
+            first == connection_file.BLOB_PATH_PREFIX
+            and len(segments) > 2
+            and segments[2].lower() == self.account
+            and self.cloud.blob_handler is not None
+        ):
+            return "blob"
         if first == "portal" and self.cloud.portal_handler is not None:
             return "portal"
         if (
@@ -349,7 +360,7 @@ class LocalCloudApp:
                 refusal.message,
                 request,
             )
-        if surface == "files":
+        if surface in limits.STORAGE_SURFACES:
             err = StorageError(refusal.status, refusal.code, refusal.message)
             return error_response(request, err, str(uuid.uuid4()))
         return arm_error(refusal.status, refusal.code, refusal.message)
@@ -362,6 +373,8 @@ class LocalCloudApp:
             return self.cloud.arm.dispatch(request)
         if surface == "files":
             return self.cloud.storage_handler(request)
+        if surface == "blob":
+            return self.cloud.blob_handler(request)
         if surface == "token":
             return self.tokens.token(request)
         if surface == "portal":
@@ -373,7 +386,9 @@ class LocalCloudApp:
             "NotFound",
             f"The local cloud serves no '{request.path}'. Known: "
             f"/_localcloud/health, /adfs/oauth2/token, /subscriptions/..., /providers/..., "
-            f"/{self.cloud.credentials.storage_account}/<share>/...",
+            f"/{self.cloud.credentials.storage_account}/<share>/..., "
+            f"/{connection_file.BLOB_PATH_PREFIX}/{self.cloud.credentials.storage_account}/"
+            "<container>/...",
         )
 
     def health(self, request: Request) -> Response:

@@ -5,6 +5,9 @@ Layout of a state directory::
     localcloud.sqlite3   settings (credentials, signing secret), resource records,
                          shares, long-running operations
     shares/<share>/...   the contents of each Azure Files share, as ordinary files
+    containers/<c>/...   the committed blobs of each Blob container, as ordinary files
+                         (blob name "a/b" is the file a/b), so a blob mount is a link to it
+    blocks/<c>/...       uncommitted blocks (Put Block), until Put Block List commits them
     tmp/                 files being written; renamed into shares/ when complete,
                          so a crash never leaves a half-written file under its final name
     journal/             Put Range bodies received in full and not yet copied into their
@@ -43,6 +46,8 @@ from .crashpoints import crash_point
 DATABASE_FILE = "localcloud.sqlite3"
 SHARES_DIR = "shares"
 TMP_DIR = "tmp"
+CONTAINERS_DIR = "containers"
+BLOCKS_DIR = "blocks"
 TRASH_DIR = "trash"
 JOURNAL_DIR = "journal"
 COPY_BLOCK = 1024 * 1024
@@ -76,6 +81,17 @@ CREATE TABLE IF NOT EXISTS file_properties (
     path  TEXT NOT NULL,                 -- "dir/sub/file" inside the share
     props TEXT NOT NULL,                 -- JSON: content settings and metadata
     PRIMARY KEY (share, path)
+);
+CREATE TABLE IF NOT EXISTS blob_containers (
+    name     TEXT PRIMARY KEY,
+    created  REAL NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_properties (
+    container TEXT NOT NULL,
+    name      TEXT NOT NULL,             -- the blob's name ("dir/sub/blob")
+    props     TEXT NOT NULL,             -- JSON: content settings, metadata, committed blocks
+    PRIMARY KEY (container, name)
 );
 CREATE TABLE IF NOT EXISTS operations (
     id          TEXT PRIMARY KEY,
@@ -117,6 +133,13 @@ class ShareRecord:
 
 
 @dataclass(frozen=True)
+class ContainerRecord:
+    name: str
+    created: float
+    metadata: dict
+
+
+@dataclass(frozen=True)
 class OperationRecord:
     id: str
     kind: str
@@ -150,12 +173,16 @@ class Store:
         self.tmp_root = self.state_dir / TMP_DIR
         self.trash_root = self.state_dir / TRASH_DIR
         self.journal_root = self.state_dir / JOURNAL_DIR
+        self.containers_root = self.state_dir / CONTAINERS_DIR
+        self.blocks_root = self.state_dir / BLOCKS_DIR
         for folder in (
             self.state_dir,
             self.shares_root,
             self.tmp_root,
             self.trash_root,
             self.journal_root,
+            self.containers_root,
+            self.blocks_root,
         ):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -471,6 +498,68 @@ class Store:
     def delete_file_props(self, share: str, path: str) -> None:
         self._execute(
             "DELETE FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path)
+        )
+
+    # ------------------------------------------------------------------ blob containers
+
+    def container_dir(self, name: str) -> Path | None:
+        """The directory holding container ``name``'s committed blobs, or None if there is none."""
+        return self.containers_root / name if self.get_container(name) else None
+
+    def get_container(self, name: str) -> ContainerRecord | None:
+        rows = self._query(
+            "SELECT name, created, metadata FROM blob_containers WHERE name = ?", (name,)
+        )
+        return ContainerRecord(rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None
+
+    def list_containers(self) -> list[ContainerRecord]:
+        rows = self._query("SELECT name, created, metadata FROM blob_containers ORDER BY name")
+        return [ContainerRecord(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def create_container(self, name: str, metadata: dict | None = None) -> bool:
+        """Create a container; False if it already exists. ``name`` must already be validated."""
+        with self.transaction():
+            if self.get_container(name):
+                return False
+            (self.containers_root / name).mkdir(exist_ok=True)
+            self._db.execute(
+                "INSERT INTO blob_containers (name, created, metadata) VALUES (?, ?, ?)",
+                (name, time.time(), json.dumps(metadata or {})),
+            )
+        return True
+
+    def delete_container(self, name: str) -> bool:
+        """Delete a container, its blobs and its uncommitted blocks; False if it did not exist."""
+        doomed = []
+        with self.transaction():
+            if not self.get_container(name):
+                return False
+            self._db.execute("DELETE FROM blob_containers WHERE name = ?", (name,))
+            self._db.execute("DELETE FROM blob_properties WHERE container = ?", (name,))
+            for folder in (self.containers_root / name, self.blocks_root / name):
+                if folder.exists():
+                    doomed.append(self.trash_root / f"{folder.parent.name}-{uuid.uuid4().hex}")
+                    os.replace(folder, doomed[-1])  # gone from view at once
+        for folder in doomed:
+            shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def get_blob_props(self, container: str, name: str) -> dict:
+        """Content settings, metadata and committed block list of a blob ({} if none kept)."""
+        rows = self._query(
+            "SELECT props FROM blob_properties WHERE container = ? AND name = ?", (container, name)
+        )
+        return json.loads(rows[0][0]) if rows else {}
+
+    def set_blob_props(self, container: str, name: str, props: dict) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO blob_properties (container, name, props) VALUES (?, ?, ?)",
+            (container, name, json.dumps(props)),
+        )
+
+    def delete_blob_props(self, container: str, name: str) -> None:
+        self._execute(
+            "DELETE FROM blob_properties WHERE container = ? AND name = ?", (container, name)
         )
 
     def temp_path(self) -> Path:

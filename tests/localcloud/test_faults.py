@@ -14,7 +14,12 @@ from msrestazure.azure_exceptions import CloudError
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.connection import requests_session
 from quickstart.localcloud.server import LocalCloudError
-from tests.conftest import make_credentials, make_file_service, make_resource_client
+from tests.conftest import (
+    make_blob_service,
+    make_credentials,
+    make_file_service,
+    make_resource_client,
+)
 from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_process_left: autouse)
     CLUSTER,
     EXP,
@@ -71,6 +76,23 @@ def test_rules_from_a_file_answer_in_each_services_error_shape(tmp_path):
         assert "ServerBusy" in str(caught.value)
         assert not files.exists("doomed")  # a faulted request has no effect
         assert files.create_share("doomed")
+
+
+def test_a_blob_rule_answers_in_the_storage_error_shape_and_spares_files(tmp_path):
+    with LocalCloud(tmp_path / "state") as cloud:
+        rule = {"service": "blob", "method": "PUT", "status": 503, "times": 1}
+        assert admin(cloud, "PUT", [rule]).status_code == 200
+        files = make_file_service(cloud.connection)
+        files.retry = no_retry
+        assert files.create_share("spared")  # a Files request never matches a blob rule
+        blobs = make_blob_service(cloud.connection)
+        blobs.retry = no_retry
+        with pytest.raises(AzureHttpError) as caught:
+            blobs.create_container("doomed")
+        assert caught.value.status_code == 503 and "ServerBusy" in str(caught.value)
+        assert not blobs.exists("doomed")  # a faulted request has no effect
+        assert blobs.create_container("doomed")
+        assert [r["fired"] for r in admin(cloud, "GET").json()["rules"]] == [1]
 
 
 def test_the_sdks_retries_ride_through_faults_with_retry_after(tmp_path):

@@ -15,7 +15,7 @@ from azure.common import AzureHttpError
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.connection import requests_session
 
-from ..conftest import make_file_service
+from ..conftest import make_blob_service, make_file_service
 from .fuzzing import FuzzTarget
 
 
@@ -129,6 +129,29 @@ def test_a_put_range_past_4_mib_is_refused_before_its_body(local_cloud, target):
     assert b"<Code>RequestBodyTooLarge</Code>" in answer.content
     service = make_file_service(local_cloud.connection)
     assert service.get_file_to_bytes("fuzzshare", None, "big.bin").content[:16] == bytes(16)
+
+
+@pytest.mark.parametrize(
+    "query, limit",
+    [("", 256 * 1024 * 1024), ("?comp=block&blockid=YWE%3D", 100 * 1024 * 1024)],
+    ids=["put-blob", "put-block"],
+)
+def test_blob_uploads_past_azures_limits_are_refused_before_their_body(local_cloud, query, limit):
+    blobs = make_blob_service(local_cloud.connection)
+    blobs.create_container("limits")
+    account = local_cloud.connection["storage_account"]
+    head = (
+        f"PUT /blob/{account}/limits/big.bin{query} HTTP/1.1\r\nHost: x\r\n"
+        f"x-ms-blob-type: BlockBlob\r\nContent-Length: {limit + 1}\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    status, body = _raw(local_cloud, head, b"x" * 1024)
+    assert time.monotonic() - started < 5  # answered without waiting for the body
+    assert status == 413 and b"<Code>RequestBodyTooLarge</Code>" in body
+    assert f"at most {limit}".encode() in body
+    assert not blobs.exists("limits", "big.bin")
+    staged = [p for p in (local_cloud.state_dir / "blocks").rglob("*") if p.is_file()]
+    assert staged == []  # no block was staged either
 
 
 def test_metadata_past_8_kib_is_refused_and_the_file_is_not_created(local_cloud):

@@ -45,6 +45,10 @@ def test_connection_json_has_exactly_the_documented_keys(local_cloud):
         f"FileEndpoint={local_cloud.base_url}/{on_disk['storage_account']}"
         in on_disk["storage_connection_string"]
     )
+    assert (
+        f"BlobEndpoint={local_cloud.base_url}/blob/{on_disk['storage_account']}"
+        in on_disk["storage_connection_string"]
+    )
     assert on_disk["storage_account"] != "devstoreaccount1"
     # it holds secrets: readable by its owner only
     mode = (local_cloud.state_dir / CONNECTION_FILE).stat().st_mode

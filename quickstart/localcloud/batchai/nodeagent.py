@@ -6,7 +6,8 @@ A Batch AI node ran each job's command for the service and uploaded what it wrot
 * ``plan_job`` (pure): from a job's stored properties, work out what a node would have done:
   the ``$AZ_BATCHAI_*`` environment, the job's output directory path segment, where
   ``stdouterr/`` and each ``outputs/<suffix>`` go, and the command line of its toolkit.
-* ``launch`` (in the server): lay out ``stdouterr/`` and the output directories, then start
+* ``launch`` (in the server): link the job-level mounts, lay out ``stdouterr/`` and the output
+  directories (which may lie on those mounts), then start
   this file as a small wrapper process (``python nodeagent.py run``, spec on stdin: secrets never
   touch the disk) that detaches into its own session and process group, so the job outlives the
   server. The server gets back a ``JobHandle`` (pid, kernel start time, boot id) to keep.
@@ -493,14 +494,16 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
 
     Raises OSError if a folder cannot be made or the wrapper cannot start.
     """
-    trusted = _mount_links(spec)
-    for folder in spec.make_dirs:
-        make_dirs_on_mount(folder, trusted)
+    # Mount first, then make the job's folders: they may lie on a job-level mount (stdouterr
+    # under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>), and a folder made first would block the link.
     for link, target in spec.links.items():
         os.makedirs(os.path.dirname(link), exist_ok=True)
         if os.path.islink(link):
             os.unlink(link)
         os.symlink(target, link, target_is_directory=True)
+    trusted = _mount_links(spec)
+    for folder in spec.make_dirs:
+        make_dirs_on_mount(folder, trusted)
     for path, content in spec.files.items():
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(content)

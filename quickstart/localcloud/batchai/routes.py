@@ -15,7 +15,7 @@ whether the 2018 SDK works at all:
 * ``listOutputFiles`` is a POST whose parameters are all in the query string; paged lists carry
   a ``nextLink`` holding every query parameter (the SDK requests it verbatim).
 
-What the local cloud does not emulate (file servers, usages, blob/NFS mounts, Key Vault
+What the local cloud does not emulate (file servers, usages, NFS mounts, Key Vault
 references) is answered with a Batch AI error naming it, never a silent success.
 """
 

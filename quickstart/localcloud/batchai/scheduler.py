@@ -6,8 +6,9 @@ single scheduler thread moves everything on, as moto's ManagedState moves states
 
 * allocation: ``resizing`` for ``cluster_allocation_delay`` seconds after a create or resize,
   then ``steady`` with the new nodes ``preparing``; after ``node_preparation_delay`` the
-  cluster's Azure Files mounts are made (links under the cluster's mount root to the shares'
-  folders) and the nodes turn ``idle``, or ``unusable`` with a cluster error if a mount fails;
+  cluster's Azure Files and Blob mounts are made (links under the cluster's mount root to the
+  shares' and containers' folders) and the nodes turn ``idle``, or ``unusable`` with a cluster
+  error if a mount fails;
 * jobs: the oldest queued job of the highest priority whose ``nodeCount`` fits the cluster's
   idle nodes takes them and is started through the node agent; a running job is probed each
   tick, and when its record says it ended, the job gets its final state and its nodes go back
@@ -193,14 +194,17 @@ class Scheduler:
     def share_mounts(
         self, cluster_uid: str, cluster_shares: list, job_uid: str, job_shares: list
     ) -> list:
-        """[(absolute mount folder, share name)] a job on this cluster sees."""
+        """[(absolute mount folder, share name)] of the Azure Files shares a job on this cluster
+        sees (its stdouterr and outputs must be on one; Blob mounts are inputs here)."""
         mounts = [
             (os.path.join(self.cluster_mount_root(cluster_uid), m["relative"]), m["share"])
             for m in cluster_shares
+            if m.get("kind", "file") == "file"
         ]
         mounts += [
             (os.path.join(self.job_mount_root(job_uid), m["relative"]), m["share"])
             for m in job_shares
+            if m.get("kind", "file") == "file"
         ]
         return mounts
 
@@ -218,8 +222,15 @@ class Scheduler:
                 }
         return None
 
+    def mount_dir(self, mount: dict) -> Path | None:
+        """The folder a mount links to: an Azure Files share's, or a Blob container's (blobfuse
+        showed a container as a folder; the local cloud keeps one as a folder)."""
+        if mount.get("kind", "file") == "blob":
+            return self.store.container_dir(mount["share"])
+        return self.store.share_dir(mount["share"])
+
     def mount_problem(self, mount: dict) -> str | None:
-        """Why a share mount would fail here, or None if it works."""
+        """Why a share or container mount would fail here, or None if it works."""
         creds = self.cloud.credentials
         if mount["account"].lower() != creds.storage_account.lower():
             return (
@@ -228,12 +239,36 @@ class Scheduler:
             )
         if mount["key"] != creds.storage_key:
             return f"the account key given for '{mount['account']}' is wrong"
-        if self.store.share_dir(mount["share"]) is None:
+        if self.mount_dir(mount) is None:
+            if mount.get("kind", "file") == "blob":
+                return (
+                    f"there is no container named '{mount['share']}' in account "
+                    f"'{mount['account']}'; create it (BlockBlobService.create_container) "
+                    "before the nodes mount it"
+                )
             return (
                 f"there is no share named '{mount['share']}' in account '{mount['account']}'; "
                 "create it (FileService.create_share) before the nodes mount it"
             )
         return None
+
+    @staticmethod
+    def mount_error(mount: dict, problem: str, root_variable: str) -> dict:
+        """The error Batch AI gave for a mount that failed: AZFMountError for an Azure Files
+        share, BFSMountError ("unable to mount blob fuse file system") for a Blob container."""
+        at = f"${root_variable}/{mount['relative']}"
+        if mount.get("kind", "file") == "blob":
+            return job_error(
+                "BFSMountError",
+                f"Unable to mount blob fuse file system for container '{mount['share']}': "
+                f"{problem}.",
+                {"Info": f"Could not mount Azure Blob container {mount['url']} at {at}"},
+            )
+        return job_error(
+            "AZFMountError",
+            f"Unable to mount Azure File share '{mount['share']}': {problem}.",
+            {"Info": f"Could not mount Azure File Share {mount['url']} at {at}"},
+        )
 
     # ------------------------------------------------------------------ the scheduler pass
 
@@ -585,23 +620,11 @@ class Scheduler:
             problem = self.mount_problem(mount)
             if problem is None:
                 try:
-                    _link(
-                        os.path.join(mount_root, mount["relative"]),
-                        str(self.store.share_dir(mount["share"])),
-                    )
+                    _link(os.path.join(mount_root, mount["relative"]), str(self.mount_dir(mount)))
                 except OSError as err:
                     problem = f"the mount folder could not be made: {err}"
             if problem:
-                problems.append(
-                    job_error(
-                        "AZFMountError",
-                        f"Unable to mount Azure File share '{mount['share']}': {problem}.",
-                        {
-                            "Info": f"Could not mount Azure File Share {mount['url']} at "
-                            f"$AZ_BATCHAI_MOUNT_ROOT/{mount['relative']}"
-                        },
-                    )
-                )
+                problems.append(self.mount_error(mount, problem, "AZ_BATCHAI_MOUNT_ROOT"))
         return problems
 
     def _prepare(
@@ -805,13 +828,11 @@ class Scheduler:
             return
         try:
             plan = self.plan(job)
-            problem = None
             for mount in job.extra["secrets"].get("mounts", []):
-                problem = problem or self.mount_problem(mount)
-            if problem:
-                raise nodeagent.PlanError(
-                    "AZFMountError", f"Unable to mount the job's Azure File share: {problem}."
-                )
+                problem = self.mount_problem(mount)
+                if problem:
+                    error = self.mount_error(mount, problem, "AZ_BATCHAI_JOB_MOUNT_ROOT")
+                    raise nodeagent.PlanError(error["code"], error["message"])
             # Where the agent will claim the job is known before it starts, so a server that
             # dies before saving the handle finds the job again (see recover).
             with self.store.transaction():
@@ -863,7 +884,7 @@ class Scheduler:
             job_mount_root=self.job_mount_root(job.extra["uid"]),
             secret_values=values,
             job_mounts={
-                m["relative"]: str(self.store.share_dir(m["share"]) or "")
+                m["relative"]: str(self.mount_dir(m) or "")
                 for m in job.extra["secrets"].get("mounts", [])
             },
             nodes=nodes or None,

@@ -126,57 +126,97 @@ def parse_azure_file_url(url: str, where: str) -> tuple[str, str]:
 
 
 def check_mount_volumes(value, where: str) -> tuple[dict | None, list]:
-    """Validate MountVolumes; returns (body without secrets, [(relative path, account, share,
-    account key or None)]). Storage kinds the local cloud lacks are refused by name."""
+    """Validate MountVolumes; returns (body without secrets, [mount]): each mount a dict of
+    "kind" ("file" or "blob"), "relative", "account", "share" (the share or container), "key"
+    and "url". Storage kinds the local cloud lacks are refused by name."""
     mounts = _obj(value, where)
     if mounts is None:
         return None, []
     for kind, what in (
-        ("azureBlobFileSystems", "Azure Blob containers (blobfuse)"),
         ("fileServers", "Batch AI file servers (NFS)"),
         ("unmanagedFileSystems", "unmanaged file systems"),
     ):
         if mounts.get(kind):
             raise bad(
                 f"'{where}.{kind}': the local cloud does not emulate {what}; mount an Azure "
-                f"Files share with '{where}.azureFileShares' instead.",
+                f"Files share with '{where}.azureFileShares' (or a Blob container with "
+                f"'{where}.azureBlobFileSystems') instead.",
                 code="NotSupported",
             )
     body = copy.deepcopy(mounts)
-    shares = []
+    found = []
     seen = set()
     for i, share in enumerate(_list(mounts.get("azureFileShares"), f"{where}.azureFileShares")):
         at = f"{where}.azureFileShares[{i}]"
         _obj(share, at, required=True)
         account = _str(share.get("accountName"), f"{at}.accountName", required=True)
         url = _str(share.get("azureFileUrl"), f"{at}.azureFileUrl", required=True)
-        rel = _str(share.get("relativeMountPath"), f"{at}.relativeMountPath", required=True)
-        if not re.fullmatch(r"[-\w.]+", rel) or rel in (".", ".."):
-            raise bad(
-                f"'{at}.relativeMountPath' must be one folder name (letters, digits, '-', '_', "
-                f"'.'); got '{rel}'."
-            )
-        if rel in seen:
-            raise bad(f"'{at}.relativeMountPath' '{rel}' is used by two mounts.")
-        seen.add(rel)
+        rel = _mount_path(share, at, seen)
         _, share_name = parse_azure_file_url(url, f"{at}.azureFileUrl")
-        credentials = _obj(share.get("credentials"), f"{at}.credentials", required=True)
-        key = _str(credentials.get("accountKey"), f"{at}.credentials.accountKey")
-        if credentials.get("accountKeySecretReference"):
-            raise bad(
-                f"'{at}.credentials.accountKeySecretReference': the local cloud has no Key "
-                "Vault; give the storage account key in credentials.accountKey.",
-                code="NotSupported",
-            )
-        if key is None:
-            raise bad(f"'{at}.credentials.accountKey' is required.")
+        key = _account_key(share, at)
         body["azureFileShares"][i]["credentials"] = {}
         body["azureFileShares"][i].setdefault("fileMode", "0777")
         body["azureFileShares"][i].setdefault("directoryMode", "0777")
-        shares.append(
-            {"relative": rel, "account": account, "share": share_name, "key": key, "url": url}
+        found.append(
+            {
+                "kind": "file",
+                "relative": rel,
+                "account": account,
+                "share": share_name,
+                "key": key,
+                "url": url,
+            }
         )
-    return body, shares
+    containers = _list(mounts.get("azureBlobFileSystems"), f"{where}.azureBlobFileSystems")
+    for i, container in enumerate(containers):
+        at = f"{where}.azureBlobFileSystems[{i}]"
+        _obj(container, at, required=True)
+        account = _str(container.get("accountName"), f"{at}.accountName", required=True)
+        name = _str(container.get("containerName"), f"{at}.containerName", required=True)
+        _str(container.get("mountOptions"), f"{at}.mountOptions")
+        rel = _mount_path(container, at, seen)
+        key = _account_key(container, at)
+        body["azureBlobFileSystems"][i]["credentials"] = {}
+        found.append(
+            {
+                "kind": "blob",
+                "relative": rel,
+                "account": account,
+                "share": name,
+                "key": key,
+                "url": f"https://{account}.blob.core.windows.net/{name}",
+            }
+        )
+    return body, found
+
+
+def _mount_path(mount: dict, at: str, seen: set) -> str:
+    """A mount's relativeMountPath: one folder name, used by no other mount of the same body."""
+    rel = _str(mount.get("relativeMountPath"), f"{at}.relativeMountPath", required=True)
+    if not re.fullmatch(r"[-\w.]+", rel) or rel in (".", ".."):
+        raise bad(
+            f"'{at}.relativeMountPath' must be one folder name (letters, digits, '-', '_', "
+            f"'.'); got '{rel}'."
+        )
+    if rel in seen:
+        raise bad(f"'{at}.relativeMountPath' '{rel}' is used by two mounts.")
+    seen.add(rel)
+    return rel
+
+
+def _account_key(mount: dict, at: str) -> str:
+    """The storage account key of a mount's credentials (the local cloud has no Key Vault)."""
+    credentials = _obj(mount.get("credentials"), f"{at}.credentials", required=True)
+    key = _str(credentials.get("accountKey"), f"{at}.credentials.accountKey")
+    if credentials.get("accountKeySecretReference"):
+        raise bad(
+            f"'{at}.credentials.accountKeySecretReference': the local cloud has no Key "
+            "Vault; give the storage account key in credentials.accountKey.",
+            code="NotSupported",
+        )
+    if key is None:
+        raise bad(f"'{at}.credentials.accountKey' is required.")
+    return key
 
 
 # ---------------------------------------------------------------------- workspaces / experiments

@@ -52,6 +52,13 @@ def authenticate(
             )
         except SasError as err:
             raise StorageError(403, err.code, err.message) from None
+    check_shared_key(request, account, key)
+    return None
+
+
+def check_shared_key(request: Request, account: str, key: str) -> None:
+    """Check the request's SharedKey signature and date, as every storage service does (Files
+    and Blob sign alike). Raises StorageError (401/403) with the service's code."""
     authorization = request.headers.get("Authorization")
     if not authorization:
         raise StorageError(
@@ -105,10 +112,9 @@ def authenticate(
             f"Server failed to authenticate the request: the request date '{date}' is "
             "more than 15 minutes from the server's clock.",
         )
-    return None
 
 
-def check_version(request: Request) -> None:
+def check_version(request: Request, service: str = "Azure Files") -> None:
     """Refuse API versions newer than the one the local cloud serves."""
     version = request.headers.get("x-ms-version")
     if version and version > API_VERSION:
@@ -116,5 +122,5 @@ def check_version(request: Request) -> None:
             400,
             "InvalidHeaderValue",
             f"The API version {version} is not supported by the local cloud, which "
-            f"serves Azure Files up to {API_VERSION} (azure-storage-file 2.1.0).",
+            f"serves {service} up to {API_VERSION} (the Track-1 storage SDKs 2.1.0).",
         )

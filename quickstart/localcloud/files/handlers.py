@@ -457,48 +457,10 @@ class FileHandlers:
         try:
             st = os.fstat(handle.fileno())  # size and etag of what is actually read
             headers = self._file_headers(share, parts, target, st)
-            size = st.st_size
-            range_header = request.headers.get("x-ms-range") or request.headers.get("Range")
-            status, start, stop = 200, 0, size
-            if range_header:
-                parsed = parse_range_header(range_header)
-                span = parsed.range_for_length(size) if parsed is not None else None
-                if span is None:
-                    if parsed is None:
-                        raise StorageError(
-                            400,
-                            "InvalidHeaderValue",
-                            f"The range header '{range_header}' is not bytes=<start>-[<end>].",
-                        )
-                    raise StorageError(
-                        416,
-                        "InvalidRange",
-                        "The range specified is invalid for the current size of the resource.",
-                        {"Content-Range": f"bytes */{size}"},
-                    )
-                status, (start, stop) = 206, span
-                headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-                whole_md5 = headers.pop("Content-MD5", None)  # a range carries the file's MD5 as
-                if whole_md5:  # x-ms-content-md5, as Azure does
-                    headers["x-ms-content-md5"] = whole_md5
-                if request.headers.get("x-ms-range-get-content-md5", "").lower() == "true":
-                    if stop - start > MAX_RANGE:
-                        raise StorageError(
-                            400,
-                            "OutOfRangeInput",
-                            "x-ms-range-get-content-md5 needs a range of at most 4 MiB.",
-                        )
-                    handle.seek(start)
-                    headers["Content-MD5"] = base64.b64encode(
-                        hashlib.md5(handle.read(stop - start)).digest()
-                    ).decode()
-            headers["Content-Length"] = str(stop - start)
         except BaseException:
             handle.close()
             raise
-        return Response(
-            _read_span(handle, start, stop), status=status, headers=headers, direct_passthrough=True
-        )
+        return send_file(request, handle, st.st_size, headers, "x-ms-content-md5")
 
     def delete_file(self, request: Request, share: str, parts) -> Response:
         target, _ = self._existing_file(share, parts)
@@ -536,6 +498,75 @@ class FileHandlers:
             props["metadata"] = metadata
         self._save_props(share, target, props)
         return empty(200, {"ETag": etag(target.stat())})
+
+
+def stream_into(stream, fd: int, offset: int, length: int, digest=None) -> int:
+    """Copy ``length`` bytes of the request body to ``fd`` at ``offset`` through one buffer,
+    feeding ``digest`` (a hashlib object) on the way if given; returns the bytes written."""
+    buffer = bytearray(min(BLOCK, length) or 1)
+    view = memoryview(buffer)
+    written = 0
+    while written < length:
+        n = stream.readinto(view[: min(len(buffer), length - written)])
+        if not n:
+            break
+        chunk = view[:n]
+        if digest is not None:
+            digest.update(chunk)
+        while chunk:
+            done = os.pwrite(fd, chunk, offset + written)
+            written += done
+            chunk = chunk[done:]
+    return written
+
+
+def send_file(request: Request, handle, size: int, headers: dict, range_md5_header: str):
+    """The answer to a GET of an open file (closed once sent): whole, or the ``Range`` /
+    ``x-ms-range`` asked for (206, 416 past the end), with x-ms-range-get-content-md5 honoured.
+    A range carries the whole file's Content-MD5 as ``range_md5_header`` instead, as Azure does
+    (``x-ms-content-md5`` for Files, ``x-ms-blob-content-md5`` for Blob)."""
+    try:
+        range_header = request.headers.get("x-ms-range") or request.headers.get("Range")
+        status, start, stop = 200, 0, size
+        if range_header:
+            parsed = parse_range_header(range_header)
+            span = parsed.range_for_length(size) if parsed is not None else None
+            if span is None:
+                if parsed is None:
+                    raise StorageError(
+                        400,
+                        "InvalidHeaderValue",
+                        f"The range header '{range_header}' is not bytes=<start>-[<end>].",
+                    )
+                raise StorageError(
+                    416,
+                    "InvalidRange",
+                    "The range specified is invalid for the current size of the resource.",
+                    {"Content-Range": f"bytes */{size}"},
+                )
+            status, (start, stop) = 206, span
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+            whole_md5 = headers.pop("Content-MD5", None)
+            if whole_md5:
+                headers[range_md5_header] = whole_md5
+            if request.headers.get("x-ms-range-get-content-md5", "").lower() == "true":
+                if stop - start > MAX_RANGE:
+                    raise StorageError(
+                        400,
+                        "OutOfRangeInput",
+                        "x-ms-range-get-content-md5 needs a range of at most 4 MiB.",
+                    )
+                handle.seek(start)
+                headers["Content-MD5"] = base64.b64encode(
+                    hashlib.md5(handle.read(stop - start)).digest()
+                ).decode()
+        headers["Content-Length"] = str(stop - start)
+    except BaseException:
+        handle.close()
+        raise
+    return Response(
+        _read_span(handle, start, stop), status=status, headers=headers, direct_passthrough=True
+    )
 
 
 def _read_span(handle, start: int, stop: int):

@@ -27,11 +27,13 @@ class PathRejected(ValueError):
         self.message = message
 
 
-def check_share_name(name: str) -> str:
+def check_share_name(name: str, kind: str = "share") -> str:
+    """A share's name, or PathRejected; Blob containers follow the same rule (``kind``
+    "container")."""
     if not _SHARE_NAME.match(name):
         raise PathRejected(
             "InvalidResourceName",
-            f"The share name '{name}' is invalid: use 3-63 lowercase letters, digits "
+            f"The {kind} name '{name}' is invalid: use 3-63 lowercase letters, digits "
             "and single hyphens, starting and ending with a letter or digit.",
         )
     return name

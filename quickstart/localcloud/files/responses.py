@@ -1,4 +1,4 @@
-"""What every Azure Files answer is made of: the error, dates and ETags, empty bodies.
+"""What every Azure Files and Blob answer is made of: the error, dates and ETags, empty bodies.
 
 Shared by the routing, the authentication and the handlers, so the wire format of an answer is
 written once.
@@ -7,11 +7,21 @@ written once.
 from __future__ import annotations
 
 import email.utils
+import errno
+import logging
 import os
+import sqlite3
 import time
+import uuid
+from collections.abc import Callable
 from xml.sax.saxutils import escape
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
+
+from .names import PathRejected
+
+log = logging.getLogger("quickstart.localcloud")
 
 API_VERSION = "2019-02-02"  # what azure-storage-file 2.1.0 sends; newer ones are refused
 
@@ -74,4 +84,69 @@ def empty(status: int, headers: dict | None = None) -> Response:
     """An answer with no body and no Content-Type, as the service sends for most operations."""
     response = Response(b"", status=status, headers=headers or {})
     response.headers.remove("Content-Type")
+    return response
+
+
+INTERNAL_ERROR = StorageError(
+    500,
+    "InternalError",
+    "The local cloud hit an internal error; see localcloud.log in its state directory.",
+)
+
+
+def disk_full(err: BaseException) -> bool:
+    """True for the errors a full disk raises: ENOSPC/EDQUOT, or SQLite's "disk is full"."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)
+
+
+def os_error(err: OSError, service: str) -> StorageError:
+    """What the disk refused, said as the storage service would; unknown errors are logged."""
+    if err.errno == errno.ENAMETOOLONG:
+        return StorageError(
+            400,
+            "InvalidResourceName",
+            "A name in the path is longer than this machine's disk holds (255 bytes in UTF-8 per "
+            "name); Azure allows 255 characters, but the local cloud keeps share files and blobs "
+            "as real files. Use a shorter name.",
+        )
+    log.error("%s request hit a disk error: %s", service, err)
+    return StorageError(
+        500, "InternalError", f"The local cloud could not use its disk: {err.strerror}."
+    )
+
+
+def serve_storage_request(
+    request: Request, dispatch: Callable[[Request], Response], service: str
+) -> Response:
+    """Run one storage request through ``dispatch`` and add the headers every storage answer
+    carries; a StorageError or PathRejected becomes the service's XML error, a full disk or a
+    refused name the error Azure would give, anything else a logged 500 InternalError (never a
+    stack trace on the wire). Files and Blob both answer so."""
+    request_id = str(uuid.uuid4())
+    try:
+        response = dispatch(request)
+    except StorageError as err:
+        response = error_response(request, err, request_id)
+    except PathRejected as err:
+        response = error_response(request, StorageError(400, err.code, err.message), request_id)
+    except HTTPException:  # the body ended early or ran past its limit: server.py answers
+        raise
+    except Exception as err:
+        if disk_full(err):
+            log.warning("%s request refused, the disk is full: %s", service, err)
+            response = error_response(request, DISK_FULL, request_id)
+        elif isinstance(err, OSError):
+            response = error_response(request, os_error(err, service), request_id)
+        else:
+            log.exception("%s request failed: %s %s", service, request.method, request.path)
+            response = error_response(request, INTERNAL_ERROR, request_id)
+    headers = response.headers
+    headers["x-ms-request-id"] = request_id
+    headers["x-ms-version"] = API_VERSION
+    headers["Date"] = http_date(time.time())
+    client_request_id = request.headers.get("x-ms-client-request-id")
+    if client_request_id is not None:
+        headers["x-ms-client-request-id"] = client_request_id
     return response

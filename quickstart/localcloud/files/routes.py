@@ -7,43 +7,15 @@ authenticated (auth.py) before a handler (handlers.py) reads or writes anything.
 
 from __future__ import annotations
 
-import errno
-import logging
-import sqlite3
-import time
-import uuid
-
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from ..blob.crossed import refuse_if_meant_for_blob
+from ..connection import BLOB_PATH_PREFIX
 from .auth import authenticate, check_version
 from .handlers import FileHandlers
-from .names import PathRejected, check_share_name, split_path
-from .responses import API_VERSION, DISK_FULL, StorageError, error_response, http_date
-
-log = logging.getLogger("quickstart.localcloud")
-
-_SAS_OVERRIDES = {
-    "rscc": "Cache-Control",
-    "rscd": "Content-Disposition",
-    "rsce": "Content-Encoding",
-    "rscl": "Content-Language",
-    "rsct": "Content-Type",
-}
-
-
-INTERNAL_ERROR = StorageError(
-    500,
-    "InternalError",
-    "The local cloud hit an internal error; see localcloud.log in its state directory.",
-)
-
-
-def disk_full(err: BaseException) -> bool:
-    """True for the errors a full disk raises: ENOSPC/EDQUOT, or SQLite's "disk is full"."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, sqlite3.OperationalError) and "full" in str(err)
+from .names import check_share_name, split_path
+from .responses import StorageError, serve_storage_request
+from .sas import OVERRIDE_HEADERS
 
 
 def install(cloud) -> None:
@@ -56,38 +28,15 @@ class FileRoutes:
 
     def __init__(self, cloud):
         self.account = cloud.credentials.storage_account
+        self.blob_endpoint = f"{cloud.base_url}/{BLOB_PATH_PREFIX}/{self.account}"
         self.key = cloud.credentials.storage_key
         self.handlers = FileHandlers(cloud)
 
     def handle(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
-        try:
-            response = self._dispatch(request)
-        except StorageError as err:
-            response = error_response(request, err, request_id)
-        except PathRejected as err:
-            response = error_response(request, StorageError(400, err.code, err.message), request_id)
-        except HTTPException:  # the body ended early or ran past its limit: server.py answers
-            raise
-        except Exception as err:
-            if disk_full(err):
-                log.warning("Azure Files request refused, the disk is full: %s", err)
-                response = error_response(request, DISK_FULL, request_id)
-            elif isinstance(err, OSError):
-                response = error_response(request, _os_error(err), request_id)
-            else:
-                log.exception("Azure Files request failed: %s %s", request.method, request.path)
-                response = error_response(request, INTERNAL_ERROR, request_id)
-        headers = response.headers
-        headers["x-ms-request-id"] = request_id
-        headers["x-ms-version"] = API_VERSION
-        headers["Date"] = http_date(time.time())
-        client_request_id = request.headers.get("x-ms-client-request-id")
-        if client_request_id is not None:
-            headers["x-ms-client-request-id"] = client_request_id
-        return response
+        return serve_storage_request(request, self._dispatch, "Azure Files")
 
     def _dispatch(self, request: Request) -> Response:
+        refuse_if_meant_for_blob(request, self.blob_endpoint)
         segments = request.path.split("/")[2:]  # after "/<account>"
         if segments and segments[-1] == "":
             segments = segments[:-1]  # one trailing slash: "/acct/share/dir/"
@@ -153,7 +102,7 @@ class FileRoutes:
         response = handler(request, share, parts)
         if grant is not None and grant.overrides and method in ("GET", "HEAD"):
             for key, value in grant.overrides.items():
-                response.headers[_SAS_OVERRIDES[key]] = value
+                response.headers[OVERRIDE_HEADERS[key]] = value
         return response
 
     def _account_level(self, request: Request) -> Response:
@@ -165,19 +114,3 @@ class FileRoutes:
             "UnsupportedQueryParameter",
             "The local cloud's Azure Files supports only GET ?comp=list on the account.",
         )
-
-
-def _os_error(err: OSError) -> StorageError:
-    """What the disk refused, said as Azure Files would; unknown errors are logged in full."""
-    if err.errno == errno.ENAMETOOLONG:
-        return StorageError(
-            400,
-            "InvalidResourceName",
-            "A name in the path is longer than this machine's disk holds (255 bytes in UTF-8 per "
-            "name); Azure allows 255 characters, but the local cloud keeps share files as real "
-            "files. Use a shorter name.",
-        )
-    log.error("Azure Files request hit a disk error: %s", err)
-    return StorageError(
-        500, "InternalError", f"The local cloud could not use its disk: {err.strerror}."
-    )

@@ -23,7 +23,15 @@ from .sharedkey import sign
 
 # Which permission letter each operation needs.
 PERMISSION_FOR = {"read": "r", "create": "c", "write": "w", "delete": "d", "list": "l"}
-_OVERRIDES = ("rscc", "rscd", "rsce", "rscl", "rsct")
+# The response headers a SAS may override, by query parameter (in string-to-sign order).
+OVERRIDE_HEADERS = {
+    "rscc": "Cache-Control",
+    "rscd": "Content-Disposition",
+    "rsce": "Content-Encoding",
+    "rscl": "Content-Language",
+    "rsct": "Content-Type",
+}
+_OVERRIDES = tuple(OVERRIDE_HEADERS)
 
 
 class SasError(Exception):
@@ -123,12 +131,6 @@ def verify_sas(
     ``params`` are the decoded query parameters. Raises SasError with the storage error code.
     """
     now = time.time() if now is None else now
-    if params.get("si"):
-        raise SasError(
-            "AuthenticationFailed",
-            "Stored access policies (si=) are not supported by the "
-            "local cloud; sign the permissions and expiry into the SAS itself.",
-        )
     resource = params.get("sr")
     if resource not in ("f", "s"):
         raise SasError(
@@ -141,13 +143,28 @@ def verify_sas(
             "This request is not authorized to perform this operation using this resource type "
             "(a file SAS, sr=f, cannot be used on a share or directory).",
         )
+    resource_path = share if resource == "s" else f"{share}/{path}"
+    return check_signed(
+        params, _string_to_sign(params, account, resource_path), key_b64, operation, client_ip, now
+    )
+
+
+def check_signed(
+    params: dict, signed: str, key_b64: str, operation: str, client_ip: str, now: float
+) -> SasGrant:
+    """What every service SAS must hold once its string to sign is known (Files and Blob alike):
+    the signature, the time window, the protocol, the source IP and the permission."""
+    if params.get("si"):
+        raise SasError(
+            "AuthenticationFailed",
+            "Stored access policies (si=) are not supported by the "
+            "local cloud; sign the permissions and expiry into the SAS itself.",
+        )
     for required in ("sv", "sp", "se", "sig"):
         if not params.get(required):
             raise SasError(
                 "AuthenticationFailed", f"The SAS is missing its '{required}' parameter."
             )
-    resource_path = share if resource == "s" else f"{share}/{path}"
-    signed = _string_to_sign(params, account, resource_path)
     if sign(key_b64, signed) != params["sig"]:
         raise SasError(
             "AuthenticationFailed",
@@ -178,7 +195,7 @@ def verify_sas(
             "This request is not authorized to perform this operation using this permission.",
         )
     overrides = {key: params[key] for key in _OVERRIDES if params.get(key)}
-    return SasGrant(params["sp"], resource, overrides)
+    return SasGrant(params["sp"], params.get("sr", ""), overrides)
 
 
 def _ip_allowed(spec: str, client_ip: str) -> bool:

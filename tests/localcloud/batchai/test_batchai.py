@@ -113,6 +113,22 @@ def job_params(cluster_id: str, command: str | None = None, *, node_count: int =
     )
 
 
+def job_file_mount(env, share: str, relative: str) -> models.MountVolumes:
+    """A job-level mount of Azure Files share ``share`` at $AZ_BATCHAI_JOB_MOUNT_ROOT/relative."""
+    return models.MountVolumes(
+        azure_file_shares=[
+            models.AzureFileShareReference(
+                account_name=env.connection["storage_account"],
+                credentials=models.AzureStorageCredentialsInfo(
+                    account_key=env.connection["storage_key"]
+                ),
+                azure_file_url=f"https://{env.files.primary_endpoint}/{share}",
+                relative_mount_path=relative,
+            )
+        ]
+    )
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -406,17 +422,14 @@ def test_errors_are_arm_json_a_person_can_act_on(env):
         client.file_servers.get(RG, WS, "nfs")
     with pytest.raises(CloudError, match="does not emulate usages"):
         list(client.usages.list("eastus"))
-    blob = cluster_params(env.connection, env.files)
-    blob.node_setup.mount_volumes.azure_blob_file_systems = [
-        models.AzureBlobFileSystemReference(
-            account_name="a",
-            container_name="c",
-            credentials=models.AzureStorageCredentialsInfo(account_key="k"),
-            relative_mount_path="bfs",
+    nfs = cluster_params(env.connection, env.files)
+    nfs.node_setup.mount_volumes.unmanaged_file_systems = [
+        models.UnmanagedFileSystemReference(
+            mount_command="mount -t nfs 10.0.0.4:/data", relative_mount_path="nfs"
         )
     ]
-    with pytest.raises(CloudError, match="does not emulate Azure Blob containers"):
-        client.clusters.create(RG, WS, "blobcluster", blob).result()
+    with pytest.raises(CloudError, match="does not emulate unmanaged file systems"):
+        client.clusters.create(RG, WS, "nfscluster", nfs).result()
 
 
 def test_the_provider_lists_the_operations_it_serves(local_cloud):
@@ -914,18 +927,7 @@ def test_auto_scale_cluster_grows_for_queued_jobs_and_job_level_mounts_work(env)
     params = job_params(
         cluster.id,
         'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jobafs/data.txt"',
-        mount_volumes=models.MountVolumes(
-            azure_file_shares=[
-                models.AzureFileShareReference(
-                    account_name=env.connection["storage_account"],
-                    credentials=models.AzureStorageCredentialsInfo(
-                        account_key=env.connection["storage_key"]
-                    ),
-                    azure_file_url=f"https://{env.files.primary_endpoint}/jobshare",
-                    relative_mount_path="jobafs",
-                )
-            ]
-        ),
+        mount_volumes=job_file_mount(env, "jobshare", "jobafs"),
     )
     env.client.jobs.create(RG, WS, EXP, "autojob", params).result()
     job = wait_for_job(env.client, "autojob")
@@ -953,3 +955,34 @@ def test_a_job_made_link_in_the_share_never_takes_a_later_jobs_outputs_outside(e
     assert job.execution_state == "failed"
     assert [e.code for e in job.execution_info.errors] == ["JobOutputPathUnsafe"]
     assert list(outside.iterdir()) == []  # nothing was written outside the share
+
+
+def test_a_job_writes_its_logs_and_outputs_to_a_job_level_mount(env):
+    """The recipes put stdouterr under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>: the mount must be in
+    place before the job's folders are made there, and what the job writes lands in the share."""
+    env.files.create_share("joblogs")
+    params = job_params(
+        env.cluster.id,
+        'echo to stdout; echo to stderr >&2; echo weights > "$AZ_BATCHAI_OUTPUT_MODEL/model.dnn"',
+        mount_volumes=job_file_mount(env, "joblogs", "logs"),
+    )
+    params.std_out_err_path_prefix = "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs"
+    params.output_directories = [
+        models.OutputDirectory(id="MODEL", path_prefix="$AZ_BATCHAI_JOB_MOUNT_ROOT/logs")
+    ]
+    env.client.jobs.create(RG, WS, EXP, "writer", params).result()
+    job = wait_for_job(env.client, "writer")
+    assert job.execution_state == "succeeded", job.execution_info.errors
+    segment = job.job_output_directory_path_segment
+    assert env.files.get_file_to_text("joblogs", f"{segment}/stdouterr", "stdout.txt").content == (
+        "to stdout\n"
+    )
+    assert env.files.get_file_to_text("joblogs", f"{segment}/stdouterr", "stderr.txt").content == (
+        "to stderr\n"
+    )
+    listed = env.client.jobs.list_output_files(
+        RG, WS, EXP, "writer", models.JobsListOutputFilesOptions(outputdirectoryid="MODEL")
+    )
+    model = {f.name: f for f in listed}["model.dnn"]
+    got = requests.get(model.download_url, verify=env.connection["ca_cert"])
+    assert got.text == "weights\n"

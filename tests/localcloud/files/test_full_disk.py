@@ -11,7 +11,7 @@ from azure.common import AzureHttpError
 from azure.storage.common.retry import no_retry
 
 from quickstart.localcloud import LocalCloud
-from tests.conftest import make_file_service, make_resource_client
+from tests.conftest import make_blob_service, make_file_service, make_resource_client
 
 MiB = 1024 * 1024
 
@@ -66,3 +66,19 @@ def test_a_full_disk_fails_cleanly_and_the_cloud_keeps_serving(small_disk):
         data = os.urandom(4 * MiB)
         files.update_range("full", None, "model.bin", data, 0, 4 * MiB - 1)
         assert files.get_file_to_bytes("full", None, "model.bin").content == data
+
+
+def test_a_blob_upload_on_a_full_disk_fails_whole_with_the_storage_error(small_disk):
+    with LocalCloud(small_disk / "state", port=0) as cloud:
+        blobs = make_blob_service(cloud.connection)
+        blobs.retry = no_retry
+        blobs.create_container("full")
+        with pytest.raises(AzureHttpError) as caught:
+            blobs.create_blob_from_bytes("full", "huge.bin", os.urandom(45 * MiB))
+        assert caught.value.status_code == 500
+        assert "disk is full" in str(caught.value)
+        assert [b.name for b in blobs.list_blobs("full")] == []
+        assert list((small_disk / "state" / "tmp").iterdir()) == []  # no half blob left
+        data = os.urandom(MiB)
+        blobs.create_blob_from_bytes("full", "small.bin", data)
+        assert blobs.get_blob_to_bytes("full", "small.bin").content == data

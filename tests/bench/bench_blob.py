@@ -1,0 +1,246 @@
+"""Figures for the local cloud's Blob service (issue 17): 128 MiB up and down through the SDK,
+beside the local cloud's Azure Files and beside Azurite's Blob service, in the same run.
+
+    .venv/bin/python tests/bench/bench_blob.py [--size-mib 128] [--runs 3] [--azurite DIR]
+
+For a local cloud embedded in this process (as the tests run it), prints in MB/s (best of RUNS,
+the three taking turns within each run):
+
+* Azure Files: FileService.create_file_from_path and get_file_to_path (max_connections 2, the
+  SDK's default);
+* Azure Blob: BlockBlobService.create_blob_from_path (Put Block / Put Block List in 4 MiB
+  blocks) and get_blob_to_path, the same way, through the same session the product gives the
+  storage clients (quickstart/http_sessions.py);
+* Azurite's Blob service (``azurite-blob``, disk persistence, serving HTTPS with the local
+  cloud's own certificate so both pay for TLS), driven by the same client code; Azurite comes
+  from the npm registry (``npm install azurite`` into a temporary folder, or the folder given
+  with --azurite). Without node/npm, or if the install fails, those lines say why.
+
+Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run.
+
+With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
+differ on the client side: FileService's workers each read their own range from the file, while
+BlockBlobService reads every block in the calling thread and hands it to a worker (a bounded
+pipeline), so its upload waits on its own reads. Run both to tell server from client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from quickstart.localcloud import LocalCloud  # noqa: E402
+from tests.conftest import make_blob_service, make_file_service  # noqa: E402
+
+MB = 1_000_000
+# Azurite's documented development account (public, the same in every Azurite install)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def rate(size: int, seconds: float) -> float:
+    return size / MB / seconds
+
+
+def files_target(connection: dict, source: Path, work: Path, connections: int):
+    """(upload, download) of ``source`` through the local cloud's Azure Files."""
+    service = make_file_service(connection)
+    service.create_share("bench", fail_on_exist=False)
+    target = work / "files-down.bin"
+    return (
+        lambda: service.create_file_from_path(
+            "bench", None, "big.bin", str(source), max_connections=connections
+        ),
+        lambda: service.get_file_to_path(
+            "bench", None, "big.bin", str(target), max_connections=connections
+        ),
+        target,
+    )
+
+
+def blob_target(
+    connection: dict, connection_string: str, source: Path, work: Path, label: str, connections
+):
+    """(upload, download) of ``source`` through a Blob service, with BlockBlobService."""
+    service = make_blob_service(connection, connection_string)
+    service.create_container("bench", fail_on_exist=False)
+    target = work / f"{label}-down.bin"
+    return (
+        lambda: service.create_blob_from_path(
+            "bench", "big.bin", str(source), max_connections=connections
+        ),
+        lambda: service.get_blob_to_path(
+            "bench", "big.bin", str(target), max_connections=connections
+        ),
+        target,
+    )
+
+
+def interleaved_best(targets: dict, runs: int, size: int, source: Path) -> dict:
+    """{label: (upload MB/s, download MB/s)}, each the best of ``runs``. Every run times each
+    target in turn, so a burst of load on this shared machine hits all of them alike."""
+    best = {label: [float("inf"), float("inf")] for label in targets}
+    for _ in range(runs):
+        for phase in (0, 1):
+            for label, steps in targets.items():
+                start = time.perf_counter()
+                steps[phase]()
+                best[label][phase] = min(best[label][phase], time.perf_counter() - start)
+    for _, _, target in targets.values():
+        check_same(source, target)
+    return {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
+
+
+def check_same(source: Path, target: Path) -> None:
+    if target.read_bytes() != source.read_bytes():
+        raise SystemExit(f"{target.name} differs from what was uploaded")
+
+
+def install_azurite(folder: Path) -> tuple[Path | None, str]:
+    """(path of azurite-blob, "") once installed from the npm registry, else (None, why)."""
+    program = folder / "node_modules" / ".bin" / "azurite-blob"
+    if program.exists():
+        return program, ""
+    if not shutil.which("npm") or not shutil.which("node"):
+        return None, "node and npm are not installed"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "azurite"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0 or not program.exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return None, f"npm install azurite failed: {tail[0]}"
+    return program, ""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_azurite(program: Path, workspace: Path, tls: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(program),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(workspace),
+            "--cert",
+            str(tls / "server.pem"),
+            "--key",
+            str(tls / "server-key.pem"),
+            "--silent",
+            "--skipApiVersionCheck",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"Azurite exited: {process.stderr.read().decode()[-300:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("Azurite did not start listening within 30 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-connections", type=int, default=2, help="the SDKs' default: 2")
+    parser.add_argument("--azurite", type=Path, help="a folder with azurite installed by npm")
+    args = parser.parse_args()
+    print(
+        f"bench_blob: {args.size_mib} MiB, best of {args.runs}, "
+        f"max_connections={args.max_connections}, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-blob-") as temp:
+        work = Path(temp)
+        source = work / "big.bin"
+        with open(source, "wb") as out:
+            for _ in range(args.size_mib):
+                out.write(os.urandom(1024 * 1024))
+        with LocalCloud(work / "localcloud", port=0) as cloud:
+            connection = cloud.connection
+            targets = {
+                "files": files_target(connection, source, work, args.max_connections),
+                "blob": blob_target(
+                    connection,
+                    connection["storage_connection_string"],
+                    source,
+                    work,
+                    "blob",
+                    args.max_connections,
+                ),
+            }
+            program, why = install_azurite(args.azurite or work / "azurite")
+            process = None
+            if program is not None:
+                process, port = start_azurite(
+                    program, work / "azurite-data", Path(connection["ca_cert"]).parent
+                )
+                targets["azurite"] = blob_target(
+                    connection,
+                    f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};"
+                    f"AccountKey={AZURITE_KEY};"
+                    f"BlobEndpoint=https://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+                    source,
+                    work,
+                    "azurite",
+                    args.max_connections,
+                )
+            try:
+                figures = interleaved_best(targets, args.runs, source.stat().st_size, source)
+            finally:
+                if process is not None:
+                    process.terminate()
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+    files, ours, azurite = figures["files"], figures["blob"], figures.get("azurite")
+    print(f"  Files   upload   create_file_from_path: {files[0]:7.1f} MB/s")
+    print(f"  Files   download get_file_to_path:      {files[1]:7.1f} MB/s")
+    for phase, label in enumerate(
+        ("upload   create_blob_from_path:", "download get_blob_to_path:     ")
+    ):
+        other = azurite[phase] if azurite else None
+        versus = f"{ours[phase] / other:.2f}x Azurite's {other:.1f} MB/s" if other else why
+        print(
+            f"  Blob    {label} {ours[phase]:7.1f} MB/s  "
+            f"({ours[phase] / files[phase]:.2f}x Files; {versus})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Blob containers mounted on Batch AI nodes (azureBlobFileSystems, blobfuse on the real
+service), at cluster and at job level, driven by the real SDK clients over HTTPS."""
+
+from __future__ import annotations
+
+import azure.mgmt.batchai.models as models
+import pytest
+
+from tests.conftest import make_blob_service
+from tests.localcloud.batchai.test_batchai import (
+    EXP,
+    RG,
+    WS,
+    cluster_params,
+    job_params,
+    no_job_process_left,  # noqa: F401 (autouse: no job process outlives its test)
+    sdk_env,
+    wait_for,
+    wait_for_idle_cluster,
+    wait_for_job,
+)
+
+
+def blob_mount(connection: dict, container: str, relative: str, key: str | None = None):
+    return models.AzureBlobFileSystemReference(
+        account_name=connection["storage_account"],
+        container_name=container,
+        credentials=models.AzureStorageCredentialsInfo(
+            account_key=key or connection["storage_key"]
+        ),
+        relative_mount_path=relative,
+    )
+
+
+@pytest.fixture
+def env(local_cloud, tmp_path):
+    env = sdk_env(local_cloud, tmp_path)
+    env.blobs = make_blob_service(env.connection)
+    env.blobs.create_container("datasets")
+    env.blobs.create_blob_from_text("datasets", "mnist/Train-28x28_cntk_text.txt", "|labels 1")
+    return env
+
+
+def blob_cluster(env, name: str, container: str = "datasets", key: str | None = None):
+    params = cluster_params(env.connection, env.files)
+    params.node_setup.mount_volumes.azure_blob_file_systems = [
+        blob_mount(env.connection, container, "bfs", key)
+    ]
+    return env.client.clusters.create(RG, WS, name, params).result()
+
+
+def test_a_cluster_blob_mount_reads_blobs_as_files_and_written_files_become_blobs(env):
+    cluster = blob_cluster(env, "blobs")
+    assert cluster.node_setup.mount_volumes.azure_blob_file_systems[0].credentials.account_key is (
+        None
+    )
+    wait_for_idle_cluster(env.client, name="blobs")
+    command = (
+        'cat "$AZ_BATCHAI_MOUNT_ROOT/bfs/mnist/Train-28x28_cntk_text.txt"; '
+        'mkdir -p "$AZ_BATCHAI_MOUNT_ROOT/bfs/results" && '
+        'echo 0.99 > "$AZ_BATCHAI_MOUNT_ROOT/bfs/results/accuracy.txt"'
+    )
+    env.client.jobs.create(RG, WS, EXP, "reader", job_params(cluster.id, command)).result()
+    job = wait_for_job(env.client, "reader")
+    assert job.execution_state == "succeeded", job.execution_info.errors
+    stdout = env.files.get_file_to_text(
+        "batchaiquickstart", f"{job.job_output_directory_path_segment}/stdouterr", "stdout.txt"
+    )
+    assert stdout.content == "|labels 1"
+    assert env.blobs.get_blob_to_text("datasets", "results/accuracy.txt").content == "0.99\n"
+    assert sorted(b.name for b in env.blobs.list_blobs("datasets")) == [
+        "mnist/Train-28x28_cntk_text.txt",
+        "results/accuracy.txt",
+    ]
+
+
+def test_a_job_level_blob_mount_and_its_failures(env):
+    env.blobs.create_container("jobdata")
+    env.blobs.create_blob_from_text("jobdata", "input.txt", "job-level blob")
+    mounts = models.MountVolumes(
+        azure_blob_file_systems=[blob_mount(env.connection, "jobdata", "jb")]
+    )
+    params = job_params(
+        env.cluster.id, 'cat "$AZ_BATCHAI_JOB_MOUNT_ROOT/jb/input.txt"', mount_volumes=mounts
+    )
+    env.client.jobs.create(RG, WS, EXP, "jobblob", params).result()
+    job = wait_for_job(env.client, "jobblob")
+    assert job.execution_state == "succeeded", job.execution_info.errors
+
+    missing = models.MountVolumes(
+        azure_blob_file_systems=[blob_mount(env.connection, "nope", "jb")]
+    )
+    params = job_params(env.cluster.id, "true", mount_volumes=missing)
+    env.client.jobs.create(RG, WS, EXP, "nocontainer", params).result()
+    job = wait_for_job(env.client, "nocontainer")
+    assert job.execution_state == "failed" and job.execution_info.exit_code == -1
+    assert job.execution_info.errors[0].code == "BFSMountError"
+    assert "no container named 'nope'" in job.execution_info.errors[0].message
+
+
+def test_a_cluster_blob_mount_with_a_wrong_key_makes_the_nodes_unusable(env):
+    blob_cluster(env, "badkey", key="V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3Jvbmc=")
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+            env.client.clusters.get(RG, WS, "badkey")
+        )
+    )
+    assert cluster.errors[0].code == "BFSMountError"
+    assert "account key given" in cluster.errors[0].message
+    blob_cluster(env, "nocontainer", container="missing")
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+            env.client.clusters.get(RG, WS, "nocontainer")
+        )
+    )
+    assert cluster.errors[0].code == "BFSMountError"
