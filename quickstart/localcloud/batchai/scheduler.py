@@ -98,6 +98,10 @@ class Scheduler:
         self._active_lock = threading.Lock()
         # Clusters whose processing raised and whose record could not even be marked failed.
         self._poisoned: set[str] = set()
+        # Process stops running outside the lock; the server waits for them before it closes
+        # the store, so none of them writes to a closed database.
+        self._stoppers: set[threading.Thread] = set()
+        self._stoppers_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,6 +118,10 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        with self._stoppers_lock:
+            stoppers = list(self._stoppers)
+        for thread in stoppers:  # each ends within the stop grace period and its SIGKILL
+            thread.join(timeout=10)
 
     def wake(self) -> None:
         self._wake.set()
@@ -378,9 +386,17 @@ class Scheduler:
                 log.exception("the local cloud could not launch job %s", job_id)
                 self._poison_job(job_id, err)
 
-    @staticmethod
-    def _in_background(target, *args) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, daemon=True, name="local-cloud-stop")
+    def _in_background(self, target, *args) -> threading.Thread:
+        def stop_then_forget():
+            try:
+                target(*args)
+            finally:
+                with self._stoppers_lock:
+                    self._stoppers.discard(threading.current_thread())
+
+        thread = threading.Thread(target=stop_then_forget, daemon=True, name="local-cloud-stop")
+        with self._stoppers_lock:
+            self._stoppers.add(thread)
         thread.start()
         return thread
 
