@@ -415,3 +415,11 @@ def test_no_secret_reaches_the_settings_repr():
     settings = Settings(client_secret="CS-1", storage_key="SK-1", admin_user_password="PW-1")
     text = repr(settings.replace(storage_connection_string="AccountKey=CK-1"))
     assert not any(secret in text for secret in ("CS-1", "SK-1", "PW-1", "CK-1"))
+
+
+def test_a_placeholder_left_in_delete_share_is_one_problem():
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={}, overrides={"delete_share": "FILL-IN-HERE"})
+    assert caught.value.problems == [
+        "--delete-share: still FILL-IN-HERE; replace it with your value"
+    ]
