@@ -48,5 +48,6 @@ def main(area, wall, *globs):
         for line in changed:
             print(f"      {line.strip()}")
 
+
 if __name__ == "__main__":
     main(*sys.argv[1:])
