@@ -110,7 +110,12 @@ def test_run_names_the_configured_resources_in_every_call(azure, tmp_path, monke
     asked = []
     monkeypatch.setattr(steps, "prepare_sample_files", lambda s: asked.append(s) or [sample])
     azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("gone", 404)
-    configured = settings(tmp_path)
+    azure.batchai.clusters.get.side_effect = [cloud_error(404, "ClusterNotFound")] + [
+        cluster("resizing"),
+        cluster("steady", idle=1, current=1),
+        cluster("steady", idle=1, current=1),
+    ]
+    configured = settings(tmp_path, node_count=2, vm_size="STANDARD_NC12")
     sleeps = []
 
     assert steps.run(configured, sleep=sleeps.append) == 0
@@ -119,9 +124,17 @@ def test_run_names_the_configured_resources_in_every_call(azure, tmp_path, monke
     assert_every_call_names_the_configured_resources(azure)
     assert azure.file_service_class.call_args.kwargs["request_session"] is azure.http
     assert sleeps and set(sleeps) == {configured.poll_interval}
-    out = capsys.readouterr().out
-    assert "Resource group rg-7 ready in eastus" in out
-    assert "Directory share-7/dir-7 ready" in out
+    lines = capsys.readouterr().out.splitlines()
+    for announced in (
+        "Resource group rg-7 ready in eastus",
+        "File share share-7 ready",
+        "Directory share-7/dir-7 ready",
+        "Workspace ws-7 ready",
+        "Cluster cl-7 created: 2 x STANDARD_NC12",
+        "Experiment ex-7 ready",
+        "Job job-7 submitted",
+    ):
+        assert announced in lines
 
 
 def test_status_and_teardown_name_the_configured_resources_in_every_call(azure, tmp_path, capsys):
@@ -138,6 +151,50 @@ def test_waiting_for_a_node_asks_for_the_configured_cluster(azure):
     azure.batchai.clusters.get.side_effect = [cluster("resizing"), cluster("steady", idle=1)]
     steps.wait_for_idle_node(azure.batchai, azure_settings(**NAMES), sleep=lambda s: None)
     assert {c.args for c in azure.batchai.clusters.get.call_args_list} == {("rg-7", "ws-7", "cl-7")}
+
+
+class RecordingBar:
+    """tqdm as the upload uses it: the options each bar is made with, and its updates."""
+
+    made = []
+
+    def __init__(self, **options):
+        self.options, self.n = options, 0
+        RecordingBar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, step):
+        self.n += step
+
+
+def test_uploads_show_a_byte_progress_bar_only_for_files_over_a_mib(azure, tmp_path, monkeypatch):
+    big, small, edge = tmp_path / "big.txt", tmp_path / "small.py", tmp_path / "edge.txt"
+    big.write_bytes(b"x" * ((1 << 20) + 1))
+    small.write_bytes(b"y" * 10)
+    edge.write_bytes(b"z" * (1 << 20))
+    RecordingBar.made = []
+    monkeypatch.setattr(steps, "tqdm", RecordingBar)
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("gone", 404)
+
+    def create_file_from_path(share, directory, name, path, progress_callback):
+        size = (tmp_path / name).stat().st_size
+        progress_callback(size // 2, size)
+        progress_callback(size, size)
+
+    azure.files.create_file_from_path.side_effect = create_file_from_path
+    steps.upload_sample_files(azure.files, azure_settings(), [big, small, edge])
+    common = {"unit": "B", "unit_scale": True, "leave": False}
+    assert [bar.options for bar in RecordingBar.made] == [
+        dict(common, total=(1 << 20) + 1, desc="big.txt", disable=None),
+        dict(common, total=10, desc="small.py", disable=True),
+        dict(common, total=1 << 20, desc="edge.txt", disable=True),
+    ]
+    assert [bar.n for bar in RecordingBar.made] == [(1 << 20) + 1, 10, 1 << 20]
 
 
 # Downloads ------------------------------------------------------------------------------------
