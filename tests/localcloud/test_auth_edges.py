@@ -6,24 +6,20 @@ error code and the message a user reads, since that is what tells them what to f
 
 from __future__ import annotations
 
-import base64
 import calendar
 import time
 from urllib.parse import parse_qsl, quote
 
 import jwt
 import pytest
-from azure.storage.common._auth import _StorageSharedKeyAuthentication
-from azure.storage.common._http import HTTPRequest
 from azure.storage.file.sharedaccesssignature import FileSharedAccessSignature
 from requests.structures import CaseInsensitiveDict
 
 from quickstart.localcloud import sharedkey
 from quickstart.localcloud.sas import SasError, make_file_sas, verify_sas
 from quickstart.localcloud.tokens import TokenError, issue_token, verify_token
+from tests.localcloud.test_signatures import ACCOUNT, KEY, _sdk_signed
 
-ACCOUNT = "localcloudstore"
-KEY = base64.b64encode(b"k" * 64).decode()
 NOW = calendar.timegm((2026, 6, 1, 12, 0, 0))
 
 
@@ -207,27 +203,9 @@ def test_a_start_up_to_five_minutes_ahead_is_tolerated_as_clock_skew():
 
 
 def test_without_now_the_clock_decides():
-    fresh = sdk_sas(expiry=iso(time.time() + 600))
-    verify_sas(
-        fresh,
-        account=ACCOUNT,
-        key_b64=KEY,
-        share="share",
-        path="dir/f.txt",
-        operation="read",
-        client_ip="127.0.0.1",
-    )
-    stale = sdk_sas(expiry=iso(time.time() - 600))
+    check(sdk_sas(expiry=iso(time.time() + 600)), now=None)
     with pytest.raises(SasError):
-        verify_sas(
-            stale,
-            account=ACCOUNT,
-            key_b64=KEY,
-            share="share",
-            path="dir/f.txt",
-            operation="read",
-            client_ip="127.0.0.1",
-        )
+        check(sdk_sas(expiry=iso(time.time() - 600)), now=None)
 
 
 # --- SAS: where from, how, and what for ---------------------------------------------------------
@@ -333,15 +311,8 @@ def test_our_file_sas_reads_by_default_and_names_the_version_it_signs():
 
 
 def sdk_signed(method, path, query, headers):
-    request = HTTPRequest()
-    request.method, request.path, request.query, request.headers = (
-        method,
-        path,
-        dict(query),
-        dict(headers),
-    )
-    _StorageSharedKeyAuthentication(ACCOUNT, KEY).sign_request(request)
-    return CaseInsensitiveDict(request.headers)
+    """The headers azure-storage-common sends, its SharedKey Authorization included."""
+    return CaseInsensitiveDict(_sdk_signed(method, path, query, headers).headers)
 
 
 BASE_HEADERS = {"x-ms-version": "2018-03-28", "x-ms-date": "Mon, 01 Jun 2026 12:00:00 GMT"}

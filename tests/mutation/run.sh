@@ -6,7 +6,8 @@
 #   tests/mutation/run.sh AREA [REV]      AREA: tutorial, config, auth, schedule, cntk (or "all")
 #                                         REV: a commit to measure (default: the working tree)
 # Environment: MUTATION_JOBS (parallel mutants, default 2), MUTATION_KEEP=1 keeps the scratch
-# copy (its path is printed) for `mutmut show NAME` / `mutmut results` there.
+# copy (its path is printed) for `mutmut show NAME` / `mutmut results` there; MUTATION_NAMES
+# runs only the mutants named (globs), e.g. an earlier run's survivors after tests were added.
 set -euo pipefail -o noglob  # the mutant name globs are for mutmut, not the shell
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -29,7 +30,7 @@ if [ -z "$line" ]; then
     exit 2
 fi
 files="$(echo "$line" | cut -d'|' -f2)"
-names="$(echo "$line" | cut -d'|' -f3)"
+names="${MUTATION_NAMES:-$(echo "$line" | cut -d'|' -f3)}"
 tests="$(echo "$line" | cut -d'|' -f4)"
 options="$(echo "$line" | cut -d'|' -f5)"
 
