@@ -28,6 +28,7 @@ class GrowingFile:
 
     def get(self, url, headers=None, timeout=None, **kwargs):
         self.requests.append((url, dict(headers or {})))
+        self.timeouts = getattr(self, "timeouts", []) + [timeout]
         assert len(self.requests) < 100, "the reader keeps asking: the same bytes again and again?"
         start = int(re.fullmatch(r"bytes=(\d+)-", headers["Range"]).group(1))
         if not self.honour_range:
@@ -43,6 +44,8 @@ class Listing:
         self.calls = 0
 
     def list_output_files(self, resource_group, workspace, experiment, job_name, options):
+        assert job_name in ("myjob", "j"), job_name
+        assert options.outputdirectoryid == "stdouterr"
         self.calls += 1
         url = self.urls[min(self.calls, len(self.urls)) - 1]
         return iter([output_file("execution.log", url + "&other"), output_file("stderr.txt", url)])
@@ -175,3 +178,66 @@ def test_short_output_so_far_is_shown_whole_and_none_says_so(capsys):
         "  two",
         "Output so far: none yet",
     ]
+
+
+def test_every_read_has_a_timeout_so_a_stalled_server_cannot_hang_the_watch():
+    growing = GrowingFile([b"", b"x\n", b""])
+    follow(["running", "running", "succeeded"], growing)
+    assert growing.timeouts and set(growing.timeouts) == {60}
+
+
+def test_a_character_split_across_polls_with_an_empty_poll_between_comes_out_whole(capsys):
+    growing = GrowingFile([b"", b"caf\xc3", b"", b"\xa9 ok\n", b""])
+    follow(["running"] * 4 + ["succeeded"], growing)
+    assert "café ok\n" in capsys.readouterr().out
+
+
+def test_bytes_that_are_not_utf8_are_shown_as_replacement_characters(capsys):
+    growing = GrowingFile([b"", b"bad \xff\xfe bytes\n", b"cut \xe2\x82"])
+    follow(["running", "running", "succeeded"], growing)
+    out = capsys.readouterr().out
+    assert "bad \ufffd\ufffd bytes\n" in out
+    assert "cut \ufffd\n" in out  # a sequence cut off by the job's end is shown, not dropped
+
+
+def test_nothing_is_listed_or_read_while_the_job_is_queued(capsys):
+    growing = GrowingFile([b"", b"", b"", b"go\n"])
+    batch = clients(["queued", "queued", "running", "succeeded"], growing)
+    sleeps = []
+    steps.monitor_job(batch, azure_settings(poll_interval=3), "myjob", sleep=sleeps.append)
+    assert batch.batchai.jobs.listing.calls == 1  # once running
+    assert sleeps == [3, 3, 3]
+    assert "go\n" in capsys.readouterr().out
+
+
+class FlushRecorder:
+    """stdout that notes whether each piece written was flushed before the next one."""
+
+    def __init__(self):
+        self.pieces, self.pending = [], []
+
+    def write(self, text):
+        self.pending.append(text)
+
+    def flush(self):
+        if self.pending:
+            self.pieces.append("".join(self.pending))
+            self.pending = []
+
+
+def test_streamed_output_and_state_lines_are_flushed_before_each_wait(monkeypatch):
+    """Piped into a CI log, lines left in a buffer would arrive only at the end."""
+    recorder = FlushRecorder()
+    monkeypatch.setattr("sys.stdout", recorder)
+    growing = GrowingFile([b"", b"epoch 1 ", b"done\n", b"tail"])
+    unflushed_at_waits = []
+    steps.monitor_job(
+        clients(["running", "running", "running", "succeeded"], growing),
+        azure_settings(),
+        "myjob",
+        sleep=lambda seconds: unflushed_at_waits.append(list(recorder.pending)),
+    )
+    assert unflushed_at_waits == [[], [], []]
+    flushed = "".join(recorder.pieces)
+    assert "Job state: running" in flushed and "epoch 1 done\n" in flushed
+    assert "tail\n" in flushed  # the unfinished last line is ended and flushed
