@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from azure.common import AzureMissingResourceHttpError
 from azure.mgmt.batchai import models
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from quickstart import steps
 from quickstart.timing import StepClock, format_seconds
@@ -426,3 +427,124 @@ def test_the_summary_adds_up_repeated_steps_and_counts_failed_ones():
     with clock.step("upload"):
         pass
     assert clock.summary() == "Wall time: 30.0 s in all (upload 8.0 s, cluster 4.0 s)"
+
+
+# Signing in, submitting, following ------------------------------------------------------------
+
+
+def test_the_local_cloud_is_named_and_keeps_its_token_audience(azure, capsys):
+    local = azure_settings(
+        cloud="local",
+        client_id="local-client",
+        resource_manager_url="https://127.0.0.1:4443/",
+        active_directory_url="https://127.0.0.1:4443/adfs",
+        active_directory_resource_id="https://127.0.0.1:4443/audience",
+        storage_connection_string="AccountName=a;AccountKey=a2V5;FileEndpoint=https://127.0.0.1/a",
+    )
+    steps.create_clients(local)
+    cloud = azure.credentials_class.call_args.kwargs["cloud_environment"]
+    assert cloud.name == "LocalCloud"
+    assert cloud.endpoints.active_directory_resource_id == "https://127.0.0.1:4443/audience"
+    assert capsys.readouterr().out == "Signed in as local-client to LocalCloud\n"
+
+
+REFUSED = NewConnectionError(None, "Connection refused")
+
+
+def test_storage_retries_only_a_refused_connection_for_about_six_seconds():
+    """5 connection attempts more, 0.4-3.2 s apart; a request that reached the server (a read,
+    a status, anything else) is never sent twice, so an upload's range is not written twice."""
+    retry = steps.reconnecting_session().get_adapter("https://127.0.0.1/").max_retries
+    assert (retry.total, retry.connect, retry.read, retry.status, retry.other) == (5, 5, 0, 0, 0)
+    waits = []
+    for _ in range(5):
+        retry = retry.increment(error=REFUSED, method="GET")
+        waits.append(retry.get_backoff_time())
+    assert waits == pytest.approx([0, 0.4, 0.8, 1.6, 3.2])
+    with pytest.raises(MaxRetryError):
+        retry.increment(error=REFUSED, method="GET")
+
+
+def test_when_every_suffix_is_taken_the_error_says_which_and_what_to_do(azure):
+    azure.batchai.jobs.create.side_effect = cloud_error(409, "Conflict")
+    with pytest.raises(steps.StepFailed) as caught:
+        steps.create_job(azure.batchai, azure_settings(), cluster(), "cntk_x")
+    assert str(caught.value) == (
+        "job names cntk_x to cntk_x_9 are all taken; pin a job name in the settings"
+    )
+    assert [c.args[3] for c in azure.batchai.jobs.create.call_args_list] == ["cntk_x"] + [
+        f"cntk_x_{n}" for n in range(2, 10)
+    ]
+
+
+def test_the_latest_job_is_found_among_jobs_with_and_without_a_creation_time(azure):
+    azure.batchai.jobs.list_by_experiment.return_value = iter(
+        [
+            job("b", "succeeded", created=None),
+            job("a", "running", created=datetime(2018, 5, 1, 9, 0, tzinfo=UTC)),
+            job("c", "failed", created=None),
+        ]
+    )
+    assert steps.latest_job(azure.batchai, azure_settings(**dict(NAMES, job=""))).name == "a"
+    azure.batchai.jobs.list_by_experiment.assert_called_once_with("rg-7", "ws-7", "ex-7")
+
+
+def test_a_pinned_job_is_looked_up_by_its_name(azure):
+    azure.batchai.jobs.get.return_value = job("job-7", "running")
+    assert steps.latest_job(azure.batchai, azure_settings(**NAMES)).name == "job-7"
+    azure.batchai.jobs.get.assert_called_once_with("rg-7", "ws-7", "ex-7", "job-7")
+
+
+@pytest.mark.parametrize(
+    "state", [models.ExecutionState.failed, models.ExecutionState.succeeded, "failed"]
+)
+def test_the_result_line_shows_the_plain_state_word(state, capsys):
+    steps.print_job_result(job("j", state, exit_code=2))
+    word = getattr(state, "value", state)
+    assert capsys.readouterr().out == f"Job j {word} with exit code 2\n"
+
+
+def test_the_result_of_a_job_without_execution_info_has_no_exit_code(capsys):
+    steps.print_job_result(job("j", "queued"))
+    assert capsys.readouterr().out == "Job j queued with exit code None\n"
+
+
+def test_status_follow_of_a_finished_job_reports_it_without_watching(azure, tmp_path, capsys):
+    script_a_finished_job(azure)
+    azure.batchai.jobs.list_by_experiment.return_value = iter([job("job-7", "failed", exit_code=3)])
+    settings_without_pin = settings(tmp_path, job="")
+    assert steps.status(settings_without_pin, follow=True, sleep=lambda s: None) == 3
+    azure.batchai.jobs.get.assert_not_called()
+    assert capsys.readouterr().out.count("Job job-7 failed with exit code 3") == 1
+
+
+def test_run_waits_with_the_given_sleep_for_the_node_and_the_job(azure, tmp_path, monkeypatch):
+    script_a_finished_job(azure)
+    azure.batchai.clusters.get.side_effect = [cloud_error(404, "ClusterNotFound")] + [
+        cluster("resizing"),
+        cluster("resizing"),
+        cluster("steady", idle=1, current=1),
+    ]
+    azure.batchai.jobs.get.side_effect = [
+        cloud_error(404, "JobNotFound"),
+        cloud_error(404, "JobNotFound"),
+        job("job-7", "running"),
+        job("job-7", "running"),
+        job("job-7", "succeeded", exit_code=0),
+    ]
+    monkeypatch.setattr(steps, "prepare_sample_files", lambda s: [])
+    monkeypatch.setattr(steps.time, "sleep", lambda s: pytest.fail("slept with time.sleep"))
+    sleeps = []
+    assert steps.run(settings(tmp_path, poll_interval=5), sleep=sleeps.append) == 0
+    assert sleeps == [5, 5, 5]  # once for the node, twice while the job runs
+
+
+def test_ctrl_c_names_every_way_back(azure, tmp_path, monkeypatch, capsys):
+    script_a_finished_job(azure)
+    azure.batchai.jobs.get.side_effect = [job("job-7", "running"), KeyboardInterrupt]
+    assert steps.run(settings(tmp_path), sleep=lambda s: None) == 130
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Stopped watching. The job job-7 keeps running in the cloud: `python -m quickstart run` "
+        "(or `status --follow`) reattaches to it, `python -m quickstart status` shows it, "
+        "`python -m quickstart teardown` removes everything."
+    )
