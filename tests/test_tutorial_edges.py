@@ -323,6 +323,12 @@ def test_teardown_says_the_share_was_removed_only_when_it_was(azure, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "Removed file share batchaiquickstart (the sample and every job's files on it)" in out
     assert out[-1] == "Already gone: resource group myresourcegroup"
+    azure.files.delete_share.return_value = False  # the share was gone, the rest removed
+    azure.resources.resource_groups.delete.side_effect = None
+    steps.teardown(azure_settings(), delete_share=True)
+    out = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("Removed file share") for line in out)
+    assert out[-1] == "Already gone: file share batchaiquickstart"
 
 
 def test_status_of_a_running_job_says_how_to_follow_it(azure, capsys):
@@ -337,8 +343,9 @@ def test_status_of_a_running_job_says_how_to_follow_it(azure, capsys):
     ]
 
 
-def test_status_follow_reads_the_followed_jobs_log(azure, tmp_path, capsys):
+def test_status_follow_reads_the_followed_jobs_log(azure, tmp_path, monkeypatch, capsys):
     script_a_finished_job(azure, state="failed", exit_code=4)
+    monkeypatch.setattr(steps.time, "sleep", lambda s: pytest.fail("slept with time.sleep"))
     azure.batchai.jobs.get.side_effect = [
         job("job-7", models.ExecutionState.running),
         job("job-7", "running"),
@@ -548,3 +555,37 @@ def test_ctrl_c_names_every_way_back(azure, tmp_path, monkeypatch, capsys):
         "(or `status --follow`) reattaches to it, `python -m quickstart status` shows it, "
         "`python -m quickstart teardown` removes everything."
     )
+
+
+def test_a_cluster_that_cannot_allocate_says_how_to_start_over(azure, capsys):
+    error = models.BatchAIError()
+    error.code, error.message, error.details = "AllocationFailed", "No quota", None
+    azure.batchai.clusters.get.return_value = cluster("steady", errors=[error])
+    with pytest.raises(steps.StepFailed) as caught:
+        steps.wait_for_idle_node(azure.batchai, azure_settings(**NAMES), sleep=lambda s: None)
+    assert str(caught.value) == (
+        "cluster cl-7 could not allocate its nodes; remove it with `python -m quickstart "
+        "teardown` and try again"
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == "Cluster error: AllocationFailed: No quota"
+
+
+def test_a_snapshot_joins_a_log_served_in_several_short_answers(azure):
+    """A server may answer a Range request with fewer bytes than asked; the pieces are joined."""
+    content = b"line one\nline two\n"
+    azure.batchai.jobs.list_output_files.return_value = iter([output_file("stderr.txt", LOG_URL)])
+
+    def short_answers(url, headers=None, **kwargs):
+        start = int(headers["Range"][6:-1])
+        if start >= len(content):
+            return http_response(416)
+        return http_response(206, content[start : start + 5])
+
+    azure.http.get.side_effect = short_answers
+    tail = steps.OutputTail(
+        steps.Clients(azure.batchai, azure.resources, azure.http),
+        azure_settings(),
+        "j",
+        "stderr.txt",
+    )
+    assert tail.read_all() == "line one\nline two\n"
