@@ -48,8 +48,9 @@ def run_recipe(data_dir, model_dir, *options, **make):
 SHORT = ["--max-epochs", "3", "--epoch-size", "250", "--minibatch-size", "64"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def short_run(data_dir, tmp_path_factory):
+    """Run per test (not once per module), so a mutation tool sees every test reach the recipe."""
     model_dir = tmp_path_factory.mktemp("models")
     cntk, recorder, error = run_recipe(data_dir, model_dir, *SHORT, "--seed", "7")
     return cntk, recorder, error, model_dir
