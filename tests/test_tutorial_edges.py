@@ -189,6 +189,8 @@ def test_uploads_show_a_byte_progress_bar_only_for_files_over_a_mib(azure, tmp_p
 
     azure.files.create_file_from_path.side_effect = create_file_from_path
     steps.upload_sample_files(azure.files, azure_settings(), [big, small, edge])
+    stored_types = [c.args[3].content_type for c in azure.files.set_file_properties.call_args_list]
+    assert stored_types == ["text/plain", "text/x-python", "text/plain"]
     common = {"unit": "B", "unit_scale": True, "leave": False}
     assert [bar.options for bar in RecordingBar.made] == [
         dict(common, total=(1 << 20) + 1, desc="big.txt", disable=None),
@@ -589,3 +591,12 @@ def test_a_snapshot_joins_a_log_served_in_several_short_answers(azure):
         "stderr.txt",
     )
     assert tail.read_all() == "line one\nline two\n"
+
+
+def test_a_file_of_unknown_type_is_stored_as_octet_stream(azure, tmp_path):
+    model = tmp_path / "ConvNet_MNIST_0.dnn-unknown"
+    model.write_bytes(b"\0\1")
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("gone", 404)
+    steps.upload_sample_files(azure.files, azure_settings(), [model])
+    settings_stored = azure.files.set_file_properties.call_args.args[3]
+    assert settings_stored.content_type == "application/octet-stream"
