@@ -496,3 +496,26 @@ def test_without_now_the_clock_decides_for_tokens():
     )
     assert verify_token(fresh, TOKEN_KEY, audience=AUDIENCE, issuer=ISSUER)["appid"] == "a"
     assert abs(jwt.decode(fresh, options={"verify_signature": False})["iat"] - time.time()) < 5
+
+
+def test_a_token_without_not_before_is_valid_and_errors_read_as_their_message():
+    value, claims = token()
+    del claims["nbf"]
+    assert verify(jwt.encode(claims, TOKEN_KEY, algorithm="HS256"))["appid"] == "app"
+    with pytest.raises(TokenError) as caught:
+        verify("not.a.jwt")
+    assert str(caught.value) == caught.value.message
+    with pytest.raises(SasError) as caught:
+        check(dict(sdk_sas(), si="p"))
+    assert str(caught.value) == caught.value.message
+
+
+def test_our_sas_escapes_a_slash_in_its_signature():
+    expiry = next(
+        NOW + n
+        for n in range(1000)
+        if "/" in dict(parse_qsl(make_file_sas(ACCOUNT, KEY, "s", "f", expiry=NOW + n)))["sig"]
+    )
+    token = make_file_sas(ACCOUNT, KEY, "s", "f", expiry=expiry)
+    signature = dict(parse_qsl(token))["sig"]
+    assert "/" in signature and f"sig={quote(signature, safe='')}&" in token

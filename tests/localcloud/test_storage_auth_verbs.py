@@ -163,3 +163,99 @@ def test_anonymous_access_is_never_allowed_even_to_read(cloud, good):
     response = requests.get(url, verify=cloud.connection["ca_cert"])
     assert response.status_code == 401
     assert b"hello world" not in response.content
+
+
+def signed_get(cloud, path, headers, key=None):
+    """A GET signed with the account key over exactly the headers given."""
+    from requests.structures import CaseInsensitiveDict
+
+    from quickstart.localcloud import sharedkey
+
+    connection = cloud.connection
+    account = connection["storage_account"]
+    raw_path = f"/{account}/{path}"
+    headers = CaseInsensitiveDict(headers)
+    signature = sharedkey.sign(
+        key or connection["storage_key"],
+        sharedkey.string_to_sign("GET", headers, raw_path, "", account),
+    )
+    headers["Authorization"] = f"SharedKey {account}:{signature}"
+    return requests_session(connection).get(f"{cloud.base_url}{raw_path}", headers=dict(headers))
+
+
+def test_a_request_dated_only_by_the_date_header_is_accepted(cloud, good):
+    response = signed_get(
+        cloud, "data/dir/f.txt", {"Date": formatdate(usegmt=True), "x-ms-version": "2018-03-28"}
+    )
+    assert response.status_code == 200 and response.content == b"hello world"
+
+
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        (
+            {"x-ms-version": "2018-03-28"},
+            "Server failed to authenticate the request: the x-ms-date header is missing or not "
+            "an RFC 1123 date.",
+        ),
+        (
+            {"x-ms-version": "2018-03-28", "x-ms-date": "yesterday"},
+            "Server failed to authenticate the request: the x-ms-date header is missing or not "
+            "an RFC 1123 date.",
+        ),
+        (
+            {"x-ms-version": "2018-03-28", "x-ms-date": "Mon, 01 Jun 2026 12:00:00 GMT"},
+            "Server failed to authenticate the request: the request date 'Mon, 01 Jun 2026 "
+            "12:00:00 GMT' is more than 15 minutes from the server's clock.",
+        ),
+    ],
+    ids=["no date", "not a date", "stale date"],
+)
+def test_a_signed_request_without_a_usable_date_is_refused_saying_why(
+    cloud, good, headers, message
+):
+    response = signed_get(cloud, "data/dir/f.txt", headers)
+    assert response.status_code == 403
+    assert response.headers["x-ms-error-code"] == "AuthenticationFailed"
+    assert f"<Message>{message}" in response.text
+
+
+def test_a_wrong_signature_is_explained_with_the_string_the_server_signed(cloud, good):
+    headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": "2018-03-28"}
+    response = signed_get(cloud, "data/dir/f.txt", headers, key=WRONG_KEY)
+    account = cloud.connection["storage_account"]
+    assert response.status_code == 403
+    assert (
+        "<Message>Server failed to authenticate the request. Make sure the value of "
+        "Authorization header is formed correctly including the signature (SharedKey "
+        f"{account}:&lt;signature&gt; with this account's key). Server used following string "
+        f"to sign: 'GET\\n" in response.text
+    )
+    assert f"/{account}/{account}/data/dir/f.txt'." in response.text
+
+
+def test_an_unsigned_request_is_told_how_to_sign(cloud, good):
+    response = raw_request(cloud, "GET", "data/dir/f.txt", {}, None)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "SharedKey"
+    assert (
+        "<Message>Server failed to authenticate the request. Sign it with the storage key "
+        "(SharedKey) or add a SAS; the local cloud allows no anonymous access." in response.text
+    )
+
+
+def test_a_sas_cannot_create_or_delete_a_share(cloud, good):
+    token = good.generate_share_shared_access_signature(
+        "data", permission="rwdlc", expiry="2099-01-01"
+    )
+    url = f"{cloud.base_url}/{cloud.connection['storage_account']}/data?restype=share&{token}"
+    for method in ("PUT", "DELETE"):
+        response = requests_session(cloud.connection).request(
+            method, url, headers={"x-ms-version": "2018-03-28"}
+        )
+        assert response.status_code == 403
+        assert response.headers["x-ms-error-code"] == "AuthorizationResourceTypeMismatch"
+        assert (
+            "<Message>A service SAS cannot list, create or delete shares; use the account key "
+            "(SharedKey)." in response.text
+        )
