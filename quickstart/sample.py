@@ -77,7 +77,8 @@ def job_files(data_dir=DEFAULT_DATA_DIR):
     text files (built if missing or stale), ConvNet_MNIST.py, and the PyTorch port it hands
     over to where CNTK does not import (its modules and its C kernels, nothing else)."""
     train, test = (Path(path) for path in build_ctf_files(data_dir))
-    files = {train.name: train, test.name: test, CONVNET_SCRIPT.name: CONVNET_SCRIPT}
+    script = Path(convnet_script_path())  # uploaded under the name the job runs
+    files = {train.name: train, test.name: test, CONVNET_SCRIPT.name: script}
     for path in sorted(PYTORCH_PORT.iterdir()):
         if path.suffix in (".py", ".c"):
             files[f"{PYTORCH_PORT.name}/{path.name}"] = path

@@ -175,6 +175,9 @@ def prepare_sample_files(settings):
     from quickstart.sample import job_files
 
     files = job_files(settings.data_dir)
+    script = Path(files[SAMPLE_SCRIPT])
+    if not script.is_file():
+        raise StepFailed(f"{script} is missing; it is the job's training script")
     folders = sorted({name.rpartition("/")[0] + "/" for name in files if "/" in name})
     top = [name for name in files if "/" not in name]
     print(f"Sample files ready: {', '.join(top + folders)}")
