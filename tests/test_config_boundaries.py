@@ -4,6 +4,7 @@ minutes into `run`."""
 
 import stat
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -429,3 +430,51 @@ def test_a_placeholder_left_in_delete_share_is_one_problem():
     assert caught.value.problems == [
         "--delete-share: still FILL-IN-HERE; replace it with your value"
     ]
+
+
+STATE_DIR_IS_A_FILE = "a-file is a file; name a folder (it is made if missing)"
+
+
+def test_a_state_dir_that_is_a_file_is_one_line_naming_where_it_was_set(tmp_path):
+    (tmp_path / "a-file").write_text("kept\n")
+    assert outcome("state_dir", "a-file") == (None, [f"--state-dir: {STATE_DIR_IS_A_FILE}"])
+    ini = write(tmp_path / "c.ini", "[cloud]\nstate_dir = a-file\n")
+    for path, environ, origin in [
+        (str(ini), {}, "[cloud] state_dir"),
+        (None, {"QUICKSTART_STATE_DIR": "a-file"}, "environment variable QUICKSTART_STATE_DIR"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, environ=environ)
+        assert caught.value.problems == [f"{origin}: {STATE_DIR_IS_A_FILE}"]
+    assert (tmp_path / "a-file").read_text() == "kept\n"
+
+
+def test_a_state_dir_that_is_a_folder_or_missing_or_empty_is_accepted(tmp_path):
+    (tmp_path / "shared").mkdir()
+    assert accepted("state_dir", "shared") == "shared"
+    assert accepted("state_dir", "not-yet") == "not-yet"
+    (tmp_path / "XX.XX").write_text("a file named like no setting\n")
+    assert load_settings(environ={"QUICKSTART_STATE_DIR": ""}).state_dir == "./.localcloud"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["XX.XX", "shared"]
+
+
+def test_run_with_a_state_dir_that_is_a_file_exits_2_with_one_line_and_creates_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from quickstart import __main__ as cli
+
+    monkeypatch.delenv("QUICKSTART_STATE_DIR", raising=False)
+    (tmp_path / "a-file").write_text("kept\n")
+    assert cli.main(["run", "--state-dir", "a-file"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--state-dir: {STATE_DIR_IS_A_FILE}" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+    assert (tmp_path / "a-file").read_text() == "kept\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc/self/mem")
+def test_a_config_file_that_cannot_be_read_is_one_line_with_the_systems_reason():
+    # /proc/self/mem opens but its first read fails (EIO), even for root, who reads any mode
+    with pytest.raises(ConfigError) as caught:
+        load_settings("/proc/self/mem", environ={})
+    assert caught.value.problems == ["--config: cannot read /proc/self/mem (Input/output error)"]
