@@ -455,6 +455,7 @@ def test_a_state_dir_that_is_a_folder_or_missing_or_empty_is_accepted(tmp_path):
     assert accepted("state_dir", "not-yet") == "not-yet"
     (tmp_path / "XX.XX").write_text("a file named like no setting\n")
     assert load_settings(environ={"QUICKSTART_STATE_DIR": ""}).state_dir == "./.localcloud"
+    assert accepted("state_dir", "") == ""  # --state-dir "": the current folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["XX.XX", "shared"]
 
 
