@@ -223,9 +223,7 @@ def main(argv=None):
         check_paths(args)
         try:
             import cntk
-        except ImportError:
-            cntk = None
-        if cntk is None:
+        except ImportError:  # no CNTK here: the PyTorch port trains the same network
             train_with_pytorch(args)
             return 0
         try:
