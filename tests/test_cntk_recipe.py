@@ -6,6 +6,7 @@ sizes of each epoch, the model file per epoch and the final test loop."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.fake_cntk import INFINITELY_REPEAT, make_cntk
@@ -98,7 +99,11 @@ def test_the_network_is_the_recipes_layer_by_layer(short_run):
     scale, image = node.inputs  # the input scaled by 1/256 before the first layer
     assert (scale.op, scale.details) == ("constant", {"value": 0.00390625})
     assert (image.op, image.details) == ("input", {"shape": (1, 28, 28)})
-    assert [args[0] for args, _ in recorder.named("input")] == [(1, 28, 28), 10]
+    # The recipe's inputs are float32, as the CTF reader's streams deliver them.
+    assert [args for args, _ in recorder.named("input")] == [
+        ((1, 28, 28), np.float32),
+        (10, np.float32),
+    ]
 
 
 def test_loss_and_metric_compare_the_network_with_the_labels(short_run):
