@@ -5,7 +5,15 @@ from ``quickstart.localcloud.arm`` so the module layout behind them can change.
 """
 
 from .resource_groups import LOCATIONS, ResourceGroups
-from .responses import ArmError, arm_error, arm_json, check_tags, json_body, utc_now_iso
+from .responses import (
+    ArmError,
+    arm_error,
+    arm_json,
+    check_tags,
+    json_body,
+    still_running,
+    utc_now_iso,
+)
 from .router import ArmRouter
 
 __all__ = [
@@ -17,5 +25,6 @@ __all__ = [
     "arm_json",
     "check_tags",
     "json_body",
+    "still_running",
     "utc_now_iso",
 ]

@@ -11,7 +11,7 @@ import re
 from werkzeug.wrappers import Request, Response
 
 from ..crashpoints import crash_point
-from .responses import ArmError, arm_json, check_tags, json_body
+from .responses import ArmError, arm_json, check_tags, json_body, still_running
 from .router import ArmRouter
 
 RESOURCE_GROUP_TYPE = "Microsoft.Resources/resourceGroups"
@@ -219,14 +219,7 @@ class ResourceGroups:
                 404, "OperationNotFound", f"The operation '{operationId}' was not found."
             )
         if op.status == "InProgress":
-            return arm_json(
-                202,
-                None,
-                {
-                    "Location": self.cloud.base_url + request.full_path.rstrip("?"),
-                    "Retry-After": "0",
-                },
-            )
+            return still_running(self.cloud.base_url, request)
         if op.status != "Succeeded":
             error = op.body.get("error") or {
                 "code": op.status,

@@ -35,6 +35,13 @@ def arm_json(status: int, body=None, headers: dict | None = None) -> Response:
     return response
 
 
+def still_running(base_url: str, request: Request) -> Response:
+    """An async operation not yet done: 202 pointing back at itself, as ARM answers its polls
+    (msrestazure's poller keeps following ``Location`` until a 200)."""
+    location = base_url + request.full_path.rstrip("?")
+    return arm_json(202, None, {"Location": location, "Retry-After": "0"})
+
+
 def arm_error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
     """ARM's error body: ``{"error": {"code": ..., "message": ...}}``."""
     return arm_json(status, {"error": {"code": code, "message": message}}, headers)

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from ..arm import LOCATIONS, ArmError, arm_json, check_tags, json_body
+from ..arm import LOCATIONS, ArmError, arm_json, check_tags, json_body, still_running
 from ..crashpoints import crash_point
 from . import nodeagent
 from .scheduler import ACTIVE, Scheduler, node_counts
@@ -880,14 +880,7 @@ class BatchAI:
     def operation_status(self, request: Request, subscriptionId, location, operationId):
         op = self._operation(operationId)
         if op.status == "InProgress":
-            return arm_json(
-                202,
-                None,
-                {
-                    "Location": self.cloud.base_url + request.full_path.rstrip("?"),
-                    "Retry-After": "0",
-                },
-            )
+            return still_running(self.cloud.base_url, request)
         return arm_json(200, self._status_body(request, op), {"Retry-After": "0"})
 
 
