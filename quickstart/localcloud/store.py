@@ -82,6 +82,13 @@ CREATE TABLE IF NOT EXISTS file_properties (
     props TEXT NOT NULL,                 -- JSON: content settings and metadata
     PRIMARY KEY (share, path)
 );
+CREATE TABLE IF NOT EXISTS file_names (  -- names too long for the disk (files/names.py)
+    share     TEXT NOT NULL,
+    parent    TEXT NOT NULL,             -- the directory's path as stored on disk ("" the root)
+    disk_name TEXT NOT NULL,             -- the entry's hashed name on disk
+    name      TEXT NOT NULL,             -- the name the client created it with
+    PRIMARY KEY (share, parent, disk_name)
+);
 CREATE TABLE IF NOT EXISTS blob_containers (
     name     TEXT PRIMARY KEY,
     created  REAL NOT NULL,
@@ -470,6 +477,7 @@ class Store:
                 return False
             self._db.execute("DELETE FROM shares WHERE name = ?", (name,))
             self._db.execute("DELETE FROM file_properties WHERE share = ?", (name,))
+            self._db.execute("DELETE FROM file_names WHERE share = ?", (name,))
             folder = self.shares_root / name
             doomed = self.trash_root / f"{name}-{uuid.uuid4().hex}"
             if folder.exists():
@@ -498,6 +506,29 @@ class Store:
     def delete_file_props(self, share: str, path: str) -> None:
         self._execute(
             "DELETE FROM file_properties WHERE share = ? AND path = ?", (share.lower(), path)
+        )
+
+    def remember_file_name(self, share: str, parent: str, disk_name: str, name: str) -> None:
+        """Record the real name of an entry kept under a hashed disk name, before it is made
+        (a record without its entry, left by a crash, is never shown and is overwritten)."""
+        self._execute(
+            "INSERT OR REPLACE INTO file_names (share, parent, disk_name, name) "
+            "VALUES (?, ?, ?, ?)",
+            (share.lower(), parent, disk_name, name),
+        )
+
+    def file_names(self, share: str, parent: str) -> dict[str, str]:
+        """Disk name -> real name, for the entries of directory ``parent`` that have one."""
+        rows = self._query(
+            "SELECT disk_name, name FROM file_names WHERE share = ? AND parent = ?",
+            (share.lower(), parent),
+        )
+        return dict(rows)
+
+    def forget_file_name(self, share: str, parent: str, disk_name: str) -> None:
+        self._execute(
+            "DELETE FROM file_names WHERE share = ? AND parent = ? AND disk_name = ?",
+            (share.lower(), parent, disk_name),
         )
 
     # ------------------------------------------------------------------ blob containers

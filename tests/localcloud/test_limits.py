@@ -181,7 +181,10 @@ def test_too_many_or_too_large_headers_get_the_services_error(local_cloud, targe
     assert answer.status_code == 431 and answer.json()["error"]["code"]
 
 
-@pytest.mark.parametrize(("name", "status"), [("é" * 127, 201), ("é" * 128, 400), ("a" * 256, 400)])
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("é" * 128, 201), ("\U0001f600" * 255, 201), ("a" * 256, 400), ("\U0001f600" * 256, 400)],
+)
 def test_file_names_are_limited_in_characters_with_a_clear_error(target, name, status):
     answer = target.files(
         "PUT", f"fuzzshare/{name}", {}, {"x-ms-type": "file", "x-ms-content-length": "1"}

@@ -25,7 +25,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wrappers import Request, Response
 
 from ..limits import MAX_METADATA_BYTES, metadata_size
-from .names import resolve_in_share
+from .names import is_long_disk_name, resolve_in_share
 from .responses import DISK_FULL, StorageError, empty, etag, http_date, iso7
 from .space import check_quota, free_range
 
@@ -109,6 +109,25 @@ class FileHandlers:
     def _props_key(self, share: str, target: Path) -> str:
         """The key of a file's stored properties: its path as stored on disk (case as created)."""
         return target.relative_to(self._share_root(share)).as_posix()
+
+    def _disk_folder(self, share: str, folder: Path) -> str:
+        """A directory's path as stored on disk, "" for the share's root."""
+        relative = self._props_key(share, folder)
+        return "" if relative == "." else relative
+
+    def _remember_name(self, share: str, target: Path, name: str) -> None:
+        """Before a new entry is made under a hashed disk name (files/names.py), record the
+        name it was asked for: the record first, so a crash never leaves a nameless entry. An
+        existing entry keeps the name it was created with (names are case-preserving)."""
+        if is_long_disk_name(target.name) and not os.path.lexists(target):
+            folder = self._disk_folder(share, target.parent)
+            self.store.remember_file_name(share, folder, target.name, name)
+
+    def _forget_name(self, share: str, target: Path) -> None:
+        """After an entry under a hashed disk name is gone, its name record goes too."""
+        if is_long_disk_name(target.name):
+            folder = self._disk_folder(share, target.parent)
+            self.store.forget_file_name(share, folder, target.name)
 
     def _load_props(self, share: str, target: Path, st: os.stat_result) -> dict:
         """Content settings and metadata of the file now at ``target``. They belong to one file
@@ -226,6 +245,8 @@ class FileHandlers:
 
     def create_directory(self, request: Request, share: str, parts) -> Response:
         target = self._locate(share, parts)
+        if parts:
+            self._remember_name(share, target, parts[-1])
         try:
             target.mkdir()
         except FileExistsError:
@@ -254,6 +275,7 @@ class FileHandlers:
             raise StorageError(
                 409, "DirectoryNotEmpty", "The specified directory is not empty."
             ) from None
+        self._forget_name(share, target)
         return empty(202)
 
     def list_directory(self, request: Request, share: str, parts) -> Response:
@@ -275,13 +297,19 @@ class FileHandlers:
                 400, "OutOfRangeQueryParameterValue", "maxresults must be 1 to 5000."
             )
         entries = []
+        long_names = None  # disk name -> real name, read once if the folder has any
         with os.scandir(target) as listing:
             for entry in listing:
-                if entry.name.startswith(prefix) and entry.name >= marker:
+                name = entry.name
+                if is_long_disk_name(name):
+                    if long_names is None:
+                        long_names = self.store.file_names(share, self._disk_folder(share, target))
+                    name = long_names.get(name, name)
+                if name.startswith(prefix) and name >= marker:
                     if entry.is_file(follow_symlinks=False):
-                        entries.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                        entries.append((name, entry.stat(follow_symlinks=False).st_size))
                     elif entry.is_dir(follow_symlinks=False):
-                        entries.append((entry.name, None))
+                        entries.append((name, None))
         entries.sort()
         page, rest = entries[:max_results], entries[max_results:]
         xml_entries = "".join(
@@ -340,6 +368,7 @@ class FileHandlers:
         self._check_quota(share, size - old_size)
         if size + JOURNAL_RESERVE > self.store.free_bytes():
             raise DISK_FULL  # refused whole: a file that could not be filled never appears
+        self._remember_name(share, target, parts[-1])
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, props)
         return empty(201, self._smb_headers(target.stat(), False, target.parent))
@@ -471,6 +500,7 @@ class FileHandlers:
                 404, "ResourceNotFound", "The specified resource does not exist."
             ) from None
         self.store.delete_file_props(share, self._props_key(share, target))
+        self._forget_name(share, target)
         return empty(202)
 
     def set_file_properties(self, request: Request, share: str, parts) -> Response:

@@ -4,18 +4,28 @@ Every path from a request goes through ``split_path`` (name rules, no ``.``/``..
 components, so encoded variants such as ``%2e%2e`` or ``..%2f`` are refused once decoded) and
 ``resolve_in_share`` (the resolved location, symlinks followed, must lie under the share's
 directory). Nothing is written before both pass.
+
+Azure counts a name's length in characters (255 at most), but Linux file systems hold 255 bytes
+of UTF-8 per name, so 128 "é" or 64 emoji fit Azure and not the disk. Such a name is kept on
+disk under ``long_disk_name``: a fixed prefix with ``:`` (a character Azure refuses, so no name
+a client sends can be one) and the SHA-256 of the name's simple case fold, so every spelling
+that Azure treats as the same name finds the same entry without a lookup. The real name is
+recorded in the store before the entry is made (handlers.py), and listings show it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 
 _SHARE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _BAD_CHARS = set('"\\/:|<>*?') | {chr(c) for c in range(0x20)} | {"\x7f"}
-MAX_COMPONENT = 255
+MAX_COMPONENT = 255  # characters, as Azure counts a name
 MAX_PATH = 2048
+NAME_MAX_BYTES = 255  # what a Linux file system holds per name, in UTF-8 bytes
+LONG_NAME_PREFIX = ":long-name:"
 
 
 class PathRejected(ValueError):
@@ -60,8 +70,16 @@ def split_path(path: str) -> list[str]:
         if len(part) > MAX_COMPONENT:
             raise PathRejected(
                 "InvalidResourceName",
-                f"The name '{part[:40]}...' is longer than {MAX_COMPONENT} characters.",
+                f"The name '{part[:40]}...' is {len(part)} characters long; Azure Files allows "
+                f"at most {MAX_COMPONENT}.",
             )
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PathRejected(
+                "InvalidResourceName",
+                f"The name {part[:40]!r} holds an unpaired surrogate, which is not Unicode text.",
+            ) from None
         bad = sorted(set(part) & _BAD_CHARS)
         if bad:
             shown = ", ".join(repr(c) for c in bad)
@@ -84,8 +102,8 @@ def resolve_in_share(root: Path, path: str | list[str]) -> Path:
     current = root
     for part in parts:
         candidate = current / part
-        if not os.path.lexists(candidate):
-            candidate = current / _case_insensitive_match(current, part)
+        if len(part.encode("utf-8")) > NAME_MAX_BYTES or not os.path.lexists(candidate):
+            candidate = current / _existing_entry(current, part)
         if candidate.is_symlink():
             raise PathRejected(
                 "InvalidResourceName",
@@ -107,8 +125,30 @@ def simple_fold(name: str) -> str:
     return "".join(upper if len(upper := c.upper()) == 1 else c for c in name)
 
 
-def _case_insensitive_match(folder: Path, name: str) -> str:
-    """The existing entry of ``folder`` equal to ``name`` ignoring case, else ``name`` itself."""
+def long_disk_name(name: str) -> str:
+    """The disk name of an entry whose name Azure accepts but the disk cannot hold as it is
+    (see the module's docstring); equal for names equal under simple case mapping."""
+    digest = hashlib.sha256(simple_fold(name).encode("utf-8")).hexdigest()
+    return f"{LONG_NAME_PREFIX}{digest}"
+
+
+def is_long_disk_name(disk_name: str) -> bool:
+    return disk_name.startswith(LONG_NAME_PREFIX)
+
+
+def disk_name(name: str) -> str:
+    """Where a new entry called ``name`` goes on disk: the name itself when the disk holds it."""
+    return name if len(name.encode("utf-8")) <= NAME_MAX_BYTES else long_disk_name(name)
+
+
+def _existing_entry(folder: Path, name: str) -> str:
+    """The disk name of the entry of ``folder`` that Azure would take ``name`` for (equal
+    ignoring simple case), else the disk name a new entry of that name gets.
+
+    A name kept under its hashed disk name is found by that name whatever its case or length
+    (the hash is of the case fold); one kept as itself by comparing case folds."""
+    if os.path.lexists(folder / (hashed := long_disk_name(name))):
+        return hashed
     wanted = simple_fold(name)
     try:
         with os.scandir(folder) as entries:
@@ -117,4 +157,4 @@ def _case_insensitive_match(folder: Path, name: str) -> str:
                     return entry.name
     except (FileNotFoundError, NotADirectoryError):
         pass
-    return name
+    return disk_name(name)

@@ -107,9 +107,9 @@ def os_error(err: OSError, service: str) -> StorageError:
         return StorageError(
             400,
             "InvalidResourceName",
-            "A name in the path is longer than this machine's disk holds (255 bytes in UTF-8 per "
-            "name); Azure allows 255 characters, but the local cloud keeps share files and blobs "
-            "as real files. Use a shorter name.",
+            "The path is longer than this machine's disk holds (4,096 bytes of UTF-8 per path, "
+            "and for blobs 255 per name): the local cloud keeps share files and blobs as real "
+            "files. Use a shorter path.",
         )
     log.error("%s request hit a disk error: %s", service, err)
     return StorageError(
