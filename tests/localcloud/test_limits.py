@@ -7,13 +7,16 @@ import json
 import socket
 import ssl
 import time
+from email.utils import formatdate
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from azure.common import AzureHttpError
 
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.connection import requests_session
+from quickstart.localcloud.files.sharedkey import sign, string_to_sign
 
 from ..conftest import make_blob_service, make_file_service
 from .fuzzing import FuzzTarget
@@ -243,3 +246,52 @@ def test_a_chunked_body_past_the_limit_is_cut_off_with_the_services_error(target
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "RequestBodyTooLarge"
     assert target.arm("GET", url[len(target.base) :], version="2021-04-01").status_code == 404
     assert target.send("PUT", url, version, headers, pieces(1)).status_code == 201
+
+
+@pytest.mark.parametrize("hang_up", ["shutdown", "close"])
+def test_a_put_range_cut_off_mid_body_answers_no_500_and_writes_nothing(
+    local_cloud, target, hang_up
+):
+    """A client that promises 4 MiB, sends a quarter and hangs up (a TCP FIN without TLS's
+    close_notify, or a plain close): the range is all or nothing (nothing here), the answer
+    recorded is a 4xx, no traceback, and the server serves on."""
+    size, path = 4 * 1024 * 1024, "fuzzshare/cut.bin"
+    create = {"x-ms-type": "file", "x-ms-content-length": str(size)}
+    assert target.files("PUT", path, {}, create).status_code == 201
+    before = bytes(range(256)) * (size // 256)
+    full = {"x-ms-write": "update", "x-ms-range": f"bytes=0-{size - 1}"}
+    assert target.files("PUT", path, {"comp": "range"}, full, before).status_code == 201
+    # the same request as a client would sign it, sent by hand so it can stop mid-body
+    request = requests.Request(
+        "PUT", f"{target.base}/{target.account}/{path}", params={"comp": "range"}, headers=full
+    )
+    prepared = target.session.prepare_request(request)
+    prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
+    prepared.headers["x-ms-version"] = "2018-03-28"
+    prepared.headers["Content-Length"] = str(size)
+    raw_path, _, raw_query = prepared.path_url.partition("?")
+    canonical = string_to_sign("PUT", prepared.headers, raw_path, raw_query, target.account)
+    prepared.headers["Authorization"] = f"SharedKey {target.account}:{sign(target.key, canonical)}"
+    head = f"PUT {prepared.path_url} HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in prepared.headers.items()
+    )
+    url = urlsplit(local_cloud.base_url)
+    context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
+    with socket.create_connection((url.hostname, url.port), timeout=10) as plain:
+        with context.wrap_socket(plain, server_hostname=url.hostname) as tls:
+            tls.sendall(head.encode() + b"\r\n" + b"\xee" * (size // 4))
+            if hang_up == "shutdown":
+                tls.shutdown(socket.SHUT_WR)
+    access = local_cloud.state_dir / "access.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        cut = [line for line in access.read_text().splitlines() if "cut.bin?comp=range" in line]
+        if len(cut) == 2:
+            break
+        time.sleep(0.05)
+    assert len(cut) == 2 and " 201 " in cut[0]  # the full range, then the cut-off one:
+    assert " 400 " in cut[1]  # answered IncompleteBody (the client was gone to read it)
+    got = target.files("GET", path, {}, {"x-ms-range": f"bytes=0-{size - 1}"})
+    assert got.status_code == 206 and got.content == before  # not one byte of the cut body
+    assert target.tracebacks() == 0
+    assert "client hung up mid-body" in (local_cloud.state_dir / "localcloud.log").read_text()
