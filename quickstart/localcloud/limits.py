@@ -16,6 +16,7 @@ drained). The numbers are Azure's where Azure documents them:
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -62,7 +63,7 @@ class Refusal:
 def check_request(environ: dict, surface: str) -> Refusal | None:
     """The first limit ``environ``'s request breaks on ``surface``, or None if it keeps them."""
     raw = environ.get("localcloud.raw_headers") or []
-    header_bytes = sum(len(name) + len(value) + 4 for name, value in raw)
+    header_bytes = sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)
     if header_bytes > MAX_HEADER_BYTES:
         return Refusal(
             431 if surface not in STORAGE_SURFACES else 400,

@@ -86,7 +86,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
@@ -147,14 +147,30 @@ _SECRET_NAMES = (
     "sharedaccesssignature",
 )
 _SECRET_PARAMETERS = re.compile(rf"(?i)\b({'|'.join(_SECRET_NAMES)})=[^&;\s\"']*")
+_SECRET_NEEDLES = tuple(f"{name}=" for name in _SECRET_NAMES)
+
+
+def _names_a_secret(text: str) -> bool:
+    """Whether ``text`` holds a secret parameter's name (a plain loop: a case-insensitive regex
+    or a generator costs several times more, on every line logged)."""
+    lowered = text.lower()
+    for needle in _SECRET_NEEDLES:
+        if needle in lowered:
+            return True
+    return False
 
 
 def redact(text: str) -> str:
     """Hide secrets that travel in query strings or forms (SAS signatures, client secrets,
     passwords, tokens, account keys) in anything that may be logged. Every log of the local
     cloud goes through this one function."""
-    lowered = text.lower()  # most lines hold none: skip the regex (it costs more than a request)
-    if not any(f"{name}=" in lowered for name in _SECRET_NAMES):
+    if "=" not in text:  # most lines hold none: skip the regex (it costs more than a request)
+        return text
+    if "%" in text:  # a parameter's name may come percent-encoded (client%5Fsecret=...)
+        decoded = unquote(text)
+        if decoded != text and _names_a_secret(decoded):
+            text = decoded
+    if not _names_a_secret(text):
         return text
     return _SECRET_PARAMETERS.sub(lambda m: f"{m.group(1)}=REDACTED", text)
 

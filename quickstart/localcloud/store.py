@@ -193,6 +193,7 @@ class Store:
         ):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._share_dirs: dict[str, Path] = {}  # existing shares (see share_dir)
         database = self.state_dir / DATABASE_FILE
         # It holds the client secret, storage key and token signing key: owner-only, like
         # connection.json (SQLite gives its -wal/-shm files the same mode).
@@ -438,9 +439,19 @@ class Store:
     # ------------------------------------------------------------------ shares
 
     def share_dir(self, name: str) -> Path | None:
-        """The directory holding share ``name``'s contents, or None if there is no such share."""
-        rows = self._query("SELECT name FROM shares WHERE name = ?", (name.lower(),))
-        return self.shares_root / rows[0][0] if rows else None
+        """The directory holding share ``name``'s contents, or None if there is no such share.
+
+        Asked two or three times by every Azure Files request, so existing shares are
+        remembered (filled and dropped under the store's lock, by delete_share)."""
+        name = name.lower()
+        found = self._share_dirs.get(name)
+        if found is None:
+            with self._lock:
+                rows = self._db.execute("SELECT name FROM shares WHERE name = ?", (name,))
+                row = rows.fetchone()
+                if row is not None:
+                    found = self._share_dirs[name] = self.shares_root / row[0]
+        return found
 
     def get_share(self, name: str) -> ShareRecord | None:
         rows = self._query(
@@ -476,6 +487,7 @@ class Store:
             if not self.get_share(name):
                 return False
             self._db.execute("DELETE FROM shares WHERE name = ?", (name,))
+            self._share_dirs.pop(name, None)
             self._db.execute("DELETE FROM file_properties WHERE share = ?", (name,))
             self._db.execute("DELETE FROM file_names WHERE share = ?", (name,))
             folder = self.shares_root / name

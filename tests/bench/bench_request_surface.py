@@ -200,15 +200,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         base = Path(temp)
         trees = {"this tree": REPO, f"baseline {args.baseline}": extract(args.baseline, base / "b")}
-        print(f"RSS growth under a {args.form_mib} MB token form (goal < 20 MiB):")
-        growth = {}
-        for label, code in trees.items():
-            print(f"  {label}:")
-            growth[label] = rss_under_huge_form(
-                code, base / f"form-{len(growth)}", args.form_mib * MIB
-            )
-        for label, value in growth.items():
-            print(f"  {label}: +{value:.1f} MiB")
+        if args.form_mib:  # --form-mib 0: only the mixed clients
+            print(f"RSS growth under a {args.form_mib} MB token form (goal < 20 MiB):")
+            growth = {}
+            for label, code in trees.items():
+                print(f"  {label}:")
+                growth[label] = rss_under_huge_form(
+                    code, base / f"form-{len(growth)}", args.form_mib * MIB
+                )
+            for label, value in growth.items():
+                print(f"  {label}: +{value:.1f} MiB")
         print(
             f"{args.clients} mixed clients for {args.seconds:.0f} s (clients on the same cores), "
             f"{args.rounds} rounds, the order alternating:"

@@ -216,10 +216,12 @@ def test_logs_rotate_and_secrets_in_query_strings_are_redacted(tmp_path):
         session = requests_session(cloud.connection)
         for _ in range(400):
             session.get(f"{cloud.base_url}/adfs/oauth2/token?client_secret=hunter2&sig=abc%2B")
+        session.get(f"{cloud.base_url}/adfs/oauth2/token?client%5Fsecret=hunter3&x=%25")
     logs = sorted(p.name for p in (tmp_path / "state").iterdir() if ".log" in p.name)
     assert "access.log.1" in logs
     text = "".join((tmp_path / "state" / name).read_text() for name in logs)
     assert "client_secret=REDACTED" in text and "hunter2" not in text and "abc%2B" not in text
+    assert "hunter3" not in text  # a percent-encoded name is a secret's name too
     assert all((tmp_path / "state" / name).stat().st_size <= 20_000 for name in logs)
 
 

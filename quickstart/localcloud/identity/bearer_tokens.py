@@ -7,12 +7,21 @@ app-only token (``aud``, ``iss``, ``appid``, ``tid``, ``oid``) closely enough fo
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import OrderedDict
 
 import jwt
 
 ALGORITHM = "HS256"
+# Tokens whose signature already checked out: parsing and verifying a JWT costs PyJWT about
+# 0.4 ms, more than the rest of an ARM request, and a client presents the same token on every
+# call until it expires. Only the signature check is remembered; expiry, audience and issuer
+# are checked on every call.
+VERIFIED_TOKENS_KEPT = 1024
+_verified: OrderedDict[tuple[str, bytes], dict] = OrderedDict()
+_verified_lock = threading.Lock()
 
 
 class TokenError(Exception):
@@ -56,6 +65,40 @@ def verify_token(
     token: str, key: bytes, *, audience: str, issuer: str, now: float | None = None
 ) -> dict:
     """Return the claims of a valid token, or raise TokenError saying what is wrong."""
+    claims = dict(_signed_claims(token, key))
+    now = time.time() if now is None else now
+    expiry = claims["exp"]
+    if not isinstance(expiry, (int, float)) or expiry <= now:
+        raise TokenError(
+            "ExpiredAuthenticationToken",
+            f"The access token expiry UTC time '{_utc(expiry)}' is earlier than "
+            f"current UTC time '{_utc(now)}'.",
+        )
+    if claims.get("nbf", 0) > now + 300:
+        raise TokenError("InvalidAuthenticationToken", "The access token is not yet valid.")
+    if claims["aud"].rstrip("/") != audience.rstrip("/"):
+        raise TokenError(
+            "InvalidAuthenticationTokenAudience",
+            f"The access token has been obtained for wrong audience or resource "
+            f"'{claims['aud']}'. It should exactly match with one of the allowed "
+            f"audiences '{audience}'.",
+        )
+    if claims["iss"] != issuer:
+        raise TokenError(
+            "InvalidAuthenticationTokenTenant",
+            f"The access token is from the wrong issuer '{claims['iss']}'.",
+        )
+    return claims
+
+
+def _signed_claims(token: str, key: bytes) -> dict:
+    """The claims of a token signed with ``key`` (remembered once checked), or TokenError."""
+    remembered = (token, key)
+    with _verified_lock:
+        claims = _verified.get(remembered)
+        if claims is not None:
+            _verified.move_to_end(remembered)
+            return claims
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
@@ -90,28 +133,10 @@ def verify_token(
         raise TokenError(
             "InvalidAuthenticationToken", f"The access token is invalid: {err}."
         ) from None
-    now = time.time() if now is None else now
-    expiry = claims["exp"]
-    if not isinstance(expiry, (int, float)) or expiry <= now:
-        raise TokenError(
-            "ExpiredAuthenticationToken",
-            f"The access token expiry UTC time '{_utc(expiry)}' is earlier than "
-            f"current UTC time '{_utc(now)}'.",
-        )
-    if claims.get("nbf", 0) > now + 300:
-        raise TokenError("InvalidAuthenticationToken", "The access token is not yet valid.")
-    if claims["aud"].rstrip("/") != audience.rstrip("/"):
-        raise TokenError(
-            "InvalidAuthenticationTokenAudience",
-            f"The access token has been obtained for wrong audience or resource "
-            f"'{claims['aud']}'. It should exactly match with one of the allowed "
-            f"audiences '{audience}'.",
-        )
-    if claims["iss"] != issuer:
-        raise TokenError(
-            "InvalidAuthenticationTokenTenant",
-            f"The access token is from the wrong issuer '{claims['iss']}'.",
-        )
+    with _verified_lock:
+        _verified[remembered] = claims
+        if len(_verified) > VERIFIED_TOKENS_KEPT:
+            _verified.popitem(last=False)
     return claims
 
 

@@ -8,11 +8,12 @@ the server's redaction (SAS signatures) before they are kept; headers and bodies
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..server import redact
 
@@ -22,8 +23,9 @@ _PRODUCT = re.compile(r"(azure-[\w.-]+/[\w.+-]+|Azure-Storage/[\w.+-]+|python-re
 _SUBSCRIPTION = re.compile(r"(?i)^/subscriptions/[^/]+")
 
 
-@dataclass(frozen=True)
-class ApiCall:
+class ApiCall(NamedTuple):
+    """One answered call (a tuple: made on every request, so it must cost next to nothing)."""
+
     time: float
     caller: str
     user_agent: str
@@ -53,9 +55,19 @@ class ApiCall:
 def caller_of(user_agent: str, address: str) -> str:
     """The SDK that called (its product token), else the agent's first word, and the client's
     port (one Python process keeps its connections, so the port tells scripts apart)."""
-    found = _PRODUCT.findall(user_agent)
-    name = found[-1] if found else (user_agent.split(" ", 1)[0] or "unknown client")
+    name = _product(user_agent)
     return f"{name} :{address}" if address else name
+
+
+@functools.lru_cache(maxsize=256)
+def _product(user_agent: str) -> str:
+    """The caller's name in ``user_agent``; remembered, as each client sends the same agent on
+    every call and the search costs as much as the rest of recording a call."""
+    found = _PRODUCT.findall(user_agent)
+    return found[-1] if found else (user_agent.split(" ", 1)[0] or "unknown client")
+
+
+_redacted_agent = functools.lru_cache(maxsize=256)(redact)
 
 
 class ApiCallLog:
@@ -65,20 +77,22 @@ class ApiCallLog:
 
     def observe(self, request, response, seconds: float) -> None:
         """A request observer (see server.py): keep one redacted line for the request."""
-        agent = request.headers.get("User-Agent", "")
-        port = str(request.environ.get("REMOTE_PORT", ""))
-        self.add(
-            ApiCall(
-                time=time.time(),
-                caller=caller_of(agent, port),
-                user_agent=redact(agent),
-                method=request.method,
-                path=redact(request.full_path.rstrip("?")),
-                status=response.status_code,
-                seconds=seconds,
-                request_id=response.headers.get("x-ms-request-id", ""),
-            )
+        environ = request.environ
+        agent = environ.get("HTTP_USER_AGENT", "")
+        # the target as the client sent it (served requests carry it); else werkzeug's
+        target = environ.get("RAW_URI") or request.full_path.rstrip("?")
+        call = ApiCall(
+            time.time(),
+            caller_of(agent, str(environ.get("REMOTE_PORT", ""))),
+            _redacted_agent(agent),
+            request.method,
+            redact(target),
+            response.status_code,
+            seconds,
+            response.headers.get("x-ms-request-id", ""),
         )
+        with self._lock:
+            self._calls.append(call)
 
     def add(self, call: ApiCall) -> None:
         with self._lock:

@@ -162,3 +162,35 @@ def test_missing_or_malformed_authorization_header(local_cloud, header, code):
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["error"]["code"] == code
     assert "WWW-Authenticate" in response.headers
+
+
+def test_a_remembered_token_is_still_checked_for_expiry_and_never_vouches_for_another(
+    monkeypatch,
+):
+    """A token's signature is checked once (PyJWT costs more than the rest of a request), but
+    expiry, audience and issuer are checked on every call, and a token signed with another key,
+    or altered, is verified on its own."""
+    from quickstart.localcloud.identity import bearer_tokens
+
+    key, audience, issuer = b"k" * 32, "https://management/", "https://sts/t/"
+    token, claims = issue_token(
+        key, audience=audience, issuer=issuer, client_id="c", tenant="t", lifetime=60
+    )
+    assert bearer_tokens.verify_token(token, key, audience=audience, issuer=issuer) == claims
+    decodes, decode = [], jwt.decode
+    monkeypatch.setattr(
+        bearer_tokens.jwt, "decode", lambda *a, **k: decodes.append(1) or decode(*a, **k)
+    )
+    assert bearer_tokens.verify_token(token, key, audience=audience, issuer=issuer) == claims
+    assert decodes == []  # remembered
+    later = claims["exp"] + 1
+    with pytest.raises(bearer_tokens.TokenError) as caught:
+        bearer_tokens.verify_token(token, key, audience=audience, issuer=issuer, now=later)
+    assert caught.value.code == "ExpiredAuthenticationToken"
+    with pytest.raises(bearer_tokens.TokenError) as caught:
+        bearer_tokens.verify_token(token, key, audience="https://other/", issuer=issuer)
+    assert caught.value.code == "InvalidAuthenticationTokenAudience"
+    with pytest.raises(bearer_tokens.TokenError):
+        bearer_tokens.verify_token(token, b"x" * 32, audience=audience, issuer=issuer)
+    with pytest.raises(bearer_tokens.TokenError):
+        bearer_tokens.verify_token(token[:-2] + "AA", key, audience=audience, issuer=issuer)
