@@ -41,7 +41,7 @@ SERVICES = ("identity", "arm", "batchai", "files", "blob", "*")
 STATUSES = (429, 500, 503)
 
 # What Batch AI reported (Azure Batch's allocation codes underneath; an unusable node's error
-# was InternalError, see reference/batchai.md).
+# was InternalError). What is confirmed of each, and what is not: docs/error-codes.md.
 ALLOCATION_ERROR = {
     "code": "AllocationFailed",
     "message": "Allocation failed: the desired number of dedicated nodes could not be "
