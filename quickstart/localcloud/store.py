@@ -34,9 +34,11 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,10 @@ BLOCKS_DIR = "blocks"
 TRASH_DIR = "trash"
 JOURNAL_DIR = "journal"
 COPY_BLOCK = 1024 * 1024
+SLOT_PREFIX = "slot-"  # journal slots (Store.commit_range)
+_SLOT_MAGIC = b"LCRANGE1"
+_SLOT_HEAD = struct.Struct("<8sIQI")  # magic, header length, data length, CRC-32 of both
+_VOID = bytes(8)  # written over a record's magic once its range is in its file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
@@ -194,6 +200,8 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._share_dirs: dict[str, Path] = {}  # existing shares (see share_dir)
+        self._free_slots: list[int] = []  # journal slots not in use (list ops are atomic)
+        self._slot_count = 0
         database = self.state_dir / DATABASE_FILE
         # It holds the client secret, storage key and token signing key: owner-only, like
         # connection.json (SQLite gives its -wal/-shm files the same mode).
@@ -213,6 +221,9 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        while self._free_slots:
+            with contextlib.suppress(OSError, IndexError):
+                os.close(self._free_slots.pop())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -661,25 +672,39 @@ class Store:
         return staged
 
     def commit_range(self, staged: StagedRange) -> None:
-        """Make a staged range part of its file, all or nothing: it is written to the journal
-        (renamed into place: the commit point), copied into the file, then dropped. A crash
-        after the rename is finished at the next start (``_recover_files``); before it, the
-        file never saw the range. A full disk fails the journal write, before the file."""
-        name = f"range-{uuid.uuid4().hex}"
-        temp, entry = self.tmp_root / name, self.journal_root / name
-        header = json.dumps({"path": str(staged.target), "offset": staged.offset})
+        """Make a staged range part of its file, all or nothing: it is written to a journal
+        slot as one record whose checksum covers it all (the commit point: a record cut short
+        by a crash or a full disk does not check out and is ignored), copied into the file,
+        then the record is voided. A crash between is finished at the next start
+        (``_recover_files``). Slots are files kept open and reused, so a range costs three
+        writes and no file created, renamed or deleted."""
+        header = json.dumps({"path": str(staged.target), "offset": staged.offset}).encode()
+        data = memoryview(staged.data)
+        checksum = zlib.crc32(data, zlib.crc32(header))
+        record = _SLOT_HEAD.pack(_SLOT_MAGIC, len(header), len(data), checksum) + header
+        slot = self._take_slot()
         try:
-            with open(temp, "wb") as out:
-                out.write(header.encode("utf-8") + b"\n")
-                out.write(staged.data)
-            os.replace(temp, entry)
+            _write_all(slot, [record, data])
         except BaseException:
             with contextlib.suppress(OSError):
-                temp.unlink()
+                os.pwrite(slot, _VOID, 0)
+            self._free_slots.append(slot)
             raise
         crash_point("put-range.journaled")
-        self._copy_range(staged.target, staged.offset, memoryview(staged.data))
-        entry.unlink()
+        self._copy_range(staged.target, staged.offset, data)  # on failure the slot stays
+        os.pwrite(slot, _VOID, 0)  # (held, replayed at the next start)
+        self._free_slots.append(slot)
+
+    def _take_slot(self) -> int:
+        """A free journal slot (an open file descriptor), made on first need."""
+        try:
+            return self._free_slots.pop()
+        except IndexError:
+            pass
+        with self._lock:
+            self._slot_count += 1
+            number = self._slot_count
+        return os.open(self.journal_root / f"{SLOT_PREFIX}{number}", os.O_RDWR | os.O_CREAT, 0o600)
 
     def _copy_range(self, target: Path, offset: int, data) -> None:
         if self.shares_root not in target.parents or target.is_symlink() or not target.is_file():
@@ -690,8 +715,15 @@ class Store:
                 crash_point("put-range.copying")
 
     def _apply_range(self, entry: Path) -> None:
-        """Replay one journal entry (at start, after a crash)."""
-        with open(entry, "rb") as journal:
+        """Replay one journal entry (at start, after a crash), then drop it."""
+        if entry.name.startswith(SLOT_PREFIX):
+            with open(entry, "rb") as journal:
+                found = _read_slot(journal)
+            if found is not None:
+                self._copy_range(*found)
+            entry.unlink()
+            return
+        with open(entry, "rb") as journal:  # a range journaled by an earlier version
             try:
                 header = json.loads(journal.readline())
                 target, offset = Path(header["path"]), int(header["offset"])
@@ -700,6 +732,38 @@ class Store:
             if target is not None:
                 self._copy_range(target, offset, journal.read())
         entry.unlink()
+
+
+def _write_all(fd: int, pieces: list) -> None:
+    """Write ``pieces`` one after another from the start of ``fd`` (short writes continued)."""
+    offset = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            done = os.pwrite(fd, view, offset)
+            offset += done
+            view = view[done:]
+
+
+def _read_slot(journal) -> tuple[Path, int, bytes] | None:
+    """(file, offset, data) of a journal slot's record if it is whole and checks out, else
+    None (voided, or cut short when the process died while writing it)."""
+    head = journal.read(_SLOT_HEAD.size)
+    if len(head) < _SLOT_HEAD.size:
+        return None
+    magic, header_length, length, checksum = _SLOT_HEAD.unpack(head)
+    if magic != _SLOT_MAGIC or header_length > 64 * 1024 or length > 64 * 1024 * 1024:
+        return None
+    header, data = journal.read(header_length), journal.read(length)
+    if len(header) < header_length or len(data) < length:
+        return None
+    if zlib.crc32(data, zlib.crc32(header)) != checksum:
+        return None
+    try:
+        fields = json.loads(header)
+        return Path(fields["path"]), int(fields["offset"]), data
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _reserve(fd: int, start: int, size: int) -> None:
