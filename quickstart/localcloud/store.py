@@ -54,6 +54,7 @@ TRASH_DIR = "trash"
 JOURNAL_DIR = "journal"
 COPY_BLOCK = 1024 * 1024
 SLOT_PREFIX = "slot-"  # journal slots (Store.commit_range)
+SLOT_KEEP_BYTES = 1024 * 1024  # a slot keeps its disk space between records up to this size
 _SLOT_MAGIC = b"LCRANGE1"
 _SLOT_HEAD = struct.Struct("<8sIQI")  # magic, header length, data length, CRC-32 of both
 _VOID = bytes(8)  # written over a record's magic once its range is in its file
@@ -692,7 +693,10 @@ class Store:
             raise
         crash_point("put-range.journaled")
         self._copy_range(staged.target, staged.offset, data)  # on failure the slot stays
-        os.pwrite(slot, _VOID, 0)  # (held, replayed at the next start)
+        if len(data) > SLOT_KEEP_BYTES:  # (held, replayed at the next start)
+            os.ftruncate(slot, 0)  # an empty slot holds no record; a big one's space goes back
+        else:
+            os.pwrite(slot, _VOID, 0)
         self._free_slots.append(slot)
 
     def _take_slot(self) -> int:

@@ -64,3 +64,14 @@ def test_a_record_cut_short_is_ignored_and_a_voided_one_never_replays(store_and_
     Store(state).close()
     assert target.read_bytes() == b"\x02" * 64
     assert _slots(state) == []
+
+
+def test_a_big_range_gives_its_slot_space_back(store_and_file):
+    store, target, state = store_and_file
+    size = 2 * 1024 * 1024
+    with open(target, "r+b") as out:
+        out.truncate(size)
+    store.commit_range(store.stage_range(target, 0, io.BytesIO(b"\x05" * size), size))
+    assert target.read_bytes() == b"\x05" * size
+    (slot,) = _slots(state)
+    assert slot.stat().st_size == 0  # not 2 MiB kept for the life of the server
