@@ -489,8 +489,9 @@ class _RequestHandler(WSGIRequestHandler):
                 state["chunked"] = True
             if self.close_connection:
                 self.send_header("Connection", "close")
-            # Held back to go out with the first piece of the body: one TLS record (and one
-            # send) instead of two for most answers, which costs less than the rest of a GET.
+            # Held back to go out with the first piece of the body: one TLS record and one
+            # send instead of two for most answers (each send is a sizeable part of what a
+            # small answer costs the server).
             self._headers_buffer.append(b"\r\n")
             state["head"] = b"".join(self._headers_buffer)
             self._headers_buffer = []

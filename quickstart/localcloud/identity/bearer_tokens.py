@@ -17,8 +17,8 @@ import jwt
 ALGORITHM = "HS256"
 # Tokens whose signature already checked out: parsing and verifying a JWT costs PyJWT more
 # than all the rest of an ARM request (tests/bench/README.md), and a client presents the same
-# token on every call until it expires. Only the signature check is remembered; expiry, audience and issuer
-# are checked on every call.
+# token on every call until it expires. Only the signature check is remembered; expiry,
+# audience and issuer are checked on every call.
 VERIFIED_TOKENS_KEPT = 1024
 _verified: OrderedDict[tuple[str, bytes], dict] = OrderedDict()
 _verified_lock = threading.Lock()
