@@ -6,7 +6,6 @@ The handlers the Blob router calls; writing is uploads.py's, what a stored blob 
 from __future__ import annotations
 
 import os
-import shutil
 from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Request, Response
@@ -74,12 +73,10 @@ class BlobHandlers(BlobUploads):
     def delete_blob(self, request: Request, container: str, name: str) -> Response:
         target, _ = self._existing(container, name)
         root = self.store.containers_root / container
-        try:
-            target.unlink()
-        except FileNotFoundError:
-            raise StorageError(*BLOB_NOT_FOUND) from None
+        if not self.store.trash.discard(target):  # freed in the background
+            raise StorageError(*BLOB_NOT_FOUND)
         self.store.delete_blob_props(container, name)
-        shutil.rmtree(self._blocks_dir(container, name), ignore_errors=True)
+        self.store.trash.discard(self._blocks_dir(container, name))
         folder = target.parent
         while folder != root:  # a virtual directory ends with its last blob, as in Azure
             try:

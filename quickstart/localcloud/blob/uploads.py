@@ -5,7 +5,8 @@ place. Put Block keeps each block under ``blocks/`` (blocks.py: outside the cont
 so a mount never shows them); Put Block List renames the staged blocks into place when they
 already lie in order, else builds the new blob from them in a temporary file and renames that,
 and only then forgets the blocks. A crash before the rename leaves the old blob whole; the
-temporary file is removed at the next start (store.py).
+temporary file is removed at the next start (store.py). The blob a write replaces is freed in the
+background (trash.py): freeing a large file just written would otherwise hold up the commit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import binascii
 import contextlib
 import hashlib
 import os
-import shutil
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -94,7 +94,7 @@ class BlobUploads(StoredBlobs):
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_dir() and not target.is_symlink():
                 raise IsADirectoryError
-            os.replace(temp, target)
+            self.store.trash.replace(temp, target)  # the old blob is freed in the background
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -136,7 +136,7 @@ class BlobUploads(StoredBlobs):
         if blocks is not None:
             props["blocks"] = blocks
         self._save_props(container, name, target, props)
-        shutil.rmtree(self._blocks_dir(container, name), ignore_errors=True)
+        self.store.trash.discard(self._blocks_dir(container, name))
         headers = {
             "ETag": blob_etag(st),
             "Last-Modified": http_date(st.st_mtime),
