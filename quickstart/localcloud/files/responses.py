@@ -10,6 +10,7 @@ import email.utils
 import errno
 import logging
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -59,6 +60,16 @@ def etag(st: os.stat_result) -> str:
     return f'"0x{st.st_mtime_ns:X}{st.st_size:X}"'
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` escaped for an XML element; characters XML 1.0 cannot hold at all (control
+    characters a request's name or header carried) are written as Python escapes (``\\x11``),
+    so the error body stays XML a client can parse."""
+    return escape(_NOT_XML.sub(lambda m: repr(m.group())[1:-1], text))
+
+
 def error_response(request: Request, err: StorageError, request_id: str) -> Response:
     """The storage service's XML error body (none for HEAD) and ``x-ms-error-code``."""
     message = f"{err.message}\nRequestId:{request_id}\nTime:{iso7(time.time())}"
@@ -67,9 +78,9 @@ def error_response(request: Request, err: StorageError, request_id: str) -> Resp
         if request.method == "HEAD"
         else (
             '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
-            + escape(err.code)
+            + xml_text(err.code)
             + "</Code><Message>"
-            + escape(message)
+            + xml_text(message)
             + "</Message></Error>"
         ).encode("utf-8")
     )
