@@ -5,7 +5,8 @@ place. Put Block keeps each block under ``blocks/`` (blocks.py: outside the cont
 so a mount never shows them); Put Block List renames the staged blocks into place when they
 already lie in order, else builds the new blob from them in a temporary file and renames that,
 and only then forgets the blocks. A crash before the rename leaves the old blob whole; the
-temporary file is removed at the next start (store.py). The blob a write replaces is freed in the
+temporary file is removed at the next start (store.py). A write the disk cannot hold is refused
+before it starts (files/space.py), as Files refuses one. The blob a write replaces is freed in the
 background (trash.py): freeing a large file just written would otherwise hold up the commit.
 """
 
@@ -24,6 +25,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import stream_into
 from ..files.responses import StorageError, empty, http_date
+from ..files.space import check_disk
 from ..limits import BLOCK_LIST_BODY_MAX, PUT_BLOB_MAX, PUT_BLOCK_MAX
 from . import blocks
 from .blocks import id_lengths, offset_hint
@@ -119,6 +121,7 @@ class BlobUploads(StoredBlobs):
             )
         root, target = self._target(container, name)
         length = self._body_length(request, PUT_BLOB_MAX, "Put Blob")
+        check_disk(self.store, length)
         temp, md5 = self._receive(request, length, want_md5=True)
         settings = self._settings(request)
         settings.setdefault("x-ms-blob-content-md5", md5)
@@ -170,6 +173,7 @@ class BlobUploads(StoredBlobs):
         raw_id = self._block_id(block_id)
         self._target(container, name)
         length = self._body_length(request, PUT_BLOCK_MAX, "Put Block")
+        check_disk(self.store, length)
         folder = self._blocks_dir(container, name)
         folder.mkdir(parents=True, exist_ok=True)
         if id_lengths(folder) - {len(raw_id.hex())}:
@@ -255,7 +259,8 @@ class BlobUploads(StoredBlobs):
             committed.append([block_id, offset, size])
             offset += size
         temp = blocks.as_is(folder, [source[:3] for source in chosen])
-        if temp is None:
+        if temp is None:  # copied into a new file: the disk must hold the whole blob again
+            check_disk(self.store, offset)
             temp = self._assemble(chosen)
         return self._commit(
             request, container, name, (root, target, temp), self._settings(request), committed, ""
