@@ -11,10 +11,10 @@ from xml.sax.saxutils import escape
 from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import send_file
-from ..files.responses import StorageError, empty, http_date
+from ..files.responses import StorageError, empty, etag, http_date
 from .containers import metadata_xml, read_metadata
 from .listing import blob_files, includes, page_of, page_size
-from .stored import BLOB_NOT_FOUND, blob_etag
+from .stored import BLOB_NOT_FOUND
 from .uploads import BlobUploads
 
 _LIST_PROPERTY = {  # response header -> List Blobs property element
@@ -52,7 +52,7 @@ class BlobHandlers(BlobUploads):
         props = self._props(container, name, st)
         props["settings"] = self._settings(request)  # the service replaces them all
         self._save_props(container, name, target, props)
-        return empty(200, {"ETag": blob_etag(st), "Last-Modified": http_date(st.st_mtime)})
+        return empty(200, {"ETag": etag(st), "Last-Modified": http_date(st.st_mtime)})
 
     def blob_metadata(self, request: Request, container: str, name: str) -> Response:
         _, st = self._existing(container, name)
@@ -68,7 +68,7 @@ class BlobHandlers(BlobUploads):
         props = self._props(container, name, st)
         props["metadata"] = read_metadata(request)
         self._save_props(container, name, target, props)
-        return empty(200, {"ETag": blob_etag(st), "Last-Modified": http_date(st.st_mtime)})
+        return empty(200, {"ETag": etag(st), "Last-Modified": http_date(st.st_mtime)})
 
     def delete_blob(self, request: Request, container: str, name: str) -> Response:
         target, _ = self._existing(container, name)

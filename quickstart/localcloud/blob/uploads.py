@@ -24,13 +24,13 @@ from xml.sax.saxutils import escape
 from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import stream_into
-from ..files.responses import StorageError, empty, http_date
+from ..files.responses import StorageError, empty, etag, http_date, written
 from ..files.space import check_disk
 from ..limits import BLOCK_LIST_BODY_MAX, PUT_BLOB_MAX, PUT_BLOCK_MAX
 from . import blocks
 from .blocks import id_lengths, offset_hint
 from .containers import read_metadata
-from .stored import StoredBlobs, blob_etag
+from .stored import StoredBlobs
 
 MAX_BLOCKS = 50_000  # committed blocks per blob
 MAX_BLOCK_ID = 64  # bytes, decoded
@@ -140,14 +140,7 @@ class BlobUploads(StoredBlobs):
             props["blocks"] = blocks
         self._save_props(container, name, target, props)
         self.store.trash.discard(self._blocks_dir(container, name))
-        headers = {
-            "ETag": blob_etag(st),
-            "Last-Modified": http_date(st.st_mtime),
-            "x-ms-request-server-encrypted": "true",
-        }
-        if md5:
-            headers["Content-MD5"] = md5
-        return empty(201, headers)
+        return written(st, md5)
 
     @staticmethod
     def _block_id(block_id: str) -> bytes:
@@ -315,7 +308,7 @@ class BlobUploads(StoredBlobs):
         )
         response = Response((xml + "</BlockList>").encode(), content_type="application/xml")
         if st is not None:
-            response.headers["ETag"] = blob_etag(st)
+            response.headers["ETag"] = etag(st)
             response.headers["Last-Modified"] = http_date(st.st_mtime)
             response.headers["x-ms-blob-content-length"] = str(st.st_size)
         return response

@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..limits import MAX_METADATA_BYTES, metadata_size
 from .names import resolve_in_share
-from .responses import StorageError, empty, etag, http_date, iso7
+from .responses import StorageError, empty, etag, http_date, iso7, written
 from .space import check_disk, check_quota, free_range
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
@@ -418,15 +418,7 @@ class FileHandlers:
                 "value calculated by the server.",
             )
         self.store.commit_range(staged)
-        st = target.stat()
-        headers = {
-            "ETag": etag(st),
-            "Last-Modified": http_date(st.st_mtime),
-            "x-ms-request-server-encrypted": "true",
-        }
-        if expected_md5:
-            headers["Content-MD5"] = expected_md5
-        return empty(201, headers)
+        return written(target.stat(), expected_md5 or "")
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
         props = self._load_props(share, target, st)

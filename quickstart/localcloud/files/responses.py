@@ -91,6 +91,18 @@ def error_response(request: Request, err: StorageError, request_id: str) -> Resp
     return response
 
 
+def written(st: os.stat_result, md5: str = "") -> Response:
+    """The 201 answer to a write (Put Range, Put Blob, Put Block List) of what is now ``st``."""
+    headers = {
+        "ETag": etag(st),
+        "Last-Modified": http_date(st.st_mtime),
+        "x-ms-request-server-encrypted": "true",
+    }
+    if md5:
+        headers["Content-MD5"] = md5
+    return empty(201, headers)
+
+
 def empty(status: int, headers: dict | None = None) -> Response:
     """An answer with no body and no Content-Type, as the service sends for most operations."""
     response = Response(b"", status=status, headers=headers or {})
