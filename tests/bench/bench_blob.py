@@ -2,9 +2,11 @@
 beside the local cloud's Azure Files and beside Azurite's Blob service, in the same run.
 
     .venv/bin/python tests/bench/bench_blob.py [--size-mib 128] [--runs 3] [--azurite DIR]
+        [--max-connections 2] [--server embedded|process]
 
-For a local cloud embedded in this process (as the tests run it), prints in MB/s (best of RUNS,
-the three taking turns within each run):
+For a local cloud embedded in this process (as the tests run it; or, with ``--server process``,
+serving from its own process as ``python -m quickstart localcloud`` runs it for a user and as
+Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each run):
 
 * Azure Files: FileService.create_file_from_path and get_file_to_path (max_connections 2, the
   SDK's default);
@@ -21,15 +23,20 @@ Each Blob figure is printed with its ratio to Files' and to Azurite's in the sam
 With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
 differ on the client side: FileService's workers each read their own range from the file, while
 BlockBlobService reads every block in the calling thread and hands it to a worker (a bounded
-pipeline), so its upload waits on its own reads. Run both to tell server from client.
+pipeline), so its upload waits on its own reads. Run both to tell server from client. Embedded,
+the SDK's threads and the local cloud's share one interpreter lock, so that pipeline weighs more
+there than against a local cloud of its own process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -170,16 +177,53 @@ def start_azurite(program: Path, workspace: Path, tls: Path) -> tuple[subprocess
     raise SystemExit("Azurite did not start listening within 30 s")
 
 
+@contextlib.contextmanager
+def local_cloud(where: str, state: Path):
+    """The connection of a local cloud serving from ``state``: in this process, or from its own
+    (stopped with Ctrl-C's signal, as its user stops it)."""
+    if where == "embedded":
+        with LocalCloud(state, port=0) as cloud:
+            yield cloud.connection
+        return
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quickstart", "localcloud", "--port", "0", "--state-dir", state],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.strip().startswith("connection:"):
+                break
+        else:
+            raise SystemExit("the local cloud did not start (python -m quickstart localcloud)")
+        yield json.loads((state / "connection.json").read_text())
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-connections", type=int, default=2, help="the SDKs' default: 2")
     parser.add_argument("--azurite", type=Path, help="a folder with azurite installed by npm")
+    parser.add_argument(
+        "--server",
+        choices=("embedded", "process"),
+        default="embedded",
+        help="the local cloud in this process (as the tests run it) or in its own",
+    )
     args = parser.parse_args()
     print(
         f"bench_blob: {args.size_mib} MiB, best of {args.runs}, "
-        f"max_connections={args.max_connections}, "
+        f"max_connections={args.max_connections}, local cloud {args.server}, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
     )
@@ -189,8 +233,7 @@ def main() -> None:
         with open(source, "wb") as out:
             for _ in range(args.size_mib):
                 out.write(os.urandom(1024 * 1024))
-        with LocalCloud(work / "localcloud", port=0) as cloud:
-            connection = cloud.connection
+        with local_cloud(args.server, work / "localcloud") as connection:
             targets = {
                 "files": files_target(connection, source, work, args.max_connections),
                 "blob": blob_target(
