@@ -2,7 +2,7 @@
 beside the local cloud's Azure Files and beside Azurite's Blob service, in the same run.
 
     .venv/bin/python tests/bench/bench_blob.py [--size-mib 128] [--runs 3] [--azurite DIR]
-        [--max-connections 2] [--server embedded|process]
+        [--max-connections 2] [--server embedded|process] [--baseline DIR]
 
 For a local cloud embedded in this process (as the tests run it; or, with ``--server process``,
 serving from its own process as ``python -m quickstart localcloud`` runs it for a user and as
@@ -18,7 +18,9 @@ Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each 
   from the npm registry (``npm install azurite`` into a temporary folder, or the folder given
   with --azurite). Without node/npm, or if the install fails, those lines say why.
 
-Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run.
+Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
+``--baseline DIR`` (another checkout of this repository, served from its own process), also to
+that checkout's Blob, for before/after figures of a change.
 
 With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
 differ on the client side: FileService's workers each read their own range from the file, while
@@ -178,16 +180,16 @@ def start_azurite(program: Path, workspace: Path, tls: Path) -> tuple[subprocess
 
 
 @contextlib.contextmanager
-def local_cloud(where: str, state: Path):
+def local_cloud(where: str, state: Path, code: Path = REPO):
     """The connection of a local cloud serving from ``state``: in this process, or from its own
-    (stopped with Ctrl-C's signal, as its user stops it)."""
+    running the checkout ``code`` (stopped with Ctrl-C's signal, as its user stops it)."""
     if where == "embedded":
         with LocalCloud(state, port=0) as cloud:
             yield cloud.connection
         return
     process = subprocess.Popen(
         [sys.executable, "-m", "quickstart", "localcloud", "--port", "0", "--state-dir", state],
-        cwd=REPO,
+        cwd=code,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -220,6 +222,12 @@ def main() -> None:
         default="embedded",
         help="the local cloud in this process (as the tests run it) or in its own",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (say `git archive REV | tar -x -C DIR`): its Blob, served from "
+        "its own process, is timed beside ours (for before/after figures)",
+    )
     args = parser.parse_args()
     print(
         f"bench_blob: {args.size_mib} MiB, best of {args.runs}, "
@@ -233,7 +241,8 @@ def main() -> None:
         with open(source, "wb") as out:
             for _ in range(args.size_mib):
                 out.write(os.urandom(1024 * 1024))
-        with local_cloud(args.server, work / "localcloud") as connection:
+        with contextlib.ExitStack() as serving:
+            connection = serving.enter_context(local_cloud(args.server, work / "localcloud"))
             targets = {
                 "files": files_target(connection, source, work, args.max_connections),
                 "blob": blob_target(
@@ -245,6 +254,18 @@ def main() -> None:
                     args.max_connections,
                 ),
             }
+            if args.baseline:
+                before = serving.enter_context(
+                    local_cloud("process", work / "baseline", args.baseline.resolve())
+                )
+                targets["baseline"] = blob_target(
+                    before,
+                    before["storage_connection_string"],
+                    source,
+                    work,
+                    "baseline",
+                    args.max_connections,
+                )
             program, why = install_azurite(args.azurite or work / "azurite")
             process = None
             if program is not None:
@@ -282,6 +303,12 @@ def main() -> None:
         print(
             f"  Blob    {label} {ours[phase]:7.1f} MB/s  "
             f"({ours[phase] / files[phase]:.2f}x Files; {versus})"
+        )
+    if "baseline" in figures:
+        before = figures["baseline"]
+        print(
+            f"  Blob    against the baseline checkout: upload {ours[0] / before[0]:.2f}x "
+            f"({before[0]:.1f} MB/s), download {ours[1] / before[1]:.2f}x ({before[1]:.1f} MB/s)"
         )
 
 
