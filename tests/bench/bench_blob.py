@@ -18,7 +18,8 @@ Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each 
   from the npm registry (``npm install azurite`` into a temporary folder, or the folder given
   with --azurite). Without node/npm, or if the install fails, those lines say why.
 
-Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
+With ``--server process`` it also prints the median CPU seconds the local cloud's process spent
+per transfer, a figure the machine's load barely moves. Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
 ``--baseline DIR`` (another checkout of this repository, served from its own process), also to
 that checkout's Blob, for before/after figures of a change.
 
@@ -40,6 +41,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,19 +100,37 @@ def blob_target(
     )
 
 
-def interleaved_best(targets: dict, runs: int, size: int, source: Path) -> dict:
-    """{label: (upload MB/s, download MB/s)}, each the best of ``runs``. Every run times each
-    target in turn, so a burst of load on this shared machine hits all of them alike."""
+def interleaved_best(targets: dict, runs: int, size: int, source: Path, servers: dict) -> tuple:
+    """({label: (upload MB/s, download MB/s)}, each the best of ``runs``; {label: (upload,
+    download) CPU seconds of its server process, the median}, for the labels ``servers`` names
+    a process of). Every run times each target in turn, so a burst of load on this shared
+    machine hits all of them alike, in an order that turns each run; a server's CPU time
+    barely depends on that load."""
     best = {label: [float("inf"), float("inf")] for label in targets}
-    for _ in range(runs):
+    cpu = {label: ([], []) for label in servers}
+    labels = list(targets)
+    for run in range(runs):
+        turn = labels[run % len(labels) :] + labels[: run % len(labels)]
         for phase in (0, 1):
-            for label, steps in targets.items():
+            # who goes first turns, so no one always follows the writes of the same other one
+            for label in turn:
+                steps = targets[label]
+                used = server_cpu(servers[label]) if label in servers else 0.0
                 start = time.perf_counter()
                 steps[phase]()
                 best[label][phase] = min(best[label][phase], time.perf_counter() - start)
+                if label in servers:
+                    cpu[label][phase].append(server_cpu(servers[label]) - used)
     for _, _, target in targets.values():
         check_same(source, target)
-    return {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
+    rates = {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
+    return rates, {label: tuple(map(statistics.median, pair)) for label, pair in cpu.items()}
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_same(source: Path, target: Path) -> None:
@@ -181,11 +201,12 @@ def start_azurite(program: Path, workspace: Path, tls: Path) -> tuple[subprocess
 
 @contextlib.contextmanager
 def local_cloud(where: str, state: Path, code: Path = REPO):
-    """The connection of a local cloud serving from ``state``: in this process, or from its own
-    running the checkout ``code`` (stopped with Ctrl-C's signal, as its user stops it)."""
+    """(connection, process id or None) of a local cloud serving from ``state``: in this
+    process, or from its own running the checkout ``code`` (stopped with Ctrl-C's signal, as its
+    user stops it)."""
     if where == "embedded":
         with LocalCloud(state, port=0) as cloud:
-            yield cloud.connection
+            yield cloud.connection, None
         return
     process = subprocess.Popen(
         [sys.executable, "-m", "quickstart", "localcloud", "--port", "0", "--state-dir", state],
@@ -200,7 +221,7 @@ def local_cloud(where: str, state: Path, code: Path = REPO):
                 break
         else:
             raise SystemExit("the local cloud did not start (python -m quickstart localcloud)")
-        yield json.loads((state / "connection.json").read_text())
+        yield json.loads((state / "connection.json").read_text()), process.pid
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -242,7 +263,8 @@ def main() -> None:
             for _ in range(args.size_mib):
                 out.write(os.urandom(1024 * 1024))
         with contextlib.ExitStack() as serving:
-            connection = serving.enter_context(local_cloud(args.server, work / "localcloud"))
+            connection, pid = serving.enter_context(local_cloud(args.server, work / "localcloud"))
+            servers = {"files": pid, "blob": pid} if pid else {}
             targets = {
                 "files": files_target(connection, source, work, args.max_connections),
                 "blob": blob_target(
@@ -255,7 +277,7 @@ def main() -> None:
                 ),
             }
             if args.baseline:
-                before = serving.enter_context(
+                before, servers["baseline"] = serving.enter_context(
                     local_cloud("process", work / "baseline", args.baseline.resolve())
                 )
                 targets["baseline"] = blob_target(
@@ -283,7 +305,9 @@ def main() -> None:
                     args.max_connections,
                 )
             try:
-                figures = interleaved_best(targets, args.runs, source.stat().st_size, source)
+                figures, cpu = interleaved_best(
+                    targets, args.runs, source.stat().st_size, source, servers
+                )
             finally:
                 if process is not None:
                     process.terminate()
@@ -304,6 +328,8 @@ def main() -> None:
             f"  Blob    {label} {ours[phase]:7.1f} MB/s  "
             f"({ours[phase] / files[phase]:.2f}x Files; {versus})"
         )
+    for label, (up, down) in cpu.items():
+        print(f"  server CPU per transfer ({label}): upload {up:.2f} s, download {down:.2f} s")
     if "baseline" in figures:
         before = figures["baseline"]
         print(
