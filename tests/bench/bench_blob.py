@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
+from tests.bench.bench_localcloud_core import stop_process  # noqa: E402
 from tests.conftest import make_blob_service, make_file_service  # noqa: E402
 
 MB = 1_000_000
@@ -223,12 +223,7 @@ def local_cloud(where: str, state: Path, code: Path = REPO):
             raise SystemExit("the local cloud did not start (python -m quickstart localcloud)")
         yield json.loads((state / "connection.json").read_text()), process.pid
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def main() -> None:
@@ -310,12 +305,7 @@ def main() -> None:
                 )
             finally:
                 if process is not None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                    stop_process(process)
     files, ours, azurite = figures["files"], figures["blob"], figures.get("azurite")
     print(f"  Files   upload   create_file_from_path: {files[0]:7.1f} MB/s")
     print(f"  Files   download get_file_to_path:      {files[1]:7.1f} MB/s")
