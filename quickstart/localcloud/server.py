@@ -85,9 +85,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from email.errors import MissingHeaderBodySeparatorDefect
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
-from xml.sax.saxutils import escape
 
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -103,7 +103,7 @@ from .fault_routes import FaultGate
 from .faults import ENVIRONMENT_VARIABLE as FAULTS_VARIABLE
 from .faults import FaultRuleError, Faults, load_rules_file
 from .files.names import resolve_in_share
-from .files.responses import StorageError, error_response
+from .files.responses import StorageError, error_response, xml_text
 from .files.sas import make_file_sas
 from .identity.credentials import ensure_credentials
 from .identity.token_endpoint import TokenEndpoint, aad_error
@@ -537,36 +537,67 @@ class _RequestHandler(WSGIRequestHandler):
             self.server.request_finished()
             self._record(environ, state, time.monotonic() - started)
         if environ.get("localcloud.close"):
-            self.close_connection = True  # a refused or broken body is never read
+            # a refused or broken body is not read on; what the client is still sending is
+            # dropped first, or closing on it resets the connection and loses the answer
+            self.close_connection = True
+            self._linger(seconds=2.0, most=64 << 20)
         elif body is not None and not self.close_connection and not _drain(body):
             self.close_connection = True
 
+    def parse_request(self) -> bool:
+        """The request line and headers; a header line that is not ``name: value`` (a space in
+        the name, say) is refused. http.client would end the headers there and take the rest,
+        Content-Length included, for the body, so the body would be read as the next request."""
+        if not super().parse_request():
+            return False
+        if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in self.headers.defects):
+            self.send_error(400, "A request header line is not 'name: value'.")
+            return False
+        return True
+
     def send_error(self, code, message=None, explain=None):
         """Requests refused by the HTTP parser itself (a bad request line, more than 100 headers,
-        a line over 64 KiB) get the service's error body too: XML for Azure Files, else JSON."""
+        a line over 64 KiB) get the service's error body too: XML for Azure Files and Blob, else
+        JSON."""
         self.close_connection = True
         text = message or http.client.responses.get(code, "Bad request")
-        path = getattr(self, "path", "") or ""
+        path = (getattr(self, "path", "") or "").lower()
         account = self.server.app.account
-        if path.lower().startswith(f"/{account}/"):  # Azure Files answers 400 for both
+        storage = (f"/{account}/", f"/{connection_file.BLOB_PATH_PREFIX}/{account}")
+        if path.startswith(storage):  # Azure Storage answers 400 for both
             code_name = "InvalidHeaderValue" if code == 431 else "InvalidUri"
             code = 400
             body = (
                 '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
-                f"{code_name}</Code><Message>{escape(text)}</Message></Error>"
+                f"{code_name}</Code><Message>{xml_text(text)}</Message></Error>"
             ).encode()
             content_type = "application/xml"
+            extra = {"x-ms-error-code": code_name}
         else:
             error = {"code": "RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"}
             body = json.dumps({"error": {**error, "message": text}}).encode()
             content_type = "application/json; charset=utf-8"
+            extra = {}
         self.send_response(code, http.client.responses.get(code, ""))
         self.send_header("Content-Type", content_type)
+        for name, value in extra.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(body)
+        self._linger()
+
+    def _linger(self, seconds: float = 1.0, most: int = 1 << 20) -> None:
+        """Read and drop what the client is still sending before the connection closes: closing
+        with unread data makes the kernel reset the connection, and the client would lose the
+        error answer it was just sent."""
+        with contextlib.suppress(OSError, ValueError):
+            self.connection.settimeout(seconds)
+            dropped = 0
+            while dropped < most and (chunk := self.rfile.read1(1 << 16)):
+                dropped += len(chunk)
 
     def _record(self, environ, state, seconds: float) -> None:
         access = self.server.access

@@ -12,7 +12,8 @@ Layout of a state directory::
                          so a crash never leaves a half-written file under its final name
     journal/             Put Range bodies received in full and not yet copied into their
                          file; replayed at start, so a range is in its file all or not at all
-    trash/               shares being deleted (renamed here first, then removed)
+    trash/               shares being deleted (renamed here first, then removed), and
+                         replaced or deleted blobs being freed in the background (trash.py)
     tls/                 the CA and server certificate (see certs.py)
 
 Resource records are generic so that every REST surface (ARM resource groups, Microsoft.BatchAI,
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .crashpoints import crash_point
+from .trash import Trash
 
 DATABASE_FILE = "localcloud.sqlite3"
 SHARES_DIR = "shares"
@@ -199,6 +201,7 @@ class Store:
             self.blocks_root,
         ):
             folder.mkdir(parents=True, exist_ok=True)
+        self.trash = Trash(self.trash_root)
         self._lock = threading.RLock()
         self._share_dirs: dict[str, Path] = {}  # existing shares (see share_dir)
         self._free_slots: list[int] = []  # journal slots not in use (list ops are atomic)
@@ -220,6 +223,7 @@ class Store:
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
+        self.trash.close()
         with self._lock:
             self._db.close()
         while self._free_slots:

@@ -2,9 +2,11 @@
 beside the local cloud's Azure Files and beside Azurite's Blob service, in the same run.
 
     .venv/bin/python tests/bench/bench_blob.py [--size-mib 128] [--runs 3] [--azurite DIR]
+        [--max-connections 2] [--server embedded|process] [--baseline DIR]
 
-For a local cloud embedded in this process (as the tests run it), prints in MB/s (best of RUNS,
-the three taking turns within each run):
+For a local cloud embedded in this process (as the tests run it; or, with ``--server process``,
+serving from its own process as ``python -m quickstart localcloud`` runs it for a user and as
+Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each run):
 
 * Azure Files: FileService.create_file_from_path and get_file_to_path (max_connections 2, the
   SDK's default);
@@ -16,21 +18,29 @@ the three taking turns within each run):
   from the npm registry (``npm install azurite`` into a temporary folder, or the folder given
   with --azurite). Without node/npm, or if the install fails, those lines say why.
 
-Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run.
+With ``--server process`` it also prints the median CPU seconds the local cloud's process spent
+per transfer, a figure the machine's load barely moves. Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
+``--baseline DIR`` (another checkout of this repository, served from its own process), also to
+that checkout's Blob, for before/after figures of a change.
 
 With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
 differ on the client side: FileService's workers each read their own range from the file, while
 BlockBlobService reads every block in the calling thread and hands it to a worker (a bounded
-pipeline), so its upload waits on its own reads. Run both to tell server from client.
+pipeline), so its upload waits on its own reads. Run both to tell server from client. Embedded,
+the SDK's threads and the local cloud's share one interpreter lock, so that pipeline weighs more
+there than against a local cloud of its own process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
+from tests.bench.bench_localcloud_core import stop_process  # noqa: E402
 from tests.conftest import make_blob_service, make_file_service  # noqa: E402
 
 MB = 1_000_000
@@ -89,19 +100,37 @@ def blob_target(
     )
 
 
-def interleaved_best(targets: dict, runs: int, size: int, source: Path) -> dict:
-    """{label: (upload MB/s, download MB/s)}, each the best of ``runs``. Every run times each
-    target in turn, so a burst of load on this shared machine hits all of them alike."""
+def interleaved_best(targets: dict, runs: int, size: int, source: Path, servers: dict) -> tuple:
+    """({label: (upload MB/s, download MB/s)}, each the best of ``runs``; {label: (upload,
+    download) CPU seconds of its server process, the median}, for the labels ``servers`` names
+    a process of). Every run times each target in turn, so a burst of load on this shared
+    machine hits all of them alike, in an order that turns each run; a server's CPU time
+    barely depends on that load."""
     best = {label: [float("inf"), float("inf")] for label in targets}
-    for _ in range(runs):
+    cpu = {label: ([], []) for label in servers}
+    labels = list(targets)
+    for run in range(runs):
+        turn = labels[run % len(labels) :] + labels[: run % len(labels)]
         for phase in (0, 1):
-            for label, steps in targets.items():
+            # who goes first turns, so no one always follows the writes of the same other one
+            for label in turn:
+                steps = targets[label]
+                used = server_cpu(servers[label]) if label in servers else 0.0
                 start = time.perf_counter()
                 steps[phase]()
                 best[label][phase] = min(best[label][phase], time.perf_counter() - start)
+                if label in servers:
+                    cpu[label][phase].append(server_cpu(servers[label]) - used)
     for _, _, target in targets.values():
         check_same(source, target)
-    return {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
+    rates = {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
+    return rates, {label: tuple(map(statistics.median, pair)) for label, pair in cpu.items()}
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_same(source: Path, target: Path) -> None:
@@ -170,16 +199,55 @@ def start_azurite(program: Path, workspace: Path, tls: Path) -> tuple[subprocess
     raise SystemExit("Azurite did not start listening within 30 s")
 
 
+@contextlib.contextmanager
+def local_cloud(where: str, state: Path, code: Path = REPO):
+    """(connection, process id or None) of a local cloud serving from ``state``: in this
+    process, or from its own running the checkout ``code`` (stopped with Ctrl-C's signal, as its
+    user stops it)."""
+    if where == "embedded":
+        with LocalCloud(state, port=0) as cloud:
+            yield cloud.connection, None
+        return
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quickstart", "localcloud", "--port", "0", "--state-dir", state],
+        cwd=code,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.strip().startswith("connection:"):
+                break
+        else:
+            raise SystemExit("the local cloud did not start (python -m quickstart localcloud)")
+        yield json.loads((state / "connection.json").read_text()), process.pid
+    finally:
+        stop_process(process)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-connections", type=int, default=2, help="the SDKs' default: 2")
     parser.add_argument("--azurite", type=Path, help="a folder with azurite installed by npm")
+    parser.add_argument(
+        "--server",
+        choices=("embedded", "process"),
+        default="embedded",
+        help="the local cloud in this process (as the tests run it) or in its own",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (say `git archive REV | tar -x -C DIR`): its Blob, served from "
+        "its own process, is timed beside ours (for before/after figures)",
+    )
     args = parser.parse_args()
     print(
         f"bench_blob: {args.size_mib} MiB, best of {args.runs}, "
-        f"max_connections={args.max_connections}, "
+        f"max_connections={args.max_connections}, local cloud {args.server}, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
     )
@@ -189,8 +257,9 @@ def main() -> None:
         with open(source, "wb") as out:
             for _ in range(args.size_mib):
                 out.write(os.urandom(1024 * 1024))
-        with LocalCloud(work / "localcloud", port=0) as cloud:
-            connection = cloud.connection
+        with contextlib.ExitStack() as serving:
+            connection, pid = serving.enter_context(local_cloud(args.server, work / "localcloud"))
+            servers = {"files": pid, "blob": pid} if pid else {}
             targets = {
                 "files": files_target(connection, source, work, args.max_connections),
                 "blob": blob_target(
@@ -202,6 +271,18 @@ def main() -> None:
                     args.max_connections,
                 ),
             }
+            if args.baseline:
+                before, servers["baseline"] = serving.enter_context(
+                    local_cloud("process", work / "baseline", args.baseline.resolve())
+                )
+                targets["baseline"] = blob_target(
+                    before,
+                    before["storage_connection_string"],
+                    source,
+                    work,
+                    "baseline",
+                    args.max_connections,
+                )
             program, why = install_azurite(args.azurite or work / "azurite")
             process = None
             if program is not None:
@@ -219,15 +300,12 @@ def main() -> None:
                     args.max_connections,
                 )
             try:
-                figures = interleaved_best(targets, args.runs, source.stat().st_size, source)
+                figures, cpu = interleaved_best(
+                    targets, args.runs, source.stat().st_size, source, servers
+                )
             finally:
                 if process is not None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                    stop_process(process)
     files, ours, azurite = figures["files"], figures["blob"], figures.get("azurite")
     print(f"  Files   upload   create_file_from_path: {files[0]:7.1f} MB/s")
     print(f"  Files   download get_file_to_path:      {files[1]:7.1f} MB/s")
@@ -239,6 +317,14 @@ def main() -> None:
         print(
             f"  Blob    {label} {ours[phase]:7.1f} MB/s  "
             f"({ours[phase] / files[phase]:.2f}x Files; {versus})"
+        )
+    for label, (up, down) in cpu.items():
+        print(f"  server CPU per transfer ({label}): upload {up:.2f} s, download {down:.2f} s")
+    if "baseline" in figures:
+        before = figures["baseline"]
+        print(
+            f"  Blob    against the baseline checkout: upload {ours[0] / before[0]:.2f}x "
+            f"({before[0]:.1f} MB/s), download {ours[1] / before[1]:.2f}x ({before[1]:.1f} MB/s)"
         )
 
 

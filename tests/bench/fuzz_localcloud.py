@@ -3,11 +3,12 @@
     .venv/bin/python tests/bench/fuzz_localcloud.py [--requests 10000] [--seed 0]
 
 Sends at least REQUESTS requests drawn by tests/localcloud/fuzzing.py (Batch AI bodies from the
-2018-05-01 models, ARM, AAD and Azure Files routes) to a fresh local cloud, and prints the
-requests tried, how many were answered 5xx, how many broke the rules otherwise (a 4xx without
-the service's error body, a dropped connection), the status counts, and the tracebacks in its
-log. Exit status 1 if any 5xx, rule break or traceback was seen. The short fuzz in the default
-tests is tests/localcloud/test_fuzz.py.
+2018-05-01 models, ARM, AAD, Azure Files and Azure Blob routes) to a fresh local cloud, and
+prints the requests tried, how many were answered 5xx, how many broke the rules otherwise (a 4xx
+without the service's error body, a dropped connection), the status counts (in all, and by
+surface: a request that failed its check is not counted there), and the tracebacks in its log.
+Exit status 1 if any 5xx, rule break or traceback was seen. The short fuzz in the default tests
+is tests/localcloud/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> int:
                 fuzz()
             tracebacks = target.tracebacks()
             statuses = dict(sorted(target.statuses.items()))
+            by_surface = {k: dict(sorted(v.items())) for k, v in sorted(target.by_surface.items())}
             tried = target.tried
     server_errors = sum(count for status, count in statuses.items() if status >= 500)
     print(f"requests tried: {tried} in {time.monotonic() - started:.0f} s")
@@ -67,6 +69,7 @@ def main() -> int:
     print(f"other breaks:   {len(broken) - server_errors}")
     print(f"tracebacks:     {tracebacks}")
     print(f"statuses:       {statuses}")
+    print(f"by surface:     {by_surface}")
     for line in broken[:20]:
         print(f"  {line}")
     return 1 if broken or tracebacks else 0

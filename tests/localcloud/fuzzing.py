@@ -11,10 +11,13 @@ that drawn requests reach the handlers' depths, then sends requests drawn by ``r
   type, or absent, with the spec's enum values;
 * ARM resource-group bodies and queries, AAD token forms, and Azure Files operations signed with
   the account key (so they pass authentication and reach the handlers), with drawn headers,
-  query values and names.
+  query values and names;
+* Azure Blob operations (containers, blobs, blocks, block lists, properties and metadata, List
+  Blobs with odd prefixes, delimiters and markers), signed with the account key or carrying a
+  container or blob SAS the SDK made, as is or tampered with.
 
 What must hold (``check``): every answer is 2xx, 3xx or 4xx; a 4xx carries the service's error
-JSON (ARM, AAD) or XML (Files); and the log holds no traceback.
+JSON (ARM, AAD) or XML (Files, Blob); and the log holds no traceback.
 
 Safety: command lines are drawn from a harmless set, jobs are sent to the zero-node cluster (they
 stay queued), and node counts stay small (the node-count bound is issue 13 point 3's).
@@ -22,20 +25,23 @@ stay queued), and node counts stay small (the node-count bound is issue 13 point
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from email.utils import formatdate
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 import requests
 from hypothesis import strategies as st
 
-from quickstart.localcloud.connection import requests_session
+from quickstart.localcloud.connection import BLOB_PATH_PREFIX, requests_session
 from quickstart.localcloud.files.sharedkey import sign, string_to_sign
 
 API = "2018-05-01"
+BLOCK_QUERY = {"comp": "block", "blockid": "YmxvY2sx"}  # base64("block1")
 SAFE_COMMANDS = ["true", "echo fuzz", "exit 0", "sleep 0"]
 ENUMS = {  # enum values of the 2018-05-01 spec for fields the SDK types as plain strings
     "schedulingPriority": ["low", "normal", "high"],
@@ -248,8 +254,11 @@ class FuzzTarget:
         self.ws = f"/subscriptions/{self.sub}/resourceGroups/{self.rg}/providers/Microsoft.BatchAI/workspaces/ws"
         self.zero_cluster = f"{self.ws}/clusters/zero"
         self.share_url = f"{self.base}/{self.account}/fuzzshare"
+        self.blob_base = f"{self.base}/{BLOB_PATH_PREFIX}/{self.account}"
         self.tried = 0
         self.statuses: dict[int, int] = {}
+        self.last_status = 0
+        self.by_surface: dict[str, dict[str, int]] = {}  # surface -> {"2xx": n, "4xx": n, ...}
 
     # -- preparation (through the same raw HTTP, each step checked)
 
@@ -275,6 +284,10 @@ class FuzzTarget:
         self._ok(self.files("PUT", "fuzzshare/dir", {"restype": "directory"}))
         headers = {"x-ms-type": "file", "x-ms-content-length": "16"}
         self._ok(self.files("PUT", "fuzzshare/dir/file.txt", {}, headers))
+        self._ok(self.blob("PUT", "fuzzcontainer", {"restype": "container"}))
+        blob_headers = {"x-ms-blob-type": "BlockBlob"}
+        self._ok(self.blob("PUT", "fuzzcontainer/dir/blob.txt", {}, blob_headers, b"x" * 16))
+        self._ok(self.blob("PUT", "fuzzcontainer/dir/blob.txt", BLOCK_QUERY, {}, b"block"))
         mounts = {
             "azureFileShares": [
                 {
@@ -314,6 +327,15 @@ class FuzzTarget:
 
     def files(self, method, path, query, headers=None, body=None, signed=True):
         url = f"{self.base}/{self.account}/{quote(path, safe='/')}"
+        return self._storage(method, url, query, headers, body, signed)
+
+    def blob(self, method, path, query, headers=None, body=None, signed=True):
+        """A Blob request; with ``signed`` False it carries no SharedKey (a SAS in ``query``,
+        or nothing)."""
+        url = f"{self.blob_base}/{quote(path, safe='/')}"
+        return self._storage(method, url, query, headers, body, signed)
+
+    def _storage(self, method, url, query, headers, body, signed):
         request = requests.Request(method, url, params=query, headers=headers or {}, data=body)
         prepared = self.session.prepare_request(request)
         prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
@@ -334,6 +356,7 @@ class FuzzTarget:
         self.tried += 1
         response = self.session.send(prepared, timeout=60)
         self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        self.last_status = response.status_code
         return response
 
     def tracebacks(self) -> int:
@@ -348,8 +371,13 @@ def check(response: requests.Response, surface: str) -> None:
     assert response.status_code < 500, f"{where} -> {response.status_code}: {response.text[:500]}"
     if response.status_code < 400 or request.method == "HEAD":
         return
-    if surface == "files":
-        root = ElementTree.fromstring(response.content)
+    if surface in ("files", "blob"):
+        try:
+            root = ElementTree.fromstring(response.content)
+        except ElementTree.ParseError as err:
+            raise AssertionError(
+                f"{where} -> {response.status_code}, not XML ({err}): {response.text[:300]!r}"
+            ) from None
         assert root.tag == "Error" and root.findtext("Code"), where
         assert response.headers.get("x-ms-error-code") == root.findtext("Code"), where
     elif surface == "token":
@@ -563,6 +591,168 @@ def files_request(draw, target: FuzzTarget):
     return method, path, query, headers, body, signed
 
 
+BLOB_NAMES = (
+    st.sampled_from(["dir/blob.txt", "new.bin", "dir/new.bin", "a/b/c"])
+    | st.sampled_from(
+        ["dir/blob.txt", "DIR/BLOB.TXT", "new.bin", "dir", "dir/", "a//b", "é" * 200, "x" * 1100]
+    )
+    | WEIRD_TEXT
+    | st.text(max_size=12)
+)
+ODD_LISTING_TEXT = st.sampled_from(
+    ["", "/", "//", "dir", "dir/", "dir/b", "..", "../", "%2F", "é", "\x00", "*", "?", "\\", "zz"]
+) | st.text(max_size=6)
+BLOCK_IDS = st.sampled_from(
+    ["YmxvY2sx", "YmxvY2sy", "", "====", "not base64!", "QQ", "QUFB" * 30, "%2Bx%3D"]
+) | st.binary(min_size=1, max_size=70).map(lambda raw: base64.b64encode(raw).decode())
+
+
+@st.composite
+def block_list_body(draw) -> bytes:
+    """A Put Block List body: a list of drawn ids and kinds, or a broken document."""
+    kinds = st.sampled_from(["Latest", "Committed", "Uncommitted", "Other"])
+    items = draw(st.lists(st.tuples(kinds, BLOCK_IDS), max_size=4))
+    good = (
+        "<?xml version='1.0' encoding='utf-8'?><BlockList>"
+        + "".join(f"<{kind}>{escape(block_id)}</{kind}>" for kind, block_id in items)
+        + "</BlockList>"
+    )
+    broken = st.sampled_from(
+        ["<BlockList>", "<Other/>", "", "<BlockList><Latest><x/></Latest></BlockList>", "\xff"]
+    )
+    return draw(st.just(good) | broken | st.just("<a>" * 3000 + "</a>" * 3000)).encode()
+
+
+@st.composite
+def sas_query(draw, target: FuzzTarget, container: str, name: str) -> dict:
+    """A container or blob SAS made by the SDK for ``container``/``name``, as is or with a field
+    changed (permissions, window, resource, version, signature)."""
+    from azure.storage.blob.sharedaccesssignature import BlobSharedAccessSignature
+
+    maker = BlobSharedAccessSignature(target.account, target.key)
+    permission = draw(st.sampled_from(["r", "rl", "rwdl", "w", "d", "racwdl"]))
+    expiry = time.time() + draw(st.sampled_from([3600, -3600]))
+    expiry_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expiry))
+    if draw(st.booleans()):
+        token = maker.generate_container(container, permission=permission, expiry=expiry_text)
+    else:
+        token = maker.generate_blob(container, name, permission=permission, expiry=expiry_text)
+    params = dict(parse_qsl(token, keep_blank_values=True))
+    changed = draw(
+        st.dictionaries(
+            st.sampled_from(["sp", "se", "st", "sr", "sv", "sig", "spr", "sip", "rscd"]),
+            st.sampled_from(["", "r", "b", "c", "x", "2099-01-01", "http", "1.2.3.4"])
+            | st.text(max_size=8),
+            max_size=2,
+        )
+    )
+    return {**params, **changed}
+
+
+BLOB_OPERATIONS = [  # (method, what the path names, query, headers, body) as the SDK sends them
+    ("PUT", "container", {"restype": "container"}, {}, "none"),
+    ("GET", "container", {"restype": "container"}, {}, "none"),
+    ("GET", "container", {"restype": "container", "comp": "metadata"}, {}, "none"),
+    ("DELETE", "container", {"restype": "container"}, {}, "none"),
+    ("GET", "account", {"comp": "list"}, {}, "none"),
+    ("GET", "container", {"restype": "container", "comp": "list"}, {}, "none"),
+    ("PUT", "blob", {}, {"x-ms-blob-type": "BlockBlob"}, "bytes"),
+    ("GET", "blob", {}, {}, "none"),
+    ("HEAD", "blob", {}, {}, "none"),
+    ("DELETE", "blob", {}, {}, "none"),
+    ("PUT", "blob", {"comp": "block"}, {}, "bytes"),
+    ("PUT", "blob", {"comp": "blocklist"}, {}, "block list"),
+    ("GET", "blob", {"comp": "blocklist"}, {}, "none"),
+    ("PUT", "blob", {"comp": "properties"}, {}, "none"),
+    ("GET", "blob", {"comp": "metadata"}, {}, "none"),
+    ("PUT", "blob", {"comp": "metadata"}, {}, "none"),
+]
+BLOB_QUERY_NOISE = {
+    "restype": st.sampled_from(["container", "service", "share", "x"]),
+    "comp": st.sampled_from(["list", "block", "blocklist", "properties", "metadata", "range", "x"]),
+    "blockid": BLOCK_IDS,
+    "blocklisttype": st.sampled_from(["committed", "uncommitted", "all", "x"]),
+    "prefix": ODD_LISTING_TEXT,
+    "delimiter": ODD_LISTING_TEXT,
+    "marker": ODD_LISTING_TEXT,
+    "maxresults": st.integers(-1, 6000).map(str) | st.text(max_size=4),
+    "include": st.sampled_from(["metadata", "snapshots,metadata", "x", ""]),
+    "timeout": st.integers(-1, 100).map(str),
+}
+BLOB_HEADER_NOISE = {
+    "x-ms-blob-type": st.sampled_from(["BlockBlob", "PageBlob", "AppendBlob", ""]),
+    "x-ms-type": st.just("file"),
+    "x-ms-range": st.sampled_from(["bytes=0-15", "bytes=0-0", "bytes=5-2", "bytes=0-"])
+    | st.text(max_size=10),
+    "x-ms-range-get-content-md5": st.sampled_from(["true", "false", "x"]),
+    "x-ms-blob-content-type": st.text(max_size=20),
+    "x-ms-blob-content-md5": st.text(max_size=24),
+    "x-ms-blob-cache-control": st.text(max_size=10),
+    "x-ms-meta-Fuzz": st.text(max_size=40),
+    "x-ms-meta-bad name": st.just("v"),
+    "x-ms-meta-big": st.just("m" * 9000),
+    "Content-MD5": st.text(max_size=24) | st.just("rL0Y20zC+Fzt72VPzMSk2A=="),
+    "x-ms-version": st.sampled_from(["2018-03-28", "2099-01-01", "x"]),
+}
+
+
+@st.composite
+def _some_of(draw, fields: dict) -> dict:
+    """Up to three of ``fields`` (name -> strategy), each with a drawn value."""
+    names = draw(st.lists(st.sampled_from(sorted(fields)), max_size=3, unique=True))
+    return {name: draw(fields[name]) for name in names}
+
+
+@st.composite
+def blob_request(draw, target: FuzzTarget):
+    """An Azure Blob request, signed with the account key or carrying a SAS: one of the SDK's
+    operations on drawn names, with its listing and block parameters drawn, and as often as not
+    other query parameters, headers and a body drawn on top."""
+    name = draw(BLOB_NAMES)
+    container = draw(
+        st.sampled_from(["fuzzcontainer", "fuzzcontainer", "other-container", "Bad_Container"])
+    )
+    method, names, query, headers, body_kind = draw(st.sampled_from(BLOB_OPERATIONS))
+    path = {"account": "", "container": container, "blob": f"{container}/{name}"}[names]
+    query = dict(query)
+    if query.get("comp") == "list":
+        query.update(
+            draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={k: BLOB_QUERY_NOISE[k] for k in ("prefix", "delimiter", "marker")}
+                    | {
+                        "maxresults": BLOB_QUERY_NOISE["maxresults"],
+                        "include": st.just("metadata"),
+                    },
+                )
+            )
+        )
+    if query.get("comp") == "block":
+        query["blockid"] = draw(BLOCK_IDS)
+    if query.get("comp") == "blocklist" and method == "GET":
+        query["blocklisttype"] = draw(BLOB_QUERY_NOISE["blocklisttype"])
+    body = {
+        "none": None,
+        "bytes": draw(st.binary(max_size=64)),
+        "block list": draw(block_list_body()),
+    }[body_kind]
+    headers = dict(headers)
+    if draw(st.booleans()):  # noise on top of the operation
+        query.update(draw(_some_of(BLOB_QUERY_NOISE)))
+        headers.update(draw(_some_of(BLOB_HEADER_NOISE)))
+        method = draw(st.sampled_from([method, method, "GET", "PUT", "HEAD", "DELETE", "POST"]))
+        body = draw(st.just(body) | st.none() | st.binary(max_size=64) | block_list_body())
+    headers = {k: _header_value(v) for k, v in headers.items()}
+    if method == "DELETE" and path in ("fuzzcontainer", "fuzzcontainer/dir/blob.txt"):
+        method = "HEAD"  # keep what the other requests need to reach the handlers' depths
+    signed = True
+    if draw(st.integers(0, 3)) == 0:  # a SAS instead of the key, now and then
+        query.update(draw(sas_query(target, container, name)))
+        signed = False
+    return method, path, query, headers, body, signed
+
+
 def _header_value(text: str) -> str:
     """``text`` as a header value an HTTP client can send (UTF-8 bytes read as Latin-1)."""
     value = "".join(c for c in text if c >= " " and c != "\x7f").strip()
@@ -571,7 +761,9 @@ def _header_value(text: str) -> str:
 
 def send_drawn(target: FuzzTarget, data, bodies: ModelBodies) -> None:
     """Draw one request of any surface (with hypothesis' ``data``), send it, check the answer."""
-    surface = data.draw(st.sampled_from(["batchai", "batchai", "arm", "token", "files", "files"]))
+    surface = data.draw(
+        st.sampled_from(["batchai", "batchai", "arm", "token", "files", "files", "blob", "blob"])
+    )
     if surface == "batchai":
         method, path, body, version, query = data.draw(batchai_request(target, bodies))
         check(target.arm(method, path, body, version, query=query), "arm")
@@ -582,6 +774,13 @@ def send_drawn(target: FuzzTarget, data, bodies: ModelBodies) -> None:
         method, url, fields, content_type = data.draw(token_request(target))
         response = target.send(method, url, {}, {"Content-Type": content_type}, fields)
         check(response, "token")
-    else:
+    elif surface == "files":
         method, path, query, headers, body, signed = data.draw(files_request(target))
         check(target.files(method, path, query, headers, body, signed), "files")
+    else:
+        method, path, query, headers, body, signed = data.draw(blob_request(target))
+        response = target.blob(method, path, query, headers, body, signed)
+        check(response, "blob")
+    counts = target.by_surface.setdefault(surface, {})
+    kind = f"{target.last_status // 100}xx"
+    counts[kind] = counts.get(kind, 0) + 1

@@ -305,3 +305,27 @@ def test_a_failing_start_hook_fails_start_cleanly(tmp_path, monkeypatch):
 def test_state_files_holding_secrets_are_owner_only(local_cloud):
     for name in ("localcloud.sqlite3", "connection.json", "tls/server-key.pem"):
         assert stat.S_IMODE((local_cloud.state_dir / name).stat().st_mode) == 0o600, name
+
+
+def test_a_header_line_that_is_not_name_value_is_refused_and_its_body_never_parsed(local_cloud):
+    """Python's parser would end the headers at such a line and drop Content-Length with the
+    rest, so the body would be taken for the next request (found by the Blob fuzz)."""
+    port = int(local_cloud.base_url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
+    account = local_cloud.connection["storage_account"]
+    smuggled = b"GET /_localcloud/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (
+        f"PUT /blob/{account}/data/a.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"x-ms-meta-bad name: v\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+    ).encode() + smuggled
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"x-ms-error-code: InvalidUri" in head and b"Connection: close" in head
+    assert body.startswith(b"<?xml") and b"not 'name: value'" in body
+    assert answer.count(b"HTTP/1.1 ") == 1  # the body was never answered as a request

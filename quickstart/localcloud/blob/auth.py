@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request
 
 from ..files.auth import check_shared_key
 from ..files.responses import StorageError
-from ..files.sas import OVERRIDE_HEADERS, SasError, SasGrant, check_signed
+from ..files.sas import OVERRIDE_HEADERS, SasError, SasGrant, check_signed, signed_resource
 
 SAS_RESOURCE_FIELDS_SINCE = "2018-11-09"
 
@@ -59,18 +59,7 @@ def authenticate(
         )
     params = request.args.to_dict()
     try:
-        resource = params.get("sr")
-        if resource not in ("b", "c"):
-            raise SasError(
-                "AuthenticationFailed",
-                f"The SAS signed resource sr='{resource}' is not 'b' (blob) or 'c' (container).",
-            )
-        if resource == "b" and not blob:
-            raise SasError(
-                "AuthorizationResourceTypeMismatch",
-                "This request is not authorized to perform this operation using this resource "
-                "type (a blob SAS, sr=b, cannot be used on a container).",
-            )
+        resource = signed_resource(params, ("b", "blob"), ("c", "container"), bool(blob))
         signed = blob_string_to_sign(params, account, container, blob if resource == "b" else None)
         return check_signed(params, signed, key, operation, request.remote_addr or "", time.time())
     except SasError as err:

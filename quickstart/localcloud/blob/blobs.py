@@ -6,16 +6,15 @@ The handlers the Blob router calls; writing is uploads.py's, what a stored blob 
 from __future__ import annotations
 
 import os
-import shutil
 from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import send_file
-from ..files.responses import StorageError, empty, http_date
+from ..files.responses import StorageError, empty, etag, http_date
 from .containers import metadata_xml, read_metadata
 from .listing import blob_files, includes, page_of, page_size
-from .stored import BLOB_NOT_FOUND, blob_etag
+from .stored import BLOB_NOT_FOUND
 from .uploads import BlobUploads
 
 _LIST_PROPERTY = {  # response header -> List Blobs property element
@@ -53,7 +52,7 @@ class BlobHandlers(BlobUploads):
         props = self._props(container, name, st)
         props["settings"] = self._settings(request)  # the service replaces them all
         self._save_props(container, name, target, props)
-        return empty(200, {"ETag": blob_etag(st), "Last-Modified": http_date(st.st_mtime)})
+        return empty(200, {"ETag": etag(st), "Last-Modified": http_date(st.st_mtime)})
 
     def blob_metadata(self, request: Request, container: str, name: str) -> Response:
         _, st = self._existing(container, name)
@@ -69,17 +68,15 @@ class BlobHandlers(BlobUploads):
         props = self._props(container, name, st)
         props["metadata"] = read_metadata(request)
         self._save_props(container, name, target, props)
-        return empty(200, {"ETag": blob_etag(st), "Last-Modified": http_date(st.st_mtime)})
+        return empty(200, {"ETag": etag(st), "Last-Modified": http_date(st.st_mtime)})
 
     def delete_blob(self, request: Request, container: str, name: str) -> Response:
         target, _ = self._existing(container, name)
         root = self.store.containers_root / container
-        try:
-            target.unlink()
-        except FileNotFoundError:
-            raise StorageError(*BLOB_NOT_FOUND) from None
+        if not self.store.trash.discard(target):  # freed in the background
+            raise StorageError(*BLOB_NOT_FOUND)
         self.store.delete_blob_props(container, name)
-        shutil.rmtree(self._blocks_dir(container, name), ignore_errors=True)
+        self.store.trash.discard(self._blocks_dir(container, name))
         folder = target.parent
         while folder != root:  # a virtual directory ends with its last blob, as in Azure
             try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from werkzeug.wrappers import Request
 
-from ..files.responses import StorageError, http_date
+from ..files.responses import StorageError, etag, http_date
 from .containers import ContainerHandlers
 from .names import blob_parts, crosses_link
 
@@ -29,10 +29,6 @@ _CONTENT_SETTINGS = {  # request header -> response header
     "x-ms-blob-content-md5": "Content-MD5",
 }
 BLOB_NOT_FOUND = (404, "BlobNotFound", "The specified blob does not exist.")
-
-
-def blob_etag(st: os.stat_result) -> str:
-    return f'"0x{st.st_mtime_ns:X}{st.st_size:X}"'
 
 
 def _stamp(st: os.stat_result) -> list:
@@ -88,7 +84,7 @@ class StoredBlobs:
         props = self._props(container, name, st)
         settings = props.get("settings", {})
         headers = {
-            "ETag": blob_etag(st),
+            "ETag": etag(st),
             "Last-Modified": http_date(st.st_mtime),
             "x-ms-creation-time": http_date(props.get("created", st.st_mtime)),
             "x-ms-blob-type": "BlockBlob",

@@ -5,7 +5,9 @@ place. Put Block keeps each block under ``blocks/`` (blocks.py: outside the cont
 so a mount never shows them); Put Block List renames the staged blocks into place when they
 already lie in order, else builds the new blob from them in a temporary file and renames that,
 and only then forgets the blocks. A crash before the rename leaves the old blob whole; the
-temporary file is removed at the next start (store.py).
+temporary file is removed at the next start (store.py). A write the disk cannot hold is refused
+before it starts (files/space.py), as Files refuses one. The blob a write replaces is freed in the
+background (trash.py): freeing a large file just written would otherwise hold up the commit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import binascii
 import contextlib
 import hashlib
 import os
-import shutil
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -23,12 +24,13 @@ from xml.sax.saxutils import escape
 from werkzeug.wrappers import Request, Response
 
 from ..files.handlers import stream_into
-from ..files.responses import StorageError, empty, http_date
+from ..files.responses import StorageError, empty, etag, http_date, written
+from ..files.space import check_disk
 from ..limits import BLOCK_LIST_BODY_MAX, PUT_BLOB_MAX, PUT_BLOCK_MAX
 from . import blocks
 from .blocks import id_lengths, offset_hint
 from .containers import read_metadata
-from .stored import StoredBlobs, blob_etag
+from .stored import StoredBlobs
 
 MAX_BLOCKS = 50_000  # committed blocks per blob
 MAX_BLOCK_ID = 64  # bytes, decoded
@@ -94,7 +96,7 @@ class BlobUploads(StoredBlobs):
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_dir() and not target.is_symlink():
                 raise IsADirectoryError
-            os.replace(temp, target)
+            self.store.trash.replace(temp, target)  # the old blob is freed in the background
         except (NotADirectoryError, FileExistsError, IsADirectoryError):
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -119,6 +121,7 @@ class BlobUploads(StoredBlobs):
             )
         root, target = self._target(container, name)
         length = self._body_length(request, PUT_BLOB_MAX, "Put Blob")
+        check_disk(self.store, length)
         temp, md5 = self._receive(request, length, want_md5=True)
         settings = self._settings(request)
         settings.setdefault("x-ms-blob-content-md5", md5)
@@ -136,15 +139,8 @@ class BlobUploads(StoredBlobs):
         if blocks is not None:
             props["blocks"] = blocks
         self._save_props(container, name, target, props)
-        shutil.rmtree(self._blocks_dir(container, name), ignore_errors=True)
-        headers = {
-            "ETag": blob_etag(st),
-            "Last-Modified": http_date(st.st_mtime),
-            "x-ms-request-server-encrypted": "true",
-        }
-        if md5:
-            headers["Content-MD5"] = md5
-        return empty(201, headers)
+        self.store.trash.discard(self._blocks_dir(container, name))
+        return written(st, md5)
 
     @staticmethod
     def _block_id(block_id: str) -> bytes:
@@ -170,6 +166,7 @@ class BlobUploads(StoredBlobs):
         raw_id = self._block_id(block_id)
         self._target(container, name)
         length = self._body_length(request, PUT_BLOCK_MAX, "Put Block")
+        check_disk(self.store, length)
         folder = self._blocks_dir(container, name)
         folder.mkdir(parents=True, exist_ok=True)
         if id_lengths(folder) - {len(raw_id.hex())}:
@@ -255,7 +252,8 @@ class BlobUploads(StoredBlobs):
             committed.append([block_id, offset, size])
             offset += size
         temp = blocks.as_is(folder, [source[:3] for source in chosen])
-        if temp is None:
+        if temp is None:  # copied into a new file: the disk must hold the whole blob again
+            check_disk(self.store, offset)
             temp = self._assemble(chosen)
         return self._commit(
             request, container, name, (root, target, temp), self._settings(request), committed, ""
@@ -310,7 +308,7 @@ class BlobUploads(StoredBlobs):
         )
         response = Response((xml + "</BlockList>").encode(), content_type="application/xml")
         if st is not None:
-            response.headers["ETag"] = blob_etag(st)
+            response.headers["ETag"] = etag(st)
             response.headers["Last-Modified"] = http_date(st.st_mtime)
             response.headers["x-ms-blob-content-length"] = str(st.st_size)
         return response

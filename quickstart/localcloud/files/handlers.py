@@ -26,13 +26,10 @@ from werkzeug.wrappers import Request, Response
 
 from ..limits import MAX_METADATA_BYTES, metadata_size
 from .names import is_long_disk_name, resolve_in_share
-from .responses import DISK_FULL, StorageError, empty, etag, http_date, iso7
-from .space import check_quota, free_range
+from .responses import StorageError, empty, etag, http_date, iso7, written
+from .space import check_disk, check_quota, free_range
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
-# Space a new file must leave free beyond its own size: the journal of the ranges being
-# uploaded into it in parallel (the SDKs send up to 4 MiB each, a few at a time).
-JOURNAL_RESERVE = 4 * MAX_RANGE
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
 BLOCK = 1 << 20
 DEFAULT_QUOTA = 5120  # GiB
@@ -366,8 +363,7 @@ class FileHandlers:
         props = self._file_props_from_request(request)  # refused (metadata) before any write
         old_size = target.stat().st_size if target.is_file() else 0
         self._check_quota(share, size - old_size)
-        if size + JOURNAL_RESERVE > self.store.free_bytes():
-            raise DISK_FULL  # refused whole: a file that could not be filled never appears
+        check_disk(self.store, size)  # refused whole: a file that cannot be filled never appears
         self._remember_name(share, target, parts[-1])
         self.store.write_file_atomically(target, b"", size=size)
         self._save_props(share, target, props)
@@ -451,15 +447,7 @@ class FileHandlers:
                 "value calculated by the server.",
             )
         self.store.commit_range(staged)
-        st = target.stat()
-        headers = {
-            "ETag": etag(st),
-            "Last-Modified": http_date(st.st_mtime),
-            "x-ms-request-server-encrypted": "true",
-        }
-        if expected_md5:
-            headers["Content-MD5"] = expected_md5
-        return empty(201, headers)
+        return written(target.stat(), expected_md5 or "")
 
     def _file_headers(self, share: str, parts, target: Path, st: os.stat_result) -> dict:
         props = self._load_props(share, target, st)

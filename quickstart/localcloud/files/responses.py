@@ -10,6 +10,7 @@ import email.utils
 import errno
 import logging
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -59,6 +60,16 @@ def etag(st: os.stat_result) -> str:
     return f'"0x{st.st_mtime_ns:X}{st.st_size:X}"'
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` escaped for an XML element; characters XML 1.0 cannot hold at all (control
+    characters a request's name or header carried) are written as Python escapes (``\\x11``),
+    so the error body stays XML a client can parse."""
+    return escape(_NOT_XML.sub(lambda m: repr(m.group())[1:-1], text))
+
+
 def error_response(request: Request, err: StorageError, request_id: str) -> Response:
     """The storage service's XML error body (none for HEAD) and ``x-ms-error-code``."""
     message = f"{err.message}\nRequestId:{request_id}\nTime:{iso7(time.time())}"
@@ -67,9 +78,9 @@ def error_response(request: Request, err: StorageError, request_id: str) -> Resp
         if request.method == "HEAD"
         else (
             '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
-            + escape(err.code)
+            + xml_text(err.code)
             + "</Code><Message>"
-            + escape(message)
+            + xml_text(message)
             + "</Message></Error>"
         ).encode("utf-8")
     )
@@ -78,6 +89,18 @@ def error_response(request: Request, err: StorageError, request_id: str) -> Resp
     )
     response.headers["x-ms-error-code"] = err.code
     return response
+
+
+def written(st: os.stat_result, md5: str = "") -> Response:
+    """The 201 answer to a write (Put Range, Put Blob, Put Block List) of what is now ``st``."""
+    headers = {
+        "ETag": etag(st),
+        "Last-Modified": http_date(st.st_mtime),
+        "x-ms-request-server-encrypted": "true",
+    }
+    if md5:
+        headers["Content-MD5"] = md5
+    return empty(201, headers)
 
 
 def empty(status: int, headers: dict | None = None) -> Response:

@@ -131,22 +131,34 @@ def verify_sas(
     ``params`` are the decoded query parameters. Raises SasError with the storage error code.
     """
     now = time.time() if now is None else now
-    resource = params.get("sr")
-    if resource not in ("f", "s"):
-        raise SasError(
-            "AuthenticationFailed",
-            f"The SAS signed resource sr='{resource}' is not 'f' (file) or 's' (share).",
-        )
-    if resource == "f" and not path:
-        raise SasError(
-            "AuthorizationResourceTypeMismatch",
-            "This request is not authorized to perform this operation using this resource type "
-            "(a file SAS, sr=f, cannot be used on a share or directory).",
-        )
+    resource = signed_resource(params, ("f", "file"), ("s", "share"), bool(path), "directory")
     resource_path = share if resource == "s" else f"{share}/{path}"
     return check_signed(
         params, _string_to_sign(params, account, resource_path), key_b64, operation, client_ip, now
     )
+
+
+def signed_resource(
+    params: dict, item: tuple[str, str], scope: tuple[str, str], on_item: bool, also: str = ""
+) -> str:
+    """The SAS's signed resource (``sr``): ``item`` (one file or blob) or ``scope`` (its share or
+    container), each given as (sr value, word); an item SAS works only on its item (``on_item``),
+    never on the scope (or ``also``, a directory)."""
+    resource = params.get("sr")
+    if resource not in (item[0], scope[0]):
+        raise SasError(
+            "AuthenticationFailed",
+            f"The SAS signed resource sr='{resource}' is not '{item[0]}' ({item[1]}) or "
+            f"'{scope[0]}' ({scope[1]}).",
+        )
+    if resource == item[0] and not on_item:
+        where = f"{scope[1]} or {also}" if also else scope[1]
+        raise SasError(
+            "AuthorizationResourceTypeMismatch",
+            "This request is not authorized to perform this operation using this resource type "
+            f"(a {item[1]} SAS, sr={item[0]}, cannot be used on a {where}).",
+        )
+    return resource
 
 
 def check_signed(

@@ -1,4 +1,5 @@
-"""A share's space as Azure Files keeps it: the quota is enforced, and cleared ranges are freed.
+"""A share's space as Azure Files keeps it: the quota is enforced, and cleared ranges are freed;
+and the disk's: a write the disk cannot hold is refused before it starts (Files and Blob).
 
 Usage counts each file's length (its ``x-ms-content-length``), as the service counts a share's
 usage against its quota; a Create File or a resize that would pass the quota is refused with
@@ -14,9 +15,12 @@ import ctypes.util
 import os
 from pathlib import Path
 
-from .responses import StorageError
+from .responses import DISK_FULL, StorageError
 
 GIB = 1024**3
+# Room a write must leave free beyond its own bytes: the ranges and blocks of other uploads in
+# flight (the SDKs send up to 4 MiB each, a few at a time) and the store's own records.
+DISK_RESERVE = 16 * 1024 * 1024
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLOCK = 1 << 20
@@ -53,6 +57,14 @@ def check_quota(root: Path, quota_gib: int, growth: int) -> None:
             f"this request would add {growth}. Raise the quota (x-ms-share-quota) or free "
             "space.",
         )
+
+
+def check_disk(store, growth: int) -> None:
+    """Refuse a write of ``growth`` bytes before any of it is written when the disk holding the
+    state directory cannot take it with DISK_RESERVE to spare: the request fails whole with the
+    service's error, instead of midway with half of it on disk."""
+    if growth + DISK_RESERVE > store.free_bytes():
+        raise DISK_FULL
 
 
 def free_range(fd: int, start: int, length: int) -> None:

@@ -351,3 +351,22 @@ def test_containers_blobs_and_pending_blocks_survive_a_restart(tmp_path):
         assert blob.content == "kept" and blob.metadata == {"m": "1"}
         blobs.put_block_list("data", "c.bin", [BlobBlock("YmxvY2sx")])
         assert blobs.get_blob_to_bytes("data", "c.bin").content == b"pending"
+
+
+def test_an_error_about_a_name_with_control_characters_is_still_xml(blobs, local_cloud):
+    from xml.etree import ElementTree
+
+    from tests.localcloud.fuzzing import FuzzTarget
+
+    blobs.create_container("data")
+    target = FuzzTarget(local_cloud)
+    sas = blobs.generate_blob_shared_access_signature(
+        "data", "other", permission=BlobPermissions.READ, expiry=datetime.utcnow() + timedelta(1)
+    )
+    query = dict(pair.split("=", 1) for pair in sas.split("&"))
+    answer = target.blob(
+        "GET", "data/a\x11b", {k: requests.utils.unquote(v) for k, v in query.items()}, signed=False
+    )
+    assert answer.status_code == 403
+    error = ElementTree.fromstring(answer.content)  # \x11 cannot be in XML 1.0: written escaped
+    assert error.findtext("Code") == answer.headers["x-ms-error-code"]

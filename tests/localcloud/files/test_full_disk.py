@@ -82,3 +82,48 @@ def test_a_blob_upload_on_a_full_disk_fails_whole_with_the_storage_error(small_d
         data = os.urandom(MiB)
         blobs.create_blob_from_bytes("full", "small.bin", data)
         assert blobs.get_blob_to_bytes("full", "small.bin").content == data
+
+
+def fill_leaving(disk, free_mib: int):
+    """A filler file taking all but about ``free_mib`` MiB of ``disk``."""
+    filler = disk / "filler"
+    with open(filler, "wb") as out, pytest.raises(OSError):
+        while True:
+            out.write(bytes(MiB))
+            out.flush()
+    os.truncate(filler, max(0, filler.stat().st_size - free_mib * MiB))
+    return filler
+
+
+def test_blocks_on_a_full_disk_fail_whole_and_commit_once_space_is_back(small_disk):
+    from azure.storage.blob.models import BlobBlock, BlockListType
+
+    with LocalCloud(small_disk / "state", port=0) as cloud:
+        blobs = make_blob_service(cloud.connection)
+        blobs.retry = no_retry
+        blobs.create_container("full")
+        old = os.urandom(MiB)
+        blobs.create_blob_from_bytes("full", "model.bin", old)
+        parts = [os.urandom(2 * MiB), os.urandom(2 * MiB)]
+        blobs.put_block("full", "model.bin", parts[0], "YmxvY2sx")  # ids not named by offset:
+        blobs.put_block("full", "model.bin", parts[1], "YmxvY2sy")  # the commit copies them
+
+        filler = fill_leaving(small_disk, 8)
+        # A block the disk cannot take with room to spare is refused before it is read.
+        with pytest.raises(AzureHttpError) as caught:
+            blobs.put_block("full", "model.bin", os.urandom(4 * MiB), "YmxvY2sz")
+        assert caught.value.status_code == 500 and "disk is full" in str(caught.value)
+        # So is a commit that must copy its blocks into a new file: the old blob stays.
+        with pytest.raises(AzureHttpError) as caught:
+            blobs.put_block_list(
+                "full", "model.bin", [BlobBlock("YmxvY2sx"), BlobBlock("YmxvY2sy")]
+            )
+        assert caught.value.status_code == 500 and "disk is full" in str(caught.value)
+        assert blobs.get_blob_to_bytes("full", "model.bin").content == old
+        pending = blobs.get_block_list("full", "model.bin", block_list_type=BlockListType.All)
+        assert sorted(b.id for b in pending.uncommitted_blocks) == ["YmxvY2sx", "YmxvY2sy"]
+        assert list((small_disk / "state" / "tmp").iterdir()) == []
+
+        filler.unlink()  # space again: the same commit succeeds
+        blobs.put_block_list("full", "model.bin", [BlobBlock("YmxvY2sx"), BlobBlock("YmxvY2sy")])
+        assert blobs.get_blob_to_bytes("full", "model.bin").content == b"".join(parts)
