@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 
 import azure.mgmt.batchai.models as models
 import pytest
@@ -273,3 +274,27 @@ def test_hostfile_spreads_ranks_over_the_nodes_earlier_nodes_first():
     ]
     assert launch_plans.hostfile(nodes, 5) == "127.0.0.4 slots=3\n127.0.0.5 slots=2\n"
     assert launch_plans.hostfile(nodes, 1) == "127.0.0.4 slots=1\n127.0.0.5 slots=1\n"
+
+
+def test_each_nodes_mpi_daemon_keeps_its_session_folder_in_its_own_job_temp(tmp_path):
+    """Open MPI's daemons of one job must not share a session folder on this host: they would
+    remove and overwrite each other's files (mpirun exiting 213, or 139 from inside hwloc)."""
+    nodes = []
+    for i in (1, 2):
+        (tmp_path / f"node{i}").mkdir()
+        nodes.append(
+            launch_plans.JobNode(f"n{i}", launch_plans.node_address(i), str(tmp_path / f"node{i}"))
+        )
+    agent = tmp_path / "agent"
+    agent.write_text(launch_plans.rsh_agent(nodes))
+    agent.chmod(0o755)
+    seen = [
+        subprocess.run(
+            [str(agent), "-x", node.address, 'echo "$PWD $OMPI_MCA_orte_tmpdir_base"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for node in nodes
+    ]
+    assert seen == [[n.job_temp, os.path.join(n.job_temp, "openmpi")] for n in nodes]
