@@ -47,12 +47,26 @@ print("rank", dist.get_rank(), "sum", int(value.item()), "temp", os.environ["AZ_
 dist.destroy_process_group()
 """
 TF_ROLE = """\
-import json, os, time
+import json, os, socket, time
 config = json.loads(os.environ["TF_CONFIG"])
-print(json.dumps(config, sort_keys=True))
+print(json.dumps(config, sort_keys=True), flush=True)
 print("ps", os.environ["AZ_BATCHAI_PS_HOSTS"], "workers", os.environ["AZ_BATCHAI_WORKER_HOSTS"])
-if config["task"]["type"] == "ps":
-    time.sleep(600)  # a parameter server never ends by itself (server.join())
+if config["task"]["type"] == "ps":  # serve on its address until stopped (server.join())
+    host, port = config["cluster"]["ps"][config["task"]["index"]].split(":")
+    server = socket.create_server((host, int(port)))
+    while True:
+        server.accept()[0].close()
+for address in config["cluster"]["ps"]:  # a worker starts once every ps answers
+    host, port = address.split(":")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 """
 SLEEPER = """\
 import os, time
