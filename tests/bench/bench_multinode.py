@@ -1,7 +1,7 @@
 """Benchmark: jobs over several nodes (issue 14), each figure beside a baseline of the same run.
 
     .venv/bin/python tests/bench/bench_multinode.py [--repeats 5] [--skip-launch]
-        [--skip-training] [--epochs 1 40]
+        [--skip-training] [--epochs 1 40] [--nodes 2 1] [--one-node-threads N]
 
 1. Submit -> every rank running, for 2 and 4 nodes, with the PyTorch launch (one process per
    node, started by the node agent) and the MPI launch (mpirun over the hostfile): each rank's
@@ -11,7 +11,8 @@
    nodes (MPI, data-parallel, one thread per rank) beside one node (one process, both cores),
    same day, same machine: the mean time per epoch from the job's own ``Finished Epoch``
    lines, the final test error, the whole run's wall time, and the load average before and
-   after each run (the machine is shared).
+   after each run (the machine is shared). ``--one-node-threads`` sets OMP_NUM_THREADS for
+   the one-node run; ``--nodes`` picks the runs (the ratio needs both).
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def launch_figures(repeats: int) -> None:
                     )
 
 
-def quickstart_run(nodes: int, epochs: int) -> dict:
+def quickstart_run(nodes: int, epochs: int, threads: int | None = None) -> dict:
     """One `python -m quickstart run --nodes N --epochs E` in a fresh folder."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(REPO), "QUICKSTART_POLL_INTERVAL": "0.5"}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         command = ["run", "--nodes", str(nodes), "--epochs", str(epochs)]
         load_before = os.getloadavg()[0]
         started = time.monotonic()
@@ -138,18 +141,21 @@ def quickstart_run(nodes: int, epochs: int) -> dict:
     }
 
 
-def training_figures(epochs: int) -> None:
+def training_figures(epochs: int, node_counts: list, one_node_threads: int | None) -> None:
     """Two nodes first (the shorter run at these loads), each line printed as soon as known."""
     print(f"the quickstart, {epochs} epoch(s) of 60,000 samples", flush=True)
     runs = {}
-    for nodes in (2, 1):
-        figures = runs[nodes] = quickstart_run(nodes, epochs)
+    for nodes in node_counts:
+        threads = one_node_threads if nodes == 1 else None
+        figures = runs[nodes] = quickstart_run(nodes, epochs, threads)
         print(
             f"  {nodes} node(s): {figures['epoch']:.1f} s per epoch, "
             f"final test error {figures['error']:.2f}%, whole run {figures['wall']:.1f} s, "
             f"{figures['threads']} thread(s) per rank, load average {figures['load']}",
             flush=True,
         )
+    if not {1, 2} <= set(runs):
+        return
     print(
         f"  2 nodes / 1 node: {runs[2]['epoch'] / runs[1]['epoch']:.2f}x the time per epoch, "
         f"{runs[2]['wall'] / runs[1]['wall']:.2f}x the whole run",
@@ -163,6 +169,8 @@ def main() -> None:
     parser.add_argument("--skip-launch", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 1], choices=[1, 2])
+    parser.add_argument("--one-node-threads", type=int)
     args = parser.parse_args()
     if shutil.which("mpirun") is None:
         raise SystemExit("needs mpirun: apt-get install openmpi-bin")
@@ -171,7 +179,7 @@ def main() -> None:
         launch_figures(args.repeats)
     if not args.skip_training:
         for epochs in args.epochs:
-            training_figures(epochs)
+            training_figures(epochs, args.nodes, args.one_node_threads)
 
 
 if __name__ == "__main__":
