@@ -14,6 +14,9 @@ from tests.test_end_to_end import quickstart, submitted_job, user_env, workdir  
 # the dropout masks, which differ between the two.
 TWO_NODE_TRAINING = "--epoch-size 1024 --minibatch-size 64"
 ERROR_BOUND = 75.0
+# Two ranks each import torch and read the whole sample: on the shared 2-core machine under
+# load this run outlasted the single-node tests' limit (tests/bench/README.md, issue 14).
+COMMAND_TIMEOUT = 300
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs apt-get install openmpi-bin")
@@ -22,6 +25,7 @@ def test_run_on_two_nodes_trains_data_parallel_and_rank_0_reports(workdir, monke
         "tests.test_end_to_end.user_env",
         lambda: {**user_env(), "QUICKSTART_EXTRA_ARGS": TWO_NODE_TRAINING},
     )
+    monkeypatch.setattr("tests.test_end_to_end.COMMAND_TIMEOUT", COMMAND_TIMEOUT)
     code, output = quickstart(workdir, "run", "--nodes", "2", "--epochs", "1")
     assert code == 0, output
     assert "Cluster mycluster created: 2 x STANDARD_NC6" in output

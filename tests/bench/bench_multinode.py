@@ -1,15 +1,18 @@
 """Benchmark: jobs over several nodes (issue 14), each figure beside a baseline of the same run.
 
-    .venv/bin/python tests/bench/bench_multinode.py [--repeats 5] [--skip-training]
+    .venv/bin/python tests/bench/bench_multinode.py [--repeats 5] [--skip-launch]
+        [--skip-training] [--epochs 1 40] [--nodes 2 1] [--one-node-threads N]
 
 1. Submit -> every rank running, for 2 and 4 nodes, with the PyTorch launch (one process per
    node, started by the node agent) and the MPI launch (mpirun over the hostfile): each rank's
    first statement writes the time; the figure is the latest of them minus the moment before
    ``jobs.create``. Baseline: the same job on one node (medians of ``--repeats`` runs).
-2. The quickstart (``python -m quickstart run --epochs 1``) on two nodes (MPI, data-parallel,
-   one thread per rank) beside one node (one process, both cores), same day, same machine:
-   the time of the epoch from the job's own ``Finished Epoch`` line, the final test error, and
-   the whole run's wall time.
+2. The quickstart (``python -m quickstart run --epochs E`` for each of ``--epochs``) on two
+   nodes (MPI, data-parallel, one thread per rank) beside one node (one process, both cores),
+   same day, same machine: the mean time per epoch from the job's own ``Finished Epoch``
+   lines, the final test error, the whole run's wall time, and the load average before and
+   after each run (the machine is shared). ``--one-node-threads`` sets OMP_NUM_THREADS for
+   the one-node run; ``--nodes`` picks the runs (the ratio needs both).
 """
 
 from __future__ import annotations
@@ -92,20 +95,25 @@ def launch_figures(repeats: int) -> None:
                     )
 
 
-def quickstart_run(nodes: int) -> dict:
-    """One `python -m quickstart run --nodes N --epochs 1` in a fresh folder."""
+def quickstart_run(nodes: int, epochs: int, threads: int | None = None) -> dict:
+    """One `python -m quickstart run --nodes N --epochs E` in a fresh folder."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(REPO), "QUICKSTART_POLL_INTERVAL": "0.5"}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        command = ["run", "--nodes", str(nodes), "--epochs", str(epochs)]
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "quickstart", "run", "--nodes", str(nodes), "--epochs", "1"],
+            [sys.executable, "-m", "quickstart", *command],
             cwd=tmp,
             env=env,
             capture_output=True,
             text=True,
-            timeout=1800,
+            timeout=6 * 3600,
         )
         wall = time.monotonic() - started
+        load_after = os.getloadavg()[0]
         subprocess.run(
             [sys.executable, "-m", "quickstart", "teardown", "--delete-share"],
             cwd=tmp,
@@ -115,42 +123,63 @@ def quickstart_run(nodes: int) -> dict:
         )
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        raise SystemExit(f"run --nodes {nodes} failed:\n{output[-3000:]}")
-    epoch = re.search(r"^Finished Epoch\[1 of 1\]: .* (\d+\.\d+)s \(", output, re.M)
+        raise SystemExit(f"run --nodes {nodes} --epochs {epochs} failed:\n{output[-3000:]}")
+    seconds = [
+        float(s)
+        for s in re.findall(rf"^Finished Epoch\[\d+ of {epochs}\]: .* (\d+\.\d+)s \(", output, re.M)
+    ]
+    if len(seconds) != epochs:
+        raise SystemExit(f"run --nodes {nodes}: {len(seconds)} epoch lines, not {epochs}")
     error = re.search(r"^Final test error: (\d+\.\d\d)%", output, re.M)
     threads = re.search(r"Selected CPU \((\d+) threads?\)", output)
     return {
-        "epoch": float(epoch[1]),
+        "epoch": statistics.mean(seconds),
         "error": float(error[1]),
         "wall": wall,
         "threads": threads[1] if threads else "?",
+        "load": f"{load_before:.1f}-{load_after:.1f}",
     }
 
 
-def training_figures() -> None:
-    print("the quickstart, one epoch (60,000 samples)")
-    one = quickstart_run(1)
-    two = quickstart_run(2)
-    for label, figures in (("1 node ", one), ("2 nodes", two)):
+def training_figures(epochs: int, node_counts: list, one_node_threads: int | None) -> None:
+    """Two nodes first (the shorter run at these loads), each line printed as soon as known."""
+    print(f"the quickstart, {epochs} epoch(s) of 60,000 samples", flush=True)
+    runs = {}
+    for nodes in node_counts:
+        threads = one_node_threads if nodes == 1 else None
+        figures = runs[nodes] = quickstart_run(nodes, epochs, threads)
         print(
-            f"  {label}: epoch {figures['epoch']:.1f} s "
-            f"({figures['epoch'] / one['epoch']:.2f}x the 1-node epoch), "
+            f"  {nodes} node(s): {figures['epoch']:.1f} s per epoch, "
             f"final test error {figures['error']:.2f}%, whole run {figures['wall']:.1f} s, "
-            f"{figures['threads']} thread(s) per rank"
+            f"{figures['threads']} thread(s) per rank, load average {figures['load']}",
+            flush=True,
         )
+    if not {1, 2} <= set(runs):
+        return
+    print(
+        f"  2 nodes / 1 node: {runs[2]['epoch'] / runs[1]['epoch']:.2f}x the time per epoch, "
+        f"{runs[2]['wall'] / runs[1]['wall']:.2f}x the whole run",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-launch", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 1], choices=[1, 2])
+    parser.add_argument("--one-node-threads", type=int)
     args = parser.parse_args()
     if shutil.which("mpirun") is None:
         raise SystemExit("needs mpirun: apt-get install openmpi-bin")
     print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"{os.cpu_count()} cores")
-    launch_figures(args.repeats)
+    if not args.skip_launch:
+        launch_figures(args.repeats)
     if not args.skip_training:
-        training_figures()
+        for epochs in args.epochs:
+            training_figures(epochs, args.nodes, args.one_node_threads)
 
 
 if __name__ == "__main__":

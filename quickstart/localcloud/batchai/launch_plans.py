@@ -23,6 +23,8 @@ from .nodeagent import PlanError
 HOSTFILE_NAME = "hostfile"
 RSH_AGENT_NAME = "mpi-node-shell"
 PYTORCH_INIT_FILE = "pytorch_init"
+# The folder in each node's job temp where its Open MPI daemon keeps its session directory.
+OPEN_MPI_TMP = "openmpi"
 MPI_INSTALL_HINT = "install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin)"
 
 # Open MPI's settings for a job on this host: start the other nodes' daemons through our agent
@@ -107,12 +109,34 @@ def hostfile(nodes: list, process_count: int) -> str:
     )
 
 
+def daemon_session_base(node: JobNode) -> str:
+    """Where the node's Open MPI daemon keeps its session directory (its ``orte_tmpdir_base``).
+
+    Open MPI names a daemon's session directory after the host name, the user and the job
+    family, so on one host every node's ``orted`` of a job would share one. Each daemon clears
+    it of stale files, creates it again and builds its hwloc topology inside a file there,
+    ``hwloc.sm``, mapped into its memory for its ranks. Two daemons in one directory remove
+    what the other just made (``orte_init`` fails, "mkdir ... File exists": mpirun exits 213)
+    or build their topologies in the same file at once, each overwriting the other's pointers
+    (SIGSEGV in ``hwloc_shmem_topology_write``: mpirun exits 139). Real nodes each have their
+    own ``/tmp``; a base folder per node in its own job temp restores that. mpirun keeps its
+    folder under ``/tmp``: named after its pid, it is never shared, and a base of its own
+    would be passed on to the daemons' command lines, over the node's.
+    """
+    return os.path.join(node.job_temp, OPEN_MPI_TMP)
+
+
 def rsh_agent(nodes: list) -> str:
     """A shell script Open MPI runs instead of ``ssh <host> <command>``: it gives the command
-    the environment of the node whose address is ``<host>`` and runs it on this host."""
+    the environment of the node whose address is ``<host>`` (and that node's own session folder
+    for Open MPI's daemon) and runs it on this host."""
+
+    def exports(node: JobNode, index: int) -> dict:
+        return {**node_env(node, index), "OMPI_MCA_orte_tmpdir_base": daemon_session_base(node)}
+
     cases = "".join(
         f"  {node.address}) export "
-        + " ".join(f"{k}={shlex.quote(v)}" for k, v in node_env(node, i).items())
+        + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports(node, i).items())
         + f"; cd {shlex.quote(node.job_temp)} ;;\n"
         for i, node in enumerate(nodes)
     )

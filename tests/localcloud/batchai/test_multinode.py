@@ -1,6 +1,12 @@
 """Jobs over several nodes, as Batch AI ran them (docs/distributed-jobs.md), driven by the real
 azure-mgmt-batchai client over HTTPS: PyTorch gloo ranks that all-reduce, MPI ranks on the
-hostfile's nodes, TensorFlow roles with TF_CONFIG, and one node's process dying."""
+hostfile's nodes, TensorFlow roles with TF_CONFIG, and one node's process dying.
+
+One local cloud serves the whole module. The jobs that only have to succeed (gloo, MPI, TF)
+each get a two-node cluster of their own and are submitted together, so the slow one (two
+ranks importing torch) runs while the other tests use "mycluster", one after the other: those
+need its two nodes to themselves (a second job must queue) and, after each, none of its jobs'
+processes left on its nodes."""
 
 from __future__ import annotations
 
@@ -8,21 +14,27 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 
 import azure.mgmt.batchai.models as models
 import pytest
 
+from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.batchai import launch_plans
 from quickstart.localcloud.batchai.nodeagent import PlanError
-from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_process_left: autouse)
+from tests.localcloud.batchai.test_batchai import (
+    CLUSTER,
     EXP,
     RG,
     WS,
+    cluster_params,
     job_params,
-    no_job_process_left,
     output_file,
+    processes_under,
     sdk_env,
     wait_for,
+    wait_for_idle_cluster,
     wait_for_job,
 )
 
@@ -46,12 +58,26 @@ print("rank", dist.get_rank(), "sum", int(value.item()), "temp", os.environ["AZ_
 dist.destroy_process_group()
 """
 TF_ROLE = """\
-import json, os, time
+import json, os, socket, time
 config = json.loads(os.environ["TF_CONFIG"])
-print(json.dumps(config, sort_keys=True))
+print(json.dumps(config, sort_keys=True), flush=True)
 print("ps", os.environ["AZ_BATCHAI_PS_HOSTS"], "workers", os.environ["AZ_BATCHAI_WORKER_HOSTS"])
-if config["task"]["type"] == "ps":
-    time.sleep(600)  # a parameter server never ends by itself (server.join())
+if config["task"]["type"] == "ps":  # serve on its address until stopped (server.join())
+    host, port = config["cluster"]["ps"][config["task"]["index"]].split(":")
+    server = socket.create_server((host, int(port)))
+    while True:
+        server.accept()[0].close()
+for address in config["cluster"]["ps"]:  # a worker starts once every ps answers
+    host, port = address.split(":")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 """
 SLEEPER = """\
 import os, time
@@ -61,10 +87,78 @@ time.sleep(600)
 """
 
 
+# The jobs that run side by side, each on its own two-node cluster named after it.
+SIDE_JOBS = ("gloo", "mpi", "tf")
+
+
+def assert_no_process_under(folders) -> None:
+    """Wait up to 10 s for the processes working in ``folders`` to end; kill and fail if any."""
+    left = []
+    for _ in range(200):
+        left = [pid for folder in folders for pid in processes_under(folder)]
+        if not left:
+            return
+        time.sleep(0.05)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"job processes left behind: {left}")
+
+
+@pytest.fixture(scope="module")
+def cloud_env(tmp_path_factory):
+    """The local cloud of this module: "mycluster" and one cluster per side job, two nodes
+    each, the share mounted, an experiment. Afterwards no process of any job may be left."""
+    folder = tmp_path_factory.mktemp("multinode")
+    cloud = LocalCloud(folder / "localcloud", port=0, cluster_allocation_delay=0.1)
+    cloud.start()
+    try:
+        env = sdk_env(cloud, folder, nodes=2)
+        for name in SIDE_JOBS:
+            params = cluster_params(env.connection, env.files, 2)
+            env.client.clusters.create(RG, WS, name, params).result()
+        for name in SIDE_JOBS:
+            wait_for_idle_cluster(env.client, 2, name)
+        env.folder = folder
+        yield env
+    finally:
+        cloud.stop()
+    assert_no_process_under([folder])
+
+
+@pytest.fixture(scope="module")
+def side_jobs(cloud_env):
+    """Submits the gloo, MPI and TensorFlow jobs at once, each to its own cluster."""
+    env, folder = cloud_env, cloud_env.folder
+    gloo = models.PyTorchSettings(
+        python_script_file_path=upload(env, "gloo_rank.py", GLOO_RANK, folder),
+        command_line_args="2",
+        communication_backend="gloo",
+    )
+    submit(env, "gloo", cluster="gloo", py_torch_settings=gloo)
+    report = (
+        "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE"
+        ' entry "$(sed -n "$((AZ_BATCHAI_TASK_INDEX + 1))p" "$AZ_BATCHAI_MPI_HOST_FILE")"'
+        " temp $AZ_BATCHAI_JOB_TEMP"
+    )
+    mpi = models.CustomMpiSettings(command_line=f"sh -c '{report}'", process_count=2)
+    if shutil.which("mpirun"):  # else its test is skipped
+        submit(env, "mpi", cluster="mpi", custom_mpi_settings=mpi)
+    tf = models.TensorFlowSettings(
+        python_script_file_path=upload(env, "tf_role.py", TF_ROLE, folder),
+        worker_count=2,
+        parameter_server_count=1,
+    )
+    submit(env, "tf", cluster="tf", tensor_flow_settings=tf)
+    return env
+
+
 @pytest.fixture
-def env2(local_cloud, tmp_path):
-    """The quickstart's cluster with two nodes, the share mounted, an experiment."""
-    return sdk_env(local_cloud, tmp_path, nodes=2)
+def env2(cloud_env):
+    """ "mycluster" idle with its two nodes; afterwards none of its jobs' processes left."""
+    wait_for(lambda: cluster_counts(cloud_env) == (2, 0), timeout=WAIT)
+    yield cloud_env
+    compute = cloud_env.folder / "localcloud" / "compute" / "nodes"
+    assert_no_process_under([compute / node for node in cluster_node_ids(cloud_env)])
 
 
 def upload(env, name: str, text: str, tmp_path) -> str:
@@ -74,8 +168,9 @@ def upload(env, name: str, text: str, tmp_path) -> str:
     return f"$AZ_BATCHAI_INPUT_SAMPLE/{name}"
 
 
-def submit(env, name: str, node_count: int = 2, **toolkit):
-    params = job_params(env.cluster.id, node_count=node_count)
+def submit(env, name: str, node_count: int = 2, cluster: str = CLUSTER, **toolkit):
+    cluster_id = f"{env.cluster.id.rsplit('/', 1)[0]}/{cluster}"
+    params = job_params(cluster_id, node_count=node_count)
     params.cntk_settings = None
     for key, value in toolkit.items():
         setattr(params, key, value)
@@ -103,74 +198,36 @@ def rank_file(folder, rank: int, prefix: str = "rank") -> int:
         return 0
 
 
-def cluster_counts(env):
-    counts = env.client.clusters.get(RG, WS, "mycluster").node_state_counts
+def cluster_counts(env, cluster: str = CLUSTER):
+    counts = env.client.clusters.get(RG, WS, cluster).node_state_counts
     return counts.idle_node_count, counts.running_node_count
 
 
-def test_pytorch_gloo_ranks_on_two_nodes_all_reduce_and_agree(env2, tmp_path):
-    script = upload(env2, "gloo_rank.py", GLOO_RANK, tmp_path)
-    settings = models.PyTorchSettings(
-        python_script_file_path=script, command_line_args="2", communication_backend="gloo"
-    )
-    submit(env2, "gloo", py_torch_settings=settings)
-    job = wait_for_job(env2.client, "gloo", timeout=WAIT)
-    assert job.execution_state == "succeeded", stdouterr(env2, "gloo", "stderr-1.txt")
-    assert job.tool_type == "pytorch" and job.py_torch_settings.process_count == 2
-    lines = [stdouterr(env2, "gloo", f"stdout-{i}.txt").split() for i in (0, 1)]
-    assert [(line[1], line[3]) for line in lines] == [("0", "3"), ("1", "3")]
-    assert lines[0][5] != lines[1][5]  # each node its own job temp
-    names = {
-        f.name
-        for f in env2.client.jobs.list_output_files(
-            RG, WS, EXP, "gloo", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")
-        )
-    }
-    assert {"stdout-0.txt", "stderr-1.txt"} <= names
-    assert {n for n in names if n.startswith("execution")} == {
-        f"execution-{node}.log" for node in job_node_ids(env2, "gloo")
-    }
-    assert cluster_counts(env2) == (2, 0)
-
-
-def job_node_ids(env, job: str) -> list:
+def cluster_node_ids(env, cluster: str = CLUSTER) -> list:
     """The cluster's node ids (a two-node job on a two-node cluster uses both)."""
-    return [
-        n.node_id for n in env.client.clusters.list_remote_login_information(RG, WS, "mycluster")
-    ]
+    return [n.node_id for n in env.client.clusters.list_remote_login_information(RG, WS, cluster)]
 
 
 @needs_mpirun
-def test_mpi_ranks_run_on_the_nodes_of_the_hostfile_batch_ai_wrote(env2):
-    report = (
-        "echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE"
-        ' entry "$(sed -n "$((AZ_BATCHAI_TASK_INDEX + 1))p" "$AZ_BATCHAI_MPI_HOST_FILE")"'
-        " temp $AZ_BATCHAI_JOB_TEMP"
-    )
-    settings = models.CustomMpiSettings(command_line=f"sh -c '{report}'", process_count=2)
-    submit(env2, "mpi", custom_mpi_settings=settings)
-    job = wait_for_job(env2.client, "mpi", timeout=WAIT)
-    assert job.execution_state == "succeeded", stdouterr(env2, "mpi", "stderr.txt")
+def test_mpi_ranks_run_on_the_nodes_of_the_hostfile_batch_ai_wrote(side_jobs):
+    env = side_jobs
+    job = wait_for_job(env.client, "mpi", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env, "mpi", "stderr.txt")
     assert job.tool_type == "mpi"
-    ranks = sorted(line for line in stdouterr(env2, "mpi", "stdout.txt").splitlines() if line)
+    ranks = sorted(line for line in stdouterr(env, "mpi", "stdout.txt").splitlines() if line)
     assert [r.split(" entry ")[0] for r in ranks] == ["rank 0 of 2", "rank 1 of 2"]
     entries = [r.split(" entry ")[1].split(" temp ")[0] for r in ranks]
     assert entries == ["127.0.0.4 slots=1", "127.0.0.5 slots=1"]
     assert len({r.split(" temp ")[1] for r in ranks}) == 2
+    assert cluster_counts(env, "mpi") == (2, 0)
 
 
-def test_tensorflow_roles_get_tf_config_and_parameter_servers_stop_after_the_workers(
-    env2, tmp_path
-):
-    script = upload(env2, "tf_role.py", TF_ROLE, tmp_path)
-    settings = models.TensorFlowSettings(
-        python_script_file_path=script, worker_count=2, parameter_server_count=1
-    )
-    submit(env2, "tf", tensor_flow_settings=settings)
-    job = wait_for_job(env2.client, "tf", timeout=WAIT)
-    assert job.execution_state == "succeeded", stdouterr(env2, "tf", "stderr-wk-0.txt")
+def test_tensorflow_roles_get_tf_config_and_parameter_servers_stop_after_the_workers(side_jobs):
+    env = side_jobs
+    job = wait_for_job(env.client, "tf", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env, "tf", "stderr-wk-0.txt")
     configs = {
-        name: json.loads(stdouterr(env2, "tf", f"stdout-{name}.txt").splitlines()[0])
+        name: json.loads(stdouterr(env, "tf", f"stdout-{name}.txt").splitlines()[0])
         for name in ("wk-0", "wk-1", "ps-0")
     }
     assert {n: (c["task"]["type"], c["task"]["index"]) for n, c in configs.items()} == {
@@ -182,9 +239,9 @@ def test_tensorflow_roles_get_tf_config_and_parameter_servers_stop_after_the_wor
     assert all(c["cluster"] == cluster for c in configs.values())
     assert [h.split(":")[0] for h in cluster["worker"]] == ["127.0.0.4", "127.0.0.5"]
     assert [h.split(":")[0] for h in cluster["ps"]] == ["127.0.0.4"]
-    hosts = stdouterr(env2, "tf", "stdout-wk-1.txt").splitlines()[1]
+    hosts = stdouterr(env, "tf", "stdout-wk-1.txt").splitlines()[1]
     assert hosts == f"ps {cluster['ps'][0]} workers {','.join(cluster['worker'])}"
-    assert cluster_counts(env2) == (2, 0)
+    assert cluster_counts(env, "tf") == (2, 0)
 
 
 def test_one_node_dying_fails_the_job_stops_the_other_and_frees_both_nodes(env2, tmp_path):
@@ -273,3 +330,49 @@ def test_hostfile_spreads_ranks_over_the_nodes_earlier_nodes_first():
     ]
     assert launch_plans.hostfile(nodes, 5) == "127.0.0.4 slots=3\n127.0.0.5 slots=2\n"
     assert launch_plans.hostfile(nodes, 1) == "127.0.0.4 slots=1\n127.0.0.5 slots=1\n"
+
+
+def test_each_nodes_mpi_daemon_keeps_its_session_folder_in_its_own_job_temp(tmp_path):
+    """Open MPI's daemons of one job must not share a session folder on this host: they would
+    remove and overwrite each other's files (mpirun exiting 213, or 139 from inside hwloc)."""
+    nodes = []
+    for i in (1, 2):
+        (tmp_path / f"node{i}").mkdir()
+        nodes.append(
+            launch_plans.JobNode(f"n{i}", launch_plans.node_address(i), str(tmp_path / f"node{i}"))
+        )
+    agent = tmp_path / "agent"
+    agent.write_text(launch_plans.rsh_agent(nodes))
+    agent.chmod(0o755)
+    seen = [
+        subprocess.run(
+            [str(agent), "-x", node.address, 'echo "$PWD $OMPI_MCA_orte_tmpdir_base"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for node in nodes
+    ]
+    assert seen == [[n.job_temp, os.path.join(n.job_temp, "openmpi")] for n in nodes]
+
+
+def test_pytorch_gloo_ranks_on_two_nodes_all_reduce_and_agree(side_jobs):
+    """Last in the module: its ranks import torch while the tests above run."""
+    env = side_jobs
+    job = wait_for_job(env.client, "gloo", timeout=WAIT)
+    assert job.execution_state == "succeeded", stdouterr(env, "gloo", "stderr-1.txt")
+    assert job.tool_type == "pytorch" and job.py_torch_settings.process_count == 2
+    lines = [stdouterr(env, "gloo", f"stdout-{i}.txt").split() for i in (0, 1)]
+    assert [(line[1], line[3]) for line in lines] == [("0", "3"), ("1", "3")]
+    assert lines[0][5] != lines[1][5]  # each node its own job temp
+    names = {
+        f.name
+        for f in env.client.jobs.list_output_files(
+            RG, WS, EXP, "gloo", models.JobsListOutputFilesOptions(outputdirectoryid="stdouterr")
+        )
+    }
+    assert {"stdout-0.txt", "stderr-1.txt"} <= names
+    assert {n for n in names if n.startswith("execution")} == {
+        f"execution-{node}.log" for node in cluster_node_ids(env, "gloo")
+    }
+    assert cluster_counts(env, "gloo") == (2, 0)
