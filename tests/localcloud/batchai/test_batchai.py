@@ -651,9 +651,12 @@ def test_twenty_jobs_on_two_nodes_all_finish_never_more_than_two_at_once(local_c
     env = sdk_env(local_cloud, tmp_path, nodes=2)
     log = env.share_dir / "intervals"
     log.mkdir()
+    # each job runs until a second job has started (at most 10 s): under load a job's start can
+    # outlast a fixed sleep, and two jobs would never overlap even with two idle nodes
     command = (
-        f'echo "start $(date +%s.%N)" >> {log}/$JOB_NO; sleep 0.2; '
-        f'echo "end $(date +%s.%N)" >> {log}/$JOB_NO'
+        f'echo "start $(date +%s.%N)" >> {log}/$JOB_NO; '
+        f"for _ in $(seq 100); do [ $(ls {log} | wc -l) -ge 2 ] && break; sleep 0.1; done; "
+        f'sleep 0.2; echo "end $(date +%s.%N)" >> {log}/$JOB_NO'
     )
     for i in range(20):
         env.client.jobs.create(
