@@ -258,7 +258,9 @@ def test_the_tutorial_steps_run_a_job_and_tear_down(local_cloud, tmp_path):
 
     client.workspaces.create(RG, WS, "eastus")  # the quickstart does not wait: applied at once
     assert client.workspaces.get(RG, WS).provisioning_state == "succeeded"
-    cluster = client.clusters.create(RG, WS, CLUSTER, cluster_params(connection, files)).result()
+    # read at once, not after the poller's Retry-After: under load the node may be up by then
+    client.clusters.create(RG, WS, CLUSTER, cluster_params(connection, files), polling=False)
+    cluster = client.clusters.get(RG, WS, CLUSTER)
     assert cluster.provisioning_state == "succeeded"
     assert cluster.allocation_state == "resizing" and cluster.current_node_count == 0
     seen = set()
