@@ -1067,6 +1067,41 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _watch_over(spec: LaunchSpec) -> None:
+    """Fork a watchdog that outlives this agent in its session: if the agent is killed
+    outright (SIGKILL, as a Ray worker's children are when it dies), it stops what is left of
+    the session and records ``spec.node_lost_error``, so no process of the job lingers and
+    the job's record says why it ended. An agent that ends normally kills it in finish()."""
+    agent = os.getpid()
+    if os.fork():
+        return
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the session's own stop is not for it
+        while os.getppid() == agent:
+            time.sleep(0.2)
+        me = os.getpid()
+        for signum, pause in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, 0)):
+            for pid in group_members(os.getsid(0)):
+                if pid != me:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signum)
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline and set(group_members(os.getsid(0))) - {me}:
+                time.sleep(0.05)
+        if read_outcome(spec.record_dir) is None:
+            _write_json_atomically(
+                os.path.join(spec.record_dir, EXIT_FILE),
+                {
+                    "exit_code": None,
+                    "phase": "job",
+                    "error": spec.node_lost_error,
+                    "ended": time.time(),
+                },
+            )
+    finally:
+        os._exit(0)
+
+
 def _run_wrapper(attached: bool = False) -> int:
     """``nodeagent.py run``: read the spec, detach, print the detached pid, run the job.
 
@@ -1095,6 +1130,8 @@ def _run_wrapper(attached: bool = False) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    if attached and spec.node_lost_error is not None:
+        _watch_over(spec)
     wrapper = None
     try:
         wrapper = _Wrapper(spec)

@@ -494,6 +494,7 @@ class Scheduler:
         ):
             if self._allocated(cluster, state):
                 self._resize(cluster, state, now, todo)
+                self._place_nodes(state)
                 state["resize_since"] = None
                 state["allocation_since"] = now
             changed = True
@@ -601,11 +602,17 @@ class Scheduler:
             else:
                 node["state"] = "leaving"
         state["nodes"] = [n for i, n in enumerate(nodes) if i not in removed]
+
+    @staticmethod
+    def _place_nodes(state: dict) -> None:
+        """Give each node its compute backend's address and slot, where the backend has its
+        own nodes (the local backend has none: nodes keep their loopback addresses)."""
         placed = state.get("placed") or {}
-        if placed.get("addresses") is not None:  # the backend's nodes, one per cluster node
-            for index, node in enumerate(n for n in state["nodes"] if n["state"] != "leaving"):
-                node["address"] = placed["addresses"][index]
-                node["bundle"] = placed["bundles"][index]
+        if placed.get("addresses") is None:
+            return
+        for index, node in enumerate(n for n in state["nodes"] if n["state"] != "leaving"):
+            node["address"] = placed["addresses"][index]
+            node["bundle"] = placed["bundles"][index]
 
     def _fail_node_under(self, job, todo: _Actions) -> None:
         """A fault rule made the job's node unusable: the node leaves service with the error

@@ -259,7 +259,11 @@ class RayCompute(Compute):
             self.terminate(handle)
         self._refresh_resources()
         with self._lock:
-            wanted = {uid: w for uid, w in self._wanted.items() if uid not in self._known}
+            wanted = {
+                uid: w
+                for uid, w in self._wanted.items()
+                if uid not in self._known or not self._known[uid].ready
+            }
         for uid, (count, vm_size, folders) in wanted.items():
             allocation = self._place(uid, count, vm_size, list(folders))
             if allocation is not None:
@@ -268,9 +272,7 @@ class RayCompute(Compute):
                         self._known[uid] = allocation
                 self._wake()
         with self._lock:
-            return any(uid not in self._known or not k.ready for uid, k in self._known.items()) or (
-                set(self._wanted) - set(self._known) != set()
-            )
+            return any(uid not in self._known or not self._known[uid].ready for uid in self._wanted)
 
     def _refresh_resources(self) -> None:
         with contextlib.suppress(Exception):
@@ -482,10 +484,12 @@ class RayCompute(Compute):
                 )
             )
         try:
-            self._ray.get(starts, timeout=START_TIMEOUT)
+            started = self._ray.get(starts, timeout=START_TIMEOUT)
         except Exception as err:
             self.terminate(handle)
             raise OSError(f"the job's Ray actors did not start: {err}") from None
+        handle["ray_nodes"] = [answer["ray_node"] for answer in started]
+        nodeagent._write_json_atomically(os.path.join(spec.record_dir, LAUNCH_FILE), handle)
         return handle
 
     def _cluster_group(self, cluster_uid: str):

@@ -38,6 +38,7 @@ class NodeAgentActor:
             handle.write(agent_source)
         spec = importlib.util.spec_from_file_location("batchai_node_agent", path)
         self.agent = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = self.agent  # its dataclasses look their module up there
         spec.loader.exec_module(self.agent)
         self.record_dir = record_dir
         threading.Thread(
