@@ -145,6 +145,13 @@ def build_parser():
         "--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free port)"
     )
     local.add_argument(
+        "--host",
+        metavar="ADDRESS",
+        help="bind this IP address instead of 127.0.0.1, for jobs on other hosts (Ray nodes) "
+        "that call the local cloud; the certificate is made to cover it and authentication "
+        "stays as strict. Explicit opt-in only: firewall it (docs/ray.md)",
+    )
+    local.add_argument(
         "--compute",
         choices=("local", "ray"),
         help="where cluster nodes and jobs run: local (processes on this machine, the default) "
@@ -327,6 +334,8 @@ def localcloud_command(args, settings, secrets):
     print(f"  (or: export QUICKSTART_STATE_DIR={shlex.quote(state_dir)})", flush=True)
     options = {"verbose": True} if getattr(args, "verbose", False) else {}
     options.update(compute_options(settings))
+    if getattr(args, "host", None):
+        options["host"] = args.host
     if settings.compute != "local":
         where = settings.ray_address or "auto"
         print(f"Compute: {settings.compute} (the Ray cluster at {where})", flush=True)
