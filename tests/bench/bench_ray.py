@@ -84,24 +84,25 @@ def train_once(compute: list, tmp: Path, epoch_size: int) -> float:
         "QUICKSTART_RAY_BUNDLES": BUNDLES,
         "QUICKSTART_EXTRA_ARGS": f"--epoch-size {epoch_size} --minibatch-size 64",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state), *compute],
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp / "localcloud.out"  # a file, not a pipe: its access log never blocks it
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state), *compute],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        while "Local cloud serving at" not in (
-            server.stdout.readline() or "Local cloud serving at"
-        ):
-            pass
+        deadline = time.monotonic() + 120
+        while "Local cloud serving at" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         run = subprocess.run(
             [sys.executable, "-m", "quickstart", "run", "--epochs", "1", "--state-dir", str(state)],
             cwd=tmp,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=900,
         )

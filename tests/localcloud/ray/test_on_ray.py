@@ -4,6 +4,7 @@ waits for Ray nodes, a restart that reattaches, and a Ray node that dies under i
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_a_restarted_local_cloud_finds_its_ray_job_again_and_follows_it(
     params = job_params(env.cluster.id)
     params.cntk_settings = None
     params.custom_toolkit_settings = models.CustomToolkitSettings(
-        command_line=f"python {script} 24"
+        command_line=f"python {script} 60"
     )
     env.client.jobs.create(RG, WS, EXP, "counter", params).result()
     stdout = output_file(env, "counter", "stdouterr", "stdout.txt")
@@ -138,31 +139,36 @@ def test_a_restarted_local_cloud_finds_its_ray_job_again_and_follows_it(
     seen = stdout.read_text().count("line")
     time.sleep(1)
     assert stdout.read_text().count("line") > seen
-    ray_cloud.start()  # the same state directory, Ray and options
-    job = wait_for_job(env.client, "counter", timeout=WAIT)
+    ray_cloud.start()  # the same state directory, Ray and options: it follows the job
+    assert env.client.jobs.get(RG, WS, EXP, "counter").execution_state == "running"
+    ray_cloud.stop()
+    # A server taking the state directory over without --compute ray (as standby.py does)
+    # follows the Ray job too, through the address its handle keeps.
+    with LocalCloud(ray_cloud.state_dir, port=0) as taken_over:
+        assert taken_over.base_url == env.connection["resource_manager_url"].rstrip("/")
+        assert "line 59" not in stdout.read_text()  # still running when taken over
+        job = wait_for_job(env.client, "counter", timeout=WAIT)
     assert job.execution_state == "succeeded" and job.execution_info.exit_code == 0
-    assert stdout.read_text().count("line") == 24
+    assert stdout.read_text().count("line") == 60
+    ray_cloud.start()  # for the fixture to stop
 
 
 def test_the_tutorial_runs_on_ray_and_its_epoch_lines_stream(ray_cluster, tmp_path):
     state = tmp_path / "state"
     env = {**user_env(), "QUICKSTART_RAY_BUNDLES": BUNDLES}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)]
-        + ["--compute", "ray", "--ray-address", ray_cluster.address],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "localcloud.out"  # a file, not a pipe: its access log never blocks it
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)]
+            + ["--compute", "ray", "--ray-address", ray_cluster.address],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        head = ""
-        while "Local cloud serving at" not in head:
-            line = server.stdout.readline()
-            assert line, f"the local cloud did not start:\n{head}"
-            head += line
-        assert "Compute: ray (the Ray cluster at " in head
+        wait_for(lambda: "Local cloud serving at" in log.read_text() or server.poll(), WAIT)
+        assert "Compute: ray (the Ray cluster at " in log.read_text(), log.read_text()
         run = subprocess.run(
             [sys.executable, "-m", "quickstart", "run", "--epochs", "1", "--state-dir", str(state)],
             cwd=tmp_path,
@@ -176,6 +182,8 @@ def test_the_tutorial_runs_on_ray_and_its_epoch_lines_stream(ray_cluster, tmp_pa
         assert run.returncode == 0, output
         assert re.search(r"^\d\d:\d\d:\d\d Job state: running$", output, re.M)
         assert "Finished Epoch[1 of 1]" in output  # streamed from stderr.txt while it ran
+        threads = re.search(r"^Selected CPU \((\d+) threads?\)", output, re.M)
+        assert threads and int(threads[1]) == len(os.sched_getaffinity(0))  # not Ray's one
         assert re.search(r"^Final test error: \d+\.\d\d% on 10,000 test images$", output, re.M)
         (job,) = re.findall(r"^Job (cntk_\S+) submitted$", output, re.M)
         log = (tmp_path / "outputs" / job / "stdouterr" / "execution.log").read_text()

@@ -422,6 +422,7 @@ class RayCompute(Compute):
         ]
         handle = {
             "backend": self.name,
+            "address": self._ray.get_runtime_context().gcs_address,
             "record_dir": spec.record_dir,
             "nodes": list(placement.node_ids),
             "main": main if several else list(placement.node_ids),

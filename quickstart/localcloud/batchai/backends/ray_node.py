@@ -56,9 +56,13 @@ class NodeAgentActor:
         }
 
     def _keep(self, path: str, spec_json: str) -> None:
+        # Ray limits its workers' OpenMP threads to their CPU share (one, for this actor); a
+        # Batch AI job saw all of its node's cores, so the job is started without that limit.
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", path, "run-attached"],
+                env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
