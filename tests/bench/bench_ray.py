@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +74,7 @@ def submit_to_running(cloud, tmp: Path, count: int, name: str) -> tuple[list, li
 
 def train_once(compute: list, tmp: Path, epoch_size: int) -> float:
     """samples/s of the tutorial's job, one epoch of ``epoch_size`` samples."""
+    from tests.localcloud.ray.test_on_ray import quickstart, serving
     from tests.test_end_to_end import user_env
 
     state = tmp / "state"
@@ -84,42 +83,13 @@ def train_once(compute: list, tmp: Path, epoch_size: int) -> float:
         "QUICKSTART_RAY_BUNDLES": BUNDLES,
         "QUICKSTART_EXTRA_ARGS": f"--epoch-size {epoch_size} --minibatch-size 64",
     }
-    log = tmp / "localcloud.out"  # a file, not a pipe: its access log never blocks it
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state), *compute],
-            cwd=tmp,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Local cloud serving at" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        run = subprocess.run(
-            [sys.executable, "-m", "quickstart", "run", "--epochs", "1", "--state-dir", str(state)],
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=900,
-        )
+    with serving(tmp, env, state, *compute):
+        run = quickstart(tmp, env, "run", "--epochs", "1", "--state-dir", str(state), timeout=900)
         found = re.search(r"Finished Epoch\[1 of 1\].*\(\s*([\d.]+) samples/s\)", run.stdout)
         if run.returncode != 0 or not found:
             raise SystemExit(f"the tutorial failed ({compute or 'local'}):\n{run.stdout[-3000:]}")
-        subprocess.run(
-            [sys.executable, "-m", "quickstart", "teardown", "--state-dir", str(state)],
-            cwd=tmp,
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
+        quickstart(tmp, env, "teardown", "--state-dir", str(state))
         return float(found[1])
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def measure(args) -> None:

@@ -4,6 +4,7 @@ waits for Ray nodes, a restart that reattaches, and a Ray node that dies under i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -153,55 +154,64 @@ def test_a_restarted_local_cloud_finds_its_ray_job_again_and_follows_it(
     ray_cloud.start()  # for the fixture to stop
 
 
-def test_the_tutorial_runs_on_ray_and_its_epoch_lines_stream(ray_cluster, tmp_path):
-    state = tmp_path / "state"
-    env = {**user_env(), "QUICKSTART_RAY_BUNDLES": BUNDLES}
-    log = tmp_path / "localcloud.out"  # a file, not a pipe: its access log never blocks it
+def quickstart(cwd, env: dict, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m quickstart ARGS`` as a user runs it; stdout and stderr together."""
+    return subprocess.run(
+        [sys.executable, "-m", "quickstart", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def serving(cwd: Path, env: dict, state: Path, *options):
+    """``python -m quickstart localcloud`` in the background until the block ends; yields
+    what it printed up to "serving". Its output goes to a file: a pipe nobody reads would
+    fill with its access log and block it."""
+    log = cwd / "localcloud.out"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state)]
-            + ["--compute", "ray", "--ray-address", ray_cluster.address],
-            cwd=tmp_path,
+            [sys.executable, "-m", "quickstart", "localcloud", "--state-dir", str(state), *options],
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
         wait_for(lambda: "Local cloud serving at" in log.read_text() or server.poll(), WAIT)
-        assert "Compute: ray (the Ray cluster at " in log.read_text(), log.read_text()
-        run = subprocess.run(
-            [sys.executable, "-m", "quickstart", "run", "--epochs", "1", "--state-dir", str(state)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=300,
-        )
-        output = run.stdout
-        assert run.returncode == 0, output
-        assert re.search(r"^\d\d:\d\d:\d\d Job state: running$", output, re.M)
-        assert "Finished Epoch[1 of 1]" in output  # streamed from stderr.txt while it ran
-        threads = re.search(r"^Selected CPU \((\d+) threads?\)", output, re.M)
-        assert threads and int(threads[1]) == len(os.sched_getaffinity(0))  # not Ray's one
-        assert re.search(r"^Final test error: \d+\.\d\d% on 10,000 test images$", output, re.M)
-        (job,) = re.findall(r"^Job (cntk_\S+) submitted$", output, re.M)
-        log = (tmp_path / "outputs" / job / "stdouterr" / "execution.log").read_text()
-        assert "of Ray placement group batchai-cluster-" in log
-        assert "This Ray cluster has no GPUs, so the job runs on CPU" in log
-        teardown = subprocess.run(
-            [sys.executable, "-m", "quickstart", "teardown", "--state-dir", str(state)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=120,
-        )
-        assert teardown.returncode == 0, teardown.stdout
+        yield log.read_text()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_the_tutorial_runs_on_ray_and_its_epoch_lines_stream(ray_cluster, tmp_path):
+    state = tmp_path / "state"
+    env = {**user_env(), "QUICKSTART_RAY_BUNDLES": BUNDLES}
+    try:
+        with serving(
+            tmp_path, env, state, "--compute", "ray", "--ray-address", ray_cluster.address
+        ) as head:
+            assert "Compute: ray (the Ray cluster at " in head, head
+            run = quickstart(tmp_path, env, "run", "--epochs", "1", "--state-dir", str(state))
+            output = run.stdout
+            assert run.returncode == 0, output
+            assert re.search(r"^\d\d:\d\d:\d\d Job state: running$", output, re.M)
+            assert "Finished Epoch[1 of 1]" in output  # streamed from stderr.txt while it ran
+            threads = re.search(r"^Selected CPU \((\d+) threads?\)", output, re.M)
+            assert threads and int(threads[1]) == len(os.sched_getaffinity(0))  # not Ray's 1
+            assert re.search(r"^Final test error: \d+\.\d\d% on 10,000 test images$", output, re.M)
+            (job,) = re.findall(r"^Job (cntk_\S+) submitted$", output, re.M)
+            execution = (tmp_path / "outputs" / job / "stdouterr" / "execution.log").read_text()
+            assert "of Ray placement group batchai-cluster-" in execution
+            assert "This Ray cluster has no GPUs, so the job runs on CPU" in execution
+            teardown = quickstart(tmp_path, env, "teardown", "--state-dir", str(state))
+            assert teardown.returncode == 0, teardown.stdout
+    finally:
         forget_everything_on_ray(ray_cluster)
 
 
