@@ -72,6 +72,18 @@ def forget_everything_on_ray(ray_cluster) -> None:
         ray.shutdown()
 
 
+def live_groups(cluster_uid: str) -> list:
+    """The cluster's placement groups that Ray still holds."""
+    from ray.util.placement_group import placement_group_table
+
+    return [
+        entry
+        for entry in placement_group_table().values()
+        if entry["name"].startswith(f"batchai-cluster-{cluster_uid}-")
+        and entry["state"] != "REMOVED"
+    ]
+
+
 def submit_pytorch(env, name: str, script: str, args: str, nodes: int = 2) -> None:
     params = job_params(env.cluster.id, node_count=nodes)
     params.cntk_settings = None
@@ -246,7 +258,25 @@ def test_a_cluster_larger_than_ray_shows_the_allocation_error_and_grows_when_a_n
         )
         assert cluster.allocation_state == "steady" and not cluster.errors
         assert cluster.current_node_count == 3
+        # terminate stops every process of a running job on its Ray node
+        script = upload(env, "sleeper.py", SLEEPER, tmp_path)
+        params = job_params(env.cluster.id)
+        params.cntk_settings = None
+        params.custom_toolkit_settings = models.CustomToolkitSettings(
+            command_line=f"python {script}"
+        )
+        env.client.jobs.create(RG, WS, EXP, "stopped", params).result()
+        models_dir = output_file(env, "stopped", "MODEL", "x").parent
+        pid = wait_for(lambda: rank_file(models_dir, 0, "pid"), WAIT)
+        env.client.jobs.terminate(RG, WS, EXP, "stopped").result()
+        job = wait_for_job(env.client, "stopped", timeout=WAIT)
+        assert job.execution_state == "failed" and job.execution_info.errors
+        wait_for(lambda: not alive(pid), 30)
+        # delete releases the cluster's bundles: its placement group goes
+        uid = env.cloud.context.store.get_resource(env.cluster.id.lower()).extra["compute"]["uid"]
+        assert live_groups(uid)
         env.client.clusters.delete(RG, WS, CLUSTER).result()
+        wait_for(lambda: not live_groups(uid), 30)
     finally:
         ray_cluster.cluster.remove_node(third)
 
