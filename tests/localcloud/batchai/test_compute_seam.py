@@ -105,6 +105,17 @@ def test_an_unknown_compute_is_one_line_naming_the_choices(tmp_path):
         LocalCloud(tmp_path / "lc", port=0, compute="slurm").start()
 
 
+def test_a_ray_address_nothing_answers_on_is_one_line_at_once(tmp_path, capsys):
+    pytest.importorskip("ray", reason="ray is not installed: pip install -r requirements.txt")
+    from quickstart.__main__ import main
+
+    argv = ["localcloud", "--compute", "ray", "--ray-address", "127.0.0.1:1"]
+    assert main([*argv, "--state-dir", str(tmp_path / "lc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach the Ray cluster at '127.0.0.1:1' (")
+    assert err.endswith("--ray-address HOST:PORT") and len(err.splitlines()) == 1
+
+
 def test_ray_bundles_parse_and_bad_ones_say_which_part_is_wrong():
     parse = ray_backend.parse_bundles
     assert parse("STANDARD_NC6=CPU:1,GPU:0; standard_nc12=CPU:2") == {

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -172,6 +173,7 @@ class RayCompute(Compute):
             ) from None
         self._ray = ray
         if not ray.is_initialized():
+            self._check_reachable()
             try:
                 ray.init(
                     address=self.address,
@@ -197,6 +199,20 @@ class RayCompute(Compute):
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="local-cloud-ray", daemon=True)
         self._thread.start()
+
+    def _check_reachable(self) -> None:
+        """Fail at once, in one line, for a head address nothing answers on (Ray itself
+        retries for minutes)."""
+        if self.address == "auto" or "://" in self.address:
+            return
+        host, _, port = self.address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except (OSError, ValueError) as err:
+            raise ComputeError(
+                f"cannot reach the Ray cluster at {self.address!r} ({err}); start one "
+                "(ray start --head) or give its head's address with --ray-address HOST:PORT"
+            ) from None
 
     def stop(self) -> None:
         self._stopping.set()
