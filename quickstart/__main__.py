@@ -145,6 +145,26 @@ def build_parser():
         "--port", type=port_number, default=0, help="port on 127.0.0.1 (default: a free port)"
     )
     local.add_argument(
+        "--host",
+        metavar="ADDRESS",
+        help="bind this IP address instead of 127.0.0.1, for jobs on other hosts (Ray nodes) "
+        "that call the local cloud; the certificate is made to cover it and authentication "
+        "stays as strict. Explicit opt-in only: firewall it (docs/ray.md)",
+    )
+    local.add_argument(
+        "--compute",
+        choices=("local", "ray"),
+        help="where cluster nodes and jobs run: local (processes on this machine, the default) "
+        "or ray (a Ray cluster: placement groups and actors; see docs/ray.md); also the "
+        "compute setting or QUICKSTART_COMPUTE",
+    )
+    local.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the Ray cluster to use with --compute ray (default: auto, the one this machine "
+        "is part of); also the ray_address setting or QUICKSTART_RAY_ADDRESS",
+    )
+    local.add_argument(
         "--verbose",
         action="store_true",
         help="echo every request's full access-log line (default: one readable line per API "
@@ -187,6 +207,8 @@ def main(argv=None):
         "epochs": getattr(args, "epochs", None),
         "node_count": getattr(args, "nodes", None),
         "state_dir": getattr(args, "state_dir", None),
+        "compute": getattr(args, "compute", None),
+        "ray_address": getattr(args, "ray_address", None),
     }
     try:
         settings = load_settings(
@@ -311,7 +333,24 @@ def localcloud_command(args, settings, secrets):
     print(f"  {python_command()} -m quickstart run --state-dir {shlex.quote(state_dir)}")
     print(f"  (or: export QUICKSTART_STATE_DIR={shlex.quote(state_dir)})", flush=True)
     options = {"verbose": True} if getattr(args, "verbose", False) else {}
+    options.update(compute_options(settings))
+    if getattr(args, "host", None):
+        options["host"] = args.host
+    if settings.compute != "local":
+        where = settings.ray_address or "auto"
+        print(f"Compute: {settings.compute} (the Ray cluster at {where})", flush=True)
     return localcloud.serve_forever(settings.state_dir, args.port, **options) or 0  # 2: busy
+
+
+def compute_options(settings):
+    """The local cloud's compute options from the settings (local: none, the default)."""
+    if settings.compute == "local":
+        return {}
+    return {
+        "compute": settings.compute,
+        "ray_address": settings.ray_address or None,
+        "ray_bundles": settings.ray_bundles or None,
+    }
 
 
 def python_command():
@@ -354,7 +393,7 @@ def connected(settings, secrets, clock=None):
             yield bound(settings, connection, secrets)
         return
     with clock.step("start-up") if clock else contextlib.nullcontext():
-        cloud = localcloud.LocalCloud(settings.state_dir).start()
+        cloud = localcloud.LocalCloud(settings.state_dir, **compute_options(settings)).start()
     try:
         url = cloud.connection["resource_manager_url"]
         print(f"Started the local cloud at {url} for this command (state in {settings.state_dir})")

@@ -42,6 +42,9 @@ class Setting:
 SCHEMA = (
     Setting("cloud", "cloud", LOCAL, ("QUICKSTART_CLOUD",)),
     Setting("cloud", "state_dir", "./.localcloud", ("QUICKSTART_STATE_DIR",)),
+    Setting("cloud", "compute", "local", ("QUICKSTART_COMPUTE",)),
+    Setting("cloud", "ray_address", "", ("QUICKSTART_RAY_ADDRESS",)),
+    Setting("cloud", "ray_bundles", "", ("QUICKSTART_RAY_BUNDLES",)),
     Setting("credentials", "tenant_id", None, ("AZURE_TENANT_ID",), azure_only=True),
     Setting("credentials", "client_id", None, ("AZURE_CLIENT_ID",), azure_only=True),
     Setting(
@@ -162,6 +165,9 @@ class Settings:
 
     cloud: str = LOCAL
     state_dir: str = "./.localcloud"
+    compute: str = "local"  # where the local cloud runs nodes: local processes or Ray
+    ray_address: str = ""
+    ray_bundles: str = ""
     tenant_id: str = ""
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
@@ -386,6 +392,10 @@ def _validate(raw):
     key = values.get("admin_ssh_public_key")
     if key and not re.match(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+) [A-Za-z0-9+/=]+", key):
         problem("admin_ssh_public_key", "must be an OpenSSH public key line (ssh-rsa AAAA...)")
+    compute = values.get("compute") or "local"
+    if compute not in ("local", "ray"):
+        problem("compute", "must be local (processes on this machine) or ray (a Ray cluster)")
+    values["compute"] = compute
     state_dir = Path(values.get("state_dir") or ".")
     if state_dir.exists() and not state_dir.is_dir():
         problem("state_dir", f"{state_dir} is a file; name a folder (it is made if missing)")

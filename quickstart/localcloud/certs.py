@@ -3,9 +3,11 @@
 adal only talks to an ``https`` authority and requests-oauthlib refuses to send a bearer token
 over plain http, so the local cloud must serve TLS. Clients trust ``tls/ca.pem`` (the
 ``ca_cert`` in connection.json); the server presents ``tls/server.pem``, signed by that CA, valid
-for 127.0.0.1 and localhost. Two certificates instead of one self-signed leaf keep strict X.509
-verifiers (OpenSSL's X509_STRICT, newer Pythons) happy. Elliptic-curve keys make the first start
-take milliseconds, not the hundreds an RSA key would.
+for 127.0.0.1 and localhost (and the address given with ``--host``, where a server binds one on
+explicit opt-in; a certificate that does not cover it is made again). Two certificates instead
+of one self-signed leaf keep strict X.509 verifiers (OpenSSL's X509_STRICT, newer Pythons)
+happy. Elliptic-curve keys make the first start take milliseconds, not the hundreds an RSA key
+would.
 """
 
 from __future__ import annotations
@@ -36,19 +38,40 @@ class TlsFiles:
     server_key: Path
 
 
-def ensure_certificates(state_dir: str | os.PathLike) -> TlsFiles:
-    """Return the TLS files for ``state_dir``, making them first if missing or near expiry."""
+def ensure_certificates(state_dir: str | os.PathLike, host: str | None = None) -> TlsFiles:
+    """Return the TLS files for ``state_dir``, making them first if missing, near expiry, or
+    not valid for ``host`` (an address other than 127.0.0.1 the server binds)."""
     folder = Path(state_dir).resolve() / TLS_DIR
     files = TlsFiles(folder / CA_CERT_FILE, folder / SERVER_CERT_FILE, folder / SERVER_KEY_FILE)
     if (
         all(p.exists() for p in (files.ca_cert, files.server_cert, files.server_key))
         and _still_valid(files.server_cert)
         and _still_valid(files.ca_cert)
+        and (host is None or host in covered_hosts(files.server_cert))
     ):
         return files
     folder.mkdir(parents=True, exist_ok=True)
-    _make_certificates(files)
+    _make_certificates(files, host)
     return files
+
+
+def covered_hosts(path: Path) -> set:
+    """The addresses and names a server certificate is valid for (its subject alt names)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    return {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} | set(
+        names.get_values_for_type(x509.DNSName)
+    )
+
+
+def _alt_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _still_valid(path: Path) -> bool:
@@ -59,7 +82,7 @@ def _still_valid(path: Path) -> bool:
     return cert.not_valid_after_utc - _RENEW_BEFORE > datetime.datetime.now(datetime.UTC)
 
 
-def _make_certificates(files: TlsFiles) -> None:
+def _make_certificates(files: TlsFiles, host: str | None = None) -> None:
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
@@ -107,6 +130,7 @@ def _make_certificates(files: TlsFiles) -> None:
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                + ([_alt_name(host)] if host and host not in ("127.0.0.1", "localhost") else [])
             ),
             critical=False,
         )

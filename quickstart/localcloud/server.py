@@ -72,6 +72,7 @@ import errno
 import fcntl
 import http.client
 import importlib
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -135,6 +136,28 @@ DEFAULT_OPTIONS = {
 
 class LocalCloudError(Exception):
     """The local cloud cannot start or serve as asked (the message says why and what to do)."""
+
+
+def check_host(host: str) -> str:
+    """The address to bind: one IP address of this machine (not a wildcard, which no
+    certificate or client URL can name)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise LocalCloudError(
+            f"--host {host!r} is not an IP address; give the address of this machine that the "
+            "other hosts reach it at"
+        ) from None
+    if address.is_unspecified:
+        raise LocalCloudError(
+            f"--host {host} would listen on every address; give the one address of this "
+            "machine that the other hosts reach it at"
+        )
+    return str(address)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 _SECRET_NAMES = (
@@ -651,7 +674,11 @@ class _Server(ThreadedWSGIServer):
         self._open_lock = threading.Lock()
         self._busy = 0
         super().__init__(
-            HOST, sock.getsockname()[1], app, handler=_RequestHandler, fd=sock.fileno()
+            sock.getsockname()[0],
+            sock.getsockname()[1],
+            app,
+            handler=_RequestHandler,
+            fd=sock.fileno(),
         )
         self.ssl_context = ssl_context
 
@@ -712,6 +739,8 @@ class LocalCloud:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise LocalCloudError(f"port must be 0 (any free port) or 1-65535, not {port!r}")
         self.port = port
+        # 127.0.0.1 unless another address is asked for (--host: explicit opt-in only).
+        self.host = check_host(options.pop("host", None) or HOST)
         for key in ("cluster_allocation_delay", "token_lifetime"):
             value = options.get(key)
             if value is not None and (
@@ -803,7 +832,7 @@ class LocalCloud:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((HOST, port))
+                sock.bind((self.host, port))
                 sock.listen(128)
                 return sock
             except OSError as err:
@@ -815,10 +844,10 @@ class LocalCloud:
                         else f"cannot be used ({err.strerror})"
                     )
                     raise LocalCloudError(
-                        f"port {port} on {HOST} {reason}; choose another with --port, or 0 for "
-                        "any free port"
+                        f"port {port} on {self.host} {reason}; choose another with --port, or 0 "
+                        "for any free port"
                     ) from None
-        raise LocalCloudError(f"no free port on {HOST}")
+        raise LocalCloudError(f"no free port on {self.host}")
 
     def _attach_log(self) -> None:
         """Send the local cloud's own log (errors with tracebacks, SharedKey strings-to-sign on
@@ -842,7 +871,7 @@ class LocalCloud:
         sock = self._bind()
         try:
             port = sock.getsockname()[1]
-            tls = ensure_certificates(self.state_dir)
+            tls = ensure_certificates(self.state_dir, None if self.host == HOST else self.host)
             store = Store(self.state_dir)
             context = CloudContext(
                 self.state_dir,
@@ -850,7 +879,7 @@ class LocalCloud:
                 ensure_credentials(store),
                 tls,
                 self.options,
-                f"https://{HOST}:{port}",
+                f"https://{_url_host(self.host)}:{port}",
             )
             context.faults = _fault_rules(self.options)
             self.context = self._running = context
@@ -899,7 +928,7 @@ class LocalCloud:
         context = ssl.create_default_context(cafile=str(ca_cert))
         deadline = time.monotonic() + timeout
         while True:
-            conn = http.client.HTTPSConnection(HOST, port, timeout=2, context=context)
+            conn = http.client.HTTPSConnection(self.host, port, timeout=2, context=context)
             try:
                 conn.request("GET", connection_file.HEALTH_PATH)
                 if conn.getresponse().status == 200:
@@ -960,8 +989,8 @@ def serve_forever(
 
     out = out or sys.stdout
     options.setdefault("access_log", True)
-    cloud = LocalCloud(state_dir, port, **options)
     try:
+        cloud = LocalCloud(state_dir, port, **options)
         cloud.start()
     except LocalCloudError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -149,6 +149,12 @@ class LaunchSpec:
     files: dict = field(default_factory=dict)
     executables: list = field(default_factory=list)
     logs: dict = field(default_factory=dict)
+    # Run only this node's tasks (a compute backend that starts one agent per node, each
+    # where its node is); None: this agent runs every node's tasks.
+    node: str | None = None
+    # The error to record when the process that started this agent ends first (it dies with
+    # it: a node that left its cluster); None: the agent is detached and outlives its starter.
+    node_lost_error: dict | None = None
 
 
 @dataclass
@@ -494,6 +500,28 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
 
     Raises OSError if a folder cannot be made or the wrapper cannot start.
     """
+    lay_out(spec)
+    process = subprocess.Popen(
+        [python or sys.executable, "-I", os.path.abspath(__file__), "run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        cwd=spec.cwd,
+    )
+    out, _ = process.communicate(json.dumps(asdict(spec)).encode("utf-8"), timeout=60)
+    if process.returncode != 0 or not out.strip():
+        raise OSError(f"the node agent did not start (exit status {process.returncode})")
+    pid = int(out.split()[0])
+    return JobHandle(pid, _start_ticks(pid) or 0, _boot_id(), spec.record_dir)
+
+
+def lay_out(spec: LaunchSpec) -> None:
+    """Make what a job needs before any of its processes starts: its job-level mount links,
+    its folders, the files of its plan (hostfiles, Open MPI's node shell), and a clean record.
+
+    Raises OSError if a folder cannot be made (UnsafePath for one through a job's link).
+    """
     # Mount first, then make the job's folders: they may lie on a job-level mount (stdouterr
     # under $AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>), and a folder made first would block the link.
     for link, target in spec.links.items():
@@ -512,19 +540,6 @@ def launch(spec: LaunchSpec, python: str | None = None) -> JobHandle:
     for stale in (EXIT_FILE, AGENT_FILE):  # a stale record or claim must never count
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.record_dir, stale))
-    process = subprocess.Popen(
-        [python or sys.executable, "-I", os.path.abspath(__file__), "run"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        close_fds=True,
-        cwd=spec.cwd,
-    )
-    out, _ = process.communicate(json.dumps(asdict(spec)).encode("utf-8"), timeout=60)
-    if process.returncode != 0 or not out.strip():
-        raise OSError(f"the node agent did not start (exit status {process.returncode})")
-    pid = int(out.split()[0])
-    return JobHandle(pid, _start_ticks(pid) or 0, _boot_id(), spec.record_dir)
 
 
 class UnsafePath(OSError):
@@ -812,6 +827,12 @@ class _Wrapper:
     def __init__(self, spec: LaunchSpec):
         self.spec = spec
         names = spec.logs or {"": "execution.log"}
+        # A record names the failing process only for a job of several nodes.
+        self.several_nodes = len(names) > 1
+        if spec.node is not None and spec.node in names:
+            names = {spec.node: names[spec.node]}  # this agent writes its own node's log only
+        self.orphaned = False  # set when the process that started this agent went away
+        self.parent = os.getppid()
         self.logs = {
             node: open(os.path.join(spec.stdouterr_dir, name), "a", encoding="utf-8", buffering=1)
             for node, name in names.items()
@@ -841,7 +862,7 @@ class _Wrapper:
                 "started": self.started,
                 "ended": time.time(),
                 "task": {k: task[k] for k in ("name", "node", "stdout", "stderr")}
-                if task and len(self.logs) > 1
+                if task and self.several_nodes
                 else None,
             },
         )
@@ -849,6 +870,11 @@ class _Wrapper:
     def on_sigterm(self, signum, frame) -> None:
         # The whole session got it; note it and keep waiting so the exit code is recorded.
         self.terminating = True
+        self.orphaned = self.spec.node_lost_error is not None and os.getppid() != self.parent
+
+    def mine(self, tasks: list) -> list:
+        """The tasks this agent runs: all, or its own node's."""
+        return [t for t in tasks if self.spec.node is None or t["node"] == self.spec.node]
 
     def _single(self, command: str, stdout: str, stderr: str) -> list:
         return [
@@ -953,6 +979,8 @@ class _Wrapper:
     def run(self) -> int:
         spec = self.spec
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        if self.spec.node_lost_error is not None and os.getppid() != self.parent:
+            self.terminating = self.orphaned = True  # its starter ended before this handler
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for line in spec.notes:
             self.say(line)
@@ -964,11 +992,14 @@ class _Wrapper:
             self.say(f"The job cannot run here: {spec.failure['message']}")
             self.record(NOT_STARTED_EXIT_CODE, "launch", spec.failure)
             return 0
-        preparation = spec.preparation_tasks or (
-            self._single(spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt")
-            if spec.preparation
-            else []
-        )
+        if spec.preparation_tasks:
+            preparation = self.mine(spec.preparation_tasks)
+        elif spec.preparation:
+            preparation = self._single(
+                spec.preparation, "stdout-job_prep.txt", "stderr-job_prep.txt"
+            )
+        else:
+            preparation = []
         if preparation:
             self.say(f"Job preparation command line: {spec.preparation}")
             code, task = self.run_tasks(preparation, "Job preparation")
@@ -979,14 +1010,18 @@ class _Wrapper:
         if self.terminating:
             self.record(128 + signal.SIGTERM, "job", self._stop_error(0, "job"))
             return 0
-        tasks = spec.tasks or self._single(spec.command, "stdout.txt", "stderr.txt")
+        tasks = (
+            self.mine(spec.tasks)
+            if spec.tasks
+            else self._single(spec.command, "stdout.txt", "stderr.txt")
+        )
         for task in tasks:
             label = self._label("Job", task, tasks)
             self.say(f"{label} command line: {task['command']}", task["node"])
             expanded = expand(task["command"], {**self.env, **task["env"]})
             self.say(f"{label} expanded: {expanded}", task["node"])
         code, task = self.run_tasks(tasks, "Job")
-        if len(tasks) > 1:
+        if len(tasks) > 1 and spec.node is None:
             self.say(f"The job ended with exit code {code}.")
         self.record(code, "job", self._stop_error(code, "job"), task)
         return 0
@@ -1007,6 +1042,8 @@ class _Wrapper:
         _signal_group(os.getpgid(0), signal.SIGKILL)
 
     def _stop_error(self, code: int, phase: str) -> dict | None:
+        if self.orphaned:
+            return self.spec.node_lost_error
         if self.timed_out:
             return {
                 "code": "JobMaxWallClockTimeExceeded",
@@ -1018,14 +1055,68 @@ class _Wrapper:
         return None
 
 
-def _run_wrapper() -> int:
-    """``nodeagent.py run``: read the spec, detach, print the detached pid, run the job."""
-    spec = LaunchSpec(**json.loads(sys.stdin.buffer.read().decode("utf-8")))
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM when the parent ends (Linux prctl PR_SET_PDEATHSIG), so
+    an agent started by a node's process stops its job when that node goes away."""
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_over(spec: LaunchSpec) -> None:
+    """Fork a watchdog that outlives this agent in its session: if the agent is killed
+    outright (SIGKILL, as a Ray worker's children are when it dies), it stops what is left of
+    the session and records ``spec.node_lost_error``, so no process of the job lingers and
+    the job's record says why it ended. An agent that ends normally kills it in finish()."""
+    agent = os.getpid()
     if os.fork():
+        return
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the session's own stop is not for it
+        while os.getppid() == agent:
+            time.sleep(0.2)
+        me = os.getpid()
+        for signum, pause in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, 0)):
+            for pid in group_members(os.getsid(0)):
+                if pid != me:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signum)
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline and set(group_members(os.getsid(0))) - {me}:
+                time.sleep(0.05)
+        if read_outcome(spec.record_dir) is None:
+            _write_json_atomically(
+                os.path.join(spec.record_dir, EXIT_FILE),
+                {
+                    "exit_code": None,
+                    "phase": "job",
+                    "error": spec.node_lost_error,
+                    "ended": time.time(),
+                },
+            )
+    finally:
+        os._exit(0)
+
+
+def _run_wrapper(attached: bool = False) -> int:
+    """``nodeagent.py run``: read the spec, detach, print the detached pid, run the job.
+
+    ``nodeagent.py run-attached`` (``attached``): the same without the fork, for a starter
+    that keeps the agent as its child and wants it to end with it (a Ray actor)."""
+    starter = os.getppid()
+    spec = LaunchSpec(**json.loads(sys.stdin.buffer.read().decode("utf-8")))
+    if not attached and os.fork():
         # The server waits for this first process; the job runs in the child, which init
         # adopts, so no zombie is ever left with the server.
         os._exit(0)
     os.setsid()  # own session and process group: outlives the server, killable as a group
+    if attached:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until the wrapper handles it
+        _die_with_parent()
     # Claim the record before the server learns the pid: a server restarted after a crash
     # mid-launch finds either this claim (and tracks the job) or its own (and this exits).
     pid = os.getpid()
@@ -1039,9 +1130,12 @@ def _run_wrapper() -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    if attached and spec.node_lost_error is not None:
+        _watch_over(spec)
     wrapper = None
     try:
         wrapper = _Wrapper(spec)
+        wrapper.parent = starter if attached else wrapper.parent
         wrapper.run()
         wrapper.finish()
         return 0
@@ -1070,6 +1164,8 @@ def _run_wrapper() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["run"]:
         sys.exit(_run_wrapper())
+    if sys.argv[1:] == ["run-attached"]:
+        sys.exit(_run_wrapper(attached=True))
     sys.stderr.write(
         "usage: nodeagent.py run   (the local cloud starts this; the job spec comes on stdin)\n"
     )

@@ -35,8 +35,9 @@ from pathlib import Path
 
 from ..crashpoints import crash_point
 from ..faults import NODE_ERROR_CODE, Faults
-from . import launch_plans, nodeagent
-from .nodeagent import JobHandle, NodeContext
+from . import backends, launch_plans, nodeagent
+from .backends import Placement
+from .nodeagent import NodeContext
 from .schema import (
     CLUSTER_TYPE,
     JOB_TYPE,
@@ -90,6 +91,9 @@ class Scheduler:
         self.root = Path(cloud.state_dir) / "compute"
         self.faults = getattr(cloud, "faults", None) or Faults()
         self.num_gpus = nodeagent.gpu_count()
+        # Where nodes and job processes run (backends/): the one thing that differs between
+        # the local and the Ray compute; everything here only decides.
+        self.compute = backends.backend_for({**options, "state_dir": cloud.state_dir})
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # Ids of jobs not yet ended, so a pass reads only those (the store is the truth; this
@@ -108,6 +112,7 @@ class Scheduler:
 
     def start(self) -> None:
         self._stopping.clear()
+        self.compute.start(self.wake)  # once: recover() may have connected it already
         self._thread = threading.Thread(target=self._loop, name="local-cloud-compute", daemon=True)
         self._thread.start()
 
@@ -122,6 +127,7 @@ class Scheduler:
             stoppers = list(self._stoppers)
         for thread in stoppers:  # each ends within the stop grace period and its SIGKILL
             thread.join(timeout=10)
+        self.compute.stop()
 
     def wake(self) -> None:
         self._wake.set()
@@ -298,7 +304,7 @@ class Scheduler:
         for job in self._active_jobs():
             handle = job.extra.get("handle")
             if handle and _props(job)["executionState"] == "running":
-                job_probes[job.id] = (handle, nodeagent.probe(JobHandle.from_json(handle)))
+                job_probes[job.id] = (handle, self.compute.probe(handle))
         for cluster in self.store.list_resources(type=CLUSTER_TYPE):
             if self._is_poisoned(cluster):
                 continue
@@ -307,7 +313,7 @@ class Scheduler:
                     if node.get("setup"):
                         setup_probes[(cluster.id, node["id"])] = (
                             node["setup"],
-                            nodeagent.probe(JobHandle.from_json(node["setup"])),
+                            self.compute.probe(node["setup"]),
                         )
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue  # a malformed record; the pass marks the cluster failed
@@ -486,9 +492,11 @@ class Scheduler:
             state["resize_since"] is not None
             and now - state["resize_since"] >= self.allocation_delay
         ):
-            self._resize(cluster, state, now, todo)
-            state["resize_since"] = None
-            state["allocation_since"] = now
+            if self._allocated(cluster, state):
+                self._resize(cluster, state, now, todo)
+                self._place_nodes(state)
+                state["resize_since"] = None
+                state["allocation_since"] = now
             changed = True
         mount_problems = None  # the cluster's mounts, checked once per pass for all its nodes
         for node in state["nodes"]:
@@ -511,6 +519,33 @@ class Scheduler:
         return state["resize_since"] is not None or any(
             n["state"] == "preparing" for n in state["nodes"]
         )
+
+    def _allocated(self, cluster, state: dict) -> bool:
+        """Whether the compute backend holds the cluster's target nodes now. While it does not
+        the cluster stays ``resizing`` and shows the backend's allocation error, if any."""
+        if not self.compute.resizes_running_clusters and any(
+            n["state"] in ("running", "leaving") for n in state["nodes"]
+        ):
+            return False  # the backend replaces the cluster's nodes whole: after the jobs
+        mounts = cluster.extra.get("secrets", {}).get("mounts", [])
+        folders = [str(f) for f in (self.mount_dir(m) for m in mounts) if f is not None]
+        allocation = self.compute.allocation(
+            state["uid"], state["target"], _props(cluster).get("vmSize", ""), folders
+        )
+        shown = state.pop("allocation_error", None)
+        if shown in state["errors"]:
+            state["errors"].remove(shown)
+        if not allocation.ready:
+            if allocation.error is not None:
+                state["allocation_error"] = allocation.error
+                state["errors"] = [*state["errors"], allocation.error]
+            return False
+        state["placed"] = {
+            "addresses": allocation.addresses,
+            "bundles": allocation.bundles,
+            "unseen": allocation.unseen,
+        }
+        return True
 
     def _resize(self, cluster, state: dict, now: float, todo: _Actions) -> None:
         """Add or remove nodes to reach the target, in time linear in the node count."""
@@ -568,6 +603,17 @@ class Scheduler:
                 node["state"] = "leaving"
         state["nodes"] = [n for i, n in enumerate(nodes) if i not in removed]
 
+    @staticmethod
+    def _place_nodes(state: dict) -> None:
+        """Give each node its compute backend's address and slot, where the backend has its
+        own nodes (the local backend has none: nodes keep their loopback addresses)."""
+        placed = state.get("placed") or {}
+        if placed.get("addresses") is None:
+            return
+        for index, node in enumerate(n for n in state["nodes"] if n["state"] != "leaving"):
+            node["address"] = placed["addresses"][index]
+            node["bundle"] = placed["bundles"][index]
+
     def _fail_node_under(self, job, todo: _Actions) -> None:
         """A fault rule made the job's node unusable: the node leaves service with the error
         Batch AI reported for it, and the job is stopped and failed with it."""
@@ -597,8 +643,8 @@ class Scheduler:
         job = self.store.get_resource(job_id)
         if job is None or not job.extra.get("handle"):
             return
-        handle = JobHandle.from_json(job.extra["handle"])
-        nodeagent.terminate(handle)
+        handle = job.extra["handle"]
+        self.compute.terminate(handle)
         with self.store.transaction():
             job = self.store.get_resource(job_id)
             if job is None or _props(job)["executionState"] != "terminating":
@@ -609,7 +655,7 @@ class Scheduler:
                 props["executionStateTransitionTime"] = _iso(time.time())
                 props.pop("executionInfo", None)
                 job.extra.update(handle=None, nodes=[], launching=False, record_dir=None)
-                with_exit = os.path.join(handle.record_dir, nodeagent.EXIT_FILE)
+                with_exit = os.path.join(handle["record_dir"], nodeagent.EXIT_FILE)
                 if os.path.exists(with_exit):
                     os.unlink(with_exit)
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
@@ -634,6 +680,13 @@ class Scheduler:
         problems = []
         for mount in cluster.extra.get("secrets", {}).get("mounts", []):
             problem = self.mount_problem(mount)
+            unseen = (state.get("placed") or {}).get("unseen") or {}
+            if problem is None and str(self.mount_dir(mount)) in unseen:
+                problem = (
+                    f"the node(s) at {', '.join(unseen[str(self.mount_dir(mount))])} cannot "
+                    f"see the share's folder {self.mount_dir(mount)}; every node must see the "
+                    "local cloud's state directory at the same path (a shared filesystem)"
+                )
             if problem is None:
                 try:
                     _link(os.path.join(mount_root, mount["relative"]), str(self.mount_dir(mount)))
@@ -691,11 +744,11 @@ class Scheduler:
             node = _node(cluster, node_id)
             if node is None or not node.get("setup_pending"):
                 if handle is not None:  # the node left meanwhile
-                    self._in_background(nodeagent.terminate, handle)
+                    self._in_background(self.compute.terminate, handle)
                 return
             node.pop("setup_pending")
             if handle is not None:
-                node["setup"] = handle.to_json()
+                node["setup"] = handle
             else:
                 self._node_ready(cluster.extra["compute"], node, problems, time.time())
             self.store.put_resource(
@@ -705,7 +758,7 @@ class Scheduler:
     def _stop_setup_task(self, cluster_id: str, handle: dict) -> None:
         """Stop a departed node's setup task, then forget it (stop first, forget last)."""
         crash_point("setup-task.stopping")
-        nodeagent.terminate(JobHandle.from_json(handle))
+        self.compute.terminate(handle)
         with self.store.transaction():
             cluster = self.store.get_resource(cluster_id)
             stopping = (cluster.extra["compute"].get("stopping") or []) if cluster else []
@@ -715,7 +768,7 @@ class Scheduler:
                     cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
                 )
 
-    def _start_setup_task(self, cluster, state: dict, node: dict, task: dict) -> JobHandle:
+    def _start_setup_task(self, cluster, state: dict, node: dict, task: dict) -> dict:
         """Run nodeSetup.setupTask for a node through the node agent; its stdout/stderr go to
         ``{stdOutErrPathPrefix}/{stdOutErrPathSuffix}/{node id}/``."""
         context = self.node_context(state["uid"])
@@ -750,7 +803,9 @@ class Scheduler:
             ],
             make_dirs=[folder, work, os.path.join(work, nodeagent.RECORD_DIR_NAME)],
         )
-        return nodeagent.launch(spec)
+        return self.compute.launch(
+            spec, Placement(state["uid"], [node["id"]], [node.get("bundle", 0)])
+        )
 
     def _setup_task_ended(self, state: dict, node: dict, now: float, outcome) -> None:
         problems = []
@@ -777,9 +832,7 @@ class Scheduler:
         compute = cluster.extra.get("compute") or {}
         handles = [n["setup"] for n in compute.get("nodes", []) if n.get("setup")]
         handles += compute.get("stopping") or []
-        stoppers = [
-            self._in_background(nodeagent.terminate, JobHandle.from_json(h)) for h in handles
-        ]
+        stoppers = [self._in_background(self.compute.terminate, h) for h in handles]
         for stopper in stoppers:
             stopper.join()
 
@@ -858,7 +911,7 @@ class Scheduler:
                 job.extra["record_dir"] = plan.spec.record_dir
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
             crash_point("job-launch.before-start")
-            handle = nodeagent.launch(plan.spec, python=sys.executable)
+            handle = self.compute.launch(plan.spec, self._placement(job))
             crash_point("job-launch.started")
         except (nodeagent.PlanError, OSError, ValueError) as err:
             code = getattr(err, "code", "JobFailed")
@@ -879,10 +932,20 @@ class Scheduler:
             job = self.store.get_resource(job_id)
             alive = job is not None and _props(job)["executionState"] == "running"
             if alive:
-                job.extra.update(handle=handle.to_json(), launching=False)
+                job.extra.update(handle=handle, launching=False)
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
         if not alive:
-            nodeagent.terminate(handle)
+            self.compute.terminate(handle)
+
+    def _placement(self, job) -> Placement:
+        """Which slot of the compute backend each of the job's nodes holds."""
+        cluster = self.store.get_resource(job.extra["cluster"])
+        nodes = (cluster.extra["compute"]["nodes"] if cluster else []) or []
+        bundles = {n["id"]: n.get("bundle", 0) for n in nodes}
+        ids = job.extra.get("nodes") or []
+        return Placement(
+            job.extra.get("cluster_uid", ""), list(ids), [bundles.get(i, 0) for i in ids]
+        )
 
     def plan(self, job) -> nodeagent.JobPlan:
         """The node agent's plan for ``job`` on its cluster (directories, environment, command)."""
@@ -1013,7 +1076,7 @@ class Scheduler:
                     self.finish_now(job, "failed", error)
                     continue
                 if job.extra.get("handle") and state in ACTIVE:
-                    handles.append((job.id, JobHandle.from_json(job.extra["handle"])))
+                    handles.append((job.id, job.extra["handle"]))
                 if state in ACTIVE:
                     props["executionState"] = "terminating"
                     props["executionStateTransitionTime"] = _iso(time.time())
@@ -1023,7 +1086,7 @@ class Scheduler:
                     props["provisioningState"] = "deleting"
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
         crash_point("job-stop.marked")
-        stoppers = [self._in_background(nodeagent.terminate, h) for _, h in handles]
+        stoppers = [self._in_background(self.compute.terminate, h) for _, h in handles]
         for stopper in stoppers:
             stopper.join()
         crash_point("job-stop.stopped")
@@ -1035,7 +1098,7 @@ class Scheduler:
                 if _props(job)["executionState"] == "terminating":
                     handle = job.extra.get("handle")
                     outcome = (
-                        nodeagent.read_outcome(handle["record_dir"]) if handle else None
+                        self.compute.read_outcome(handle) if handle else None
                     )  # a launch still in progress sees the state and stops its process
                     self.finish_now(
                         job,
@@ -1067,8 +1130,10 @@ class Scheduler:
             shutil.rmtree(record_dir, ignore_errors=True)
 
     def forget_cluster_files(self, cluster) -> None:
+        """Release a deleted cluster's nodes and remove what they kept here."""
         uid = (cluster.extra.get("compute") or {}).get("uid")
         if uid:
+            self.compute.release(uid)
             shutil.rmtree(self.root / "clusters" / uid, ignore_errors=True)
 
     def recover(self) -> None:
@@ -1081,6 +1146,7 @@ class Scheduler:
         * a job whose process ended untracked gets its recorded outcome;
         * a job being terminated or deleted is stopped, then failed or deleted.
         """
+        self.compute.start(self.wake)  # its jobs are looked at below
         for cluster in self.store.list_resources(type=CLUSTER_TYPE):
             try:
                 self._recover_cluster(cluster.id)
@@ -1111,8 +1177,7 @@ class Scheduler:
         cluster = self.store.get_resource(cluster_id)
         state = cluster.extra["compute"]
         stoppers = [
-            self._in_background(nodeagent.terminate, JobHandle.from_json(h))
-            for h in state.get("stopping") or []
+            self._in_background(self.compute.terminate, h) for h in state.get("stopping") or []
         ]
         found = {}
         for node in state["nodes"]:
@@ -1120,7 +1185,7 @@ class Scheduler:
                 record_dir = os.path.join(
                     self._setup_work_dir(state, node), nodeagent.RECORD_DIR_NAME
                 )
-                found[node["id"]] = nodeagent.claim_or_find(record_dir)
+                found[node["id"]] = self.compute.find(record_dir)
         for stopper in stoppers:
             stopper.join()
         with self.store.transaction():
@@ -1131,7 +1196,7 @@ class Scheduler:
                 if node["id"] in found:
                     node.pop("setup_pending", None)  # not found: prepared (started) again
                     if found[node["id"]] is not None:
-                        node["setup"] = found[node["id"]].to_json()
+                        node["setup"] = found[node["id"]]
             self.store.put_resource(
                 cluster.id, cluster.type, cluster.name, cluster.body, cluster.extra
             )
@@ -1139,16 +1204,16 @@ class Scheduler:
     def _adopt(self, job):
         """A job left running or terminating without a handle: its launch was cut short."""
         record_dir = job.extra.get("record_dir")
-        outcome = nodeagent.read_outcome(record_dir) if record_dir else None
+        outcome = self.compute.read_outcome({"record_dir": record_dir}) if record_dir else None
         handle = None
         if outcome is None and record_dir:
-            handle = nodeagent.claim_or_find(record_dir)
+            handle = self.compute.find(record_dir)
             if handle is not None:
-                outcome = nodeagent.read_outcome(record_dir)
+                outcome = self.compute.read_outcome(handle)
         with self.store.transaction():
             job = self.store.get_resource(job.id)
             if handle is not None:
-                job.extra.update(handle=handle.to_json(), launching=False)
+                job.extra.update(handle=handle, launching=False)
                 self.store.put_resource(job.id, job.type, job.name, job.body, job.extra)
             elif outcome is not None:
                 self._finish(job, outcome)

@@ -1,0 +1,52 @@
+"""Issue 15: the local cloud's compute on a real Ray cluster. The scenarios live in
+tests/localcloud/ray/ and run here, all in one private network namespace that has only
+loopback (Ray binds the machine's interface address otherwise): one Ray cluster start-up for
+all of them. Nothing of Ray may be left running afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import privatenet
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ray_processes() -> list:
+    """Live processes of a Ray cluster started from a tests' temp folder (/tmp/rayq-*)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in (b"Z", b"X") and b"/tmp/rayq-" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_the_ray_scenarios_pass_in_a_private_network_and_leave_no_ray_process(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed: pip install -r requirements.txt")
+    reason = privatenet.why_not()
+    if reason:
+        pytest.skip(reason)
+    figures = tmp_path / "figures.jsonl"
+    env = {**os.environ, "QUICKSTART_RAY_FIGURES": str(figures), "RAY_USAGE_STATS_ENABLED": "0"}
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/localcloud/ray"]
+    result = privatenet.run(argv, env, timeout=900, cwd=REPO)
+    if figures.exists():
+        for line in figures.read_text().splitlines():
+            print("ray figures:", json.loads(line))
+    assert result.returncode == 0, result.stdout[-20000:]
+    assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-5000:]
+    assert not ray_processes(), "Ray processes left running"
