@@ -307,6 +307,14 @@ def test_our_file_sas_reads_by_default_and_names_the_version_it_signs():
     assert check(params).permissions == "r"
 
 
+@pytest.mark.parametrize("name", ["Xception/model.dnn", "dir/XX", "x/y.txt"])
+def test_our_file_sas_opens_a_file_whatever_its_name_begins_or_ends_with(name):
+    """Batch AI's links name any output file, e.g. a model folder called Xception."""
+    params = dict(parse_qsl(make_file_sas(ACCOUNT, KEY, "share", f"/{name}", expiry=NOW + 60)))
+    assert check(params, path=name).permissions == "r"
+    assert refusal(params, path=name + "2")[0] == "AuthenticationFailed"
+
+
 # --- SharedKey ----------------------------------------------------------------------------------
 
 
