@@ -4,6 +4,7 @@ long as it says, and the headers adal reads (no caching, its request id echoed w
 Driven directly with werkzeug requests against one state directory's real credentials; the
 HTTPS path through adal is in test_aad_and_bearer.py."""
 
+import calendar
 import re
 import time
 import uuid
@@ -164,3 +165,15 @@ def test_the_tenant_is_this_directorys_or_adfs_in_any_case(endpoint):
     assert endpoint.tenant_matches(tenant.upper())
     assert endpoint.tenant_matches("ADFS")
     assert not endpoint.tenant_matches(str(uuid.uuid4()))
+
+
+def test_a_refusals_timestamp_is_utc_whatever_the_servers_time_zone(endpoint, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30, no daylight saving
+    time.tzset()
+    try:
+        answer = ask(endpoint, good_form(endpoint, client_secret="wrong"))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = time.strptime(answer.json["timestamp"], "%Y-%m-%d %H:%M:%SZ")
+    assert abs(calendar.timegm(stamp) - time.time()) < 120
