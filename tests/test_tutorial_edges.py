@@ -634,3 +634,20 @@ def test_download_without_any_job_says_there_is_none_yet(azure, tmp_path):
         "there is no job yet in experiment ex-7; `python -m quickstart status` shows what exists"
     )
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_file_in_a_sample_subfolder_is_named_with_its_folder(azure, tmp_path, capsys):
+    module = tmp_path / "cntk_compat.py"
+    module.write_text("# the port's module\n")
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
+
+    steps.upload_sample_files(
+        azure.files, settings(tmp_path), {"convnet_pytorch/cntk_compat.py": module}
+    )
+
+    azure.files.create_file_from_path.assert_called_once()
+    assert azure.files.create_file_from_path.call_args.args[1:3] == (
+        "dir-7/convnet_pytorch",
+        "cntk_compat.py",
+    )
+    assert "Uploaded convnet_pytorch/cntk_compat.py (20 bytes)" in capsys.readouterr().out
