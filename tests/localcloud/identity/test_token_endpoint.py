@@ -158,6 +158,9 @@ def test_only_post_is_answered(endpoint):
     assert answer.status_code == 405
     assert answer.json["error"] == "invalid_request"
     assert answer.json["error_codes"] == [900561]
+    assert answer.json["error_description"].startswith(
+        "AADSTS900561: The endpoint only accepts POST requests.\r\n"
+    )
 
 
 def test_the_tenant_is_this_directorys_or_adfs_in_any_case(endpoint):
