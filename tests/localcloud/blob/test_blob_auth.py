@@ -191,8 +191,14 @@ def test_a_sas_never_lists_creates_or_deletes_containers(cloud, good):
             lambda: holder.create_container(name, fail_on_exist=True),
             lambda: list(holder.list_containers()),
         ):
-            with pytest.raises(AzureHttpError, match="AuthorizationResourceTypeMismatch"):
+            with pytest.raises(AzureHttpError) as refused:
                 attempt()
+            assert refused.value.status_code == 403
+            assert "<Code>AuthorizationResourceTypeMismatch</Code>" in str(refused.value)
+            assert (
+                "A service SAS cannot list, create or delete containers; use the account key"
+                in (str(refused.value))
+            )
         assert [b.name for b in holder.list_blobs(name)] == (["d/f.txt"] if name == "data" else [])
     assert sorted(c.name for c in good.list_containers()) == ["data", "spare"]
 
@@ -210,3 +216,44 @@ def test_a_blob_sas_signs_its_blob_and_a_container_sas_its_container(cloud, good
     assert elsewhere.status_code == 403
     as_container = get(cloud, blob_url(cloud, "data", {"restype": "container"}) + "&" + blob_token)
     assert as_container.headers["x-ms-error-code"] == "AuthorizationResourceTypeMismatch"
+
+
+def test_a_sas_signs_its_start_protocol_and_the_headers_it_overrides(cloud, good):
+    """Each of them is in the string to sign: the SAS works as made, and the download is
+    served with the headers it names (a browser then saves the file under that name)."""
+    account, key = cloud.connection["storage_account"], cloud.connection["storage_key"]
+    start = (datetime.utcnow() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    overrides = dict(
+        cache_control="no-cache",
+        content_disposition="attachment; filename=f.txt",
+        content_encoding="identity",
+        content_language="en",
+        content_type="text/x-model",
+    )
+    token = BlobSharedAccessSignature(account, key).generate_blob(
+        "data",
+        "d/f.txt",
+        permission=BlobPermissions.READ,
+        expiry=expiry(),
+        start=start,
+        protocol="https",
+        **overrides,
+    )
+    answer = get(cloud, blob_url(cloud, "data/d/f.txt", {}) + token)
+    assert answer.status_code == 200, answer.text
+    assert answer.content == b"hello world"
+    assert answer.headers["Cache-Control"] == "no-cache"
+    assert answer.headers["Content-Disposition"] == "attachment; filename=f.txt"
+    assert answer.headers["Content-Language"] == "en"
+    assert answer.headers["Content-Type"] == "text/x-model"
+
+
+def test_a_sas_does_not_stretch_to_a_snapshot_it_did_not_sign(cloud, good):
+    account, key = cloud.connection["storage_account"], cloud.connection["storage_key"]
+    token = BlobSharedAccessSignature(account, key).generate_blob(
+        "data", "d/f.txt", permission=BlobPermissions.READ, expiry=expiry()
+    )
+    url = blob_url(cloud, "data/d/f.txt", {}) + token
+    answer = get(cloud, url + "&snapshot=2026-01-01T00%3A00%3A00.0000000Z")
+    assert answer.status_code == 403
+    assert "Signature did not match" in answer.text

@@ -96,28 +96,77 @@ def test_the_client_id_is_matched_whatever_its_case(endpoint):
     granted_claims(endpoint, ask(endpoint, good_form(endpoint, client_id=upper)))
 
 
-@pytest.mark.parametrize(
-    ("changes", "status", "error", "code", "names"),
-    [
-        ({"grant_type": "password"}, 400, "unsupported_grant_type", 70003, "'password'"),
-        ({"grant_type": None}, 400, "unsupported_grant_type", 70003, ""),
-        ({"client_id": None}, 400, "invalid_request", 900144, "'client_id'"),
-        ({"client_id": "not-ours"}, 400, "unauthorized_client", 700016, "'not-ours'"),
-        ({"client_secret": None}, 401, "invalid_client", 7000218, "'client_secret'"),
-        ({"client_secret": "wrong"}, 401, "invalid_client", 7000215, "client_secret in"),
-        ({"resource": "https://management.azure.com/"}, 400, "invalid_resource", 500011, ""),
-        ({"resource": None}, 400, "invalid_resource", 500011, "named ''"),
-    ],
-)
-def test_each_refusal_is_aads_json_with_its_code(endpoint, changes, status, error, code, names):
+SECRET_IN_CONNECTION = "(client_secret in connection.json)."
+REFUSALS = [
+    (
+        {"grant_type": "password"},
+        400,
+        "unsupported_grant_type",
+        "AADSTS70003: The app requested an unsupported grant type 'password'; the local cloud "
+        "supports client_credentials.",
+    ),
+    ({"grant_type": None}, 400, "unsupported_grant_type", "AADSTS70003: The app requested ..."),
+    (
+        {"client_id": None},
+        400,
+        "invalid_request",
+        "AADSTS900144: The request body must contain the following parameter: 'client_id'.",
+    ),
+    (
+        {"client_id": "not-ours"},
+        400,
+        "unauthorized_client",
+        "AADSTS700016: Application with identifier 'not-ours' was not found in the directory '{tenant}'. "
+        "Use the client_id from connection.json.",
+    ),
+    (
+        {"client_secret": None},
+        401,
+        "invalid_client",
+        "AADSTS7000218: The request body must contain the following parameter: "
+        "'client_assertion' or 'client_secret'.",
+    ),
+    (
+        {"client_secret": "wrong"},
+        401,
+        "invalid_client",
+        "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the "
+        "request is the client secret value of app '{client_id}' " + SECRET_IN_CONNECTION,
+    ),
+    (
+        {"resource": "https://management.azure.com/"},
+        400,
+        "invalid_resource",
+        "AADSTS500011: The resource principal named 'https://management.azure.com/' was not "
+        "found in the tenant '{tenant}'. Use active_directory_resource_id from connection.json.",
+    ),
+    (
+        {"resource": None},
+        400,
+        "invalid_resource",
+        "AADSTS500011: The resource principal named '' ...",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "status", "error", "says"), REFUSALS)
+def test_each_refusal_is_aads_json_with_its_code_and_what_to_do(
+    endpoint, changes, status, error, says
+):
+    creds = endpoint.cloud.credentials
     answer = ask(endpoint, good_form(endpoint, **changes))
     body = answer.json
     assert answer.status_code == status
-    assert body["error"] == error and body["error_codes"] == [code]
-    assert body["error_description"].startswith(f"AADSTS{code}: ")
-    assert names in body["error_description"]
+    assert body["error"] == error
+    says = says.format(tenant=creds.tenant, client_id=creds.client_id)
+    assert body["error_codes"] == [int(says.split(":")[0].removeprefix("AADSTS"))]
+    first_line = body["error_description"].split("\r\n")[0]
+    if says.endswith(" ..."):  # only its start given
+        assert first_line.startswith(says.removesuffix(" ..."))
+    else:
+        assert first_line == says
     assert "access_token" not in body
-    assert endpoint.cloud.credentials.client_secret not in answer.get_data(as_text=True)
+    assert creds.client_secret not in answer.get_data(as_text=True)
 
 
 def test_a_refusal_carries_its_trace_correlation_and_time(endpoint):
