@@ -259,3 +259,18 @@ def test_a_sas_cannot_create_or_delete_a_share(cloud, good):
             "<Message>A service SAS cannot list, create or delete shares; use the account key "
             "(SharedKey)." in response.text
         )
+
+
+def test_a_sas_limited_to_an_ip_range_is_held_to_the_clients_address(cloud, good):
+    def read_with(ip):
+        token = good.generate_file_shared_access_signature(
+            "data", "dir", "f.txt", permission="r", expiry="2099-01-01", ip=ip
+        )
+        return requests_session(cloud.connection).get(
+            good.make_file_url("data", "dir", "f.txt", sas_token=token)
+        )
+
+    assert read_with("127.0.0.1").content == b"hello world"
+    refused = read_with("10.0.0.1-10.0.0.9")
+    assert refused.status_code == 403
+    assert refused.headers["x-ms-error-code"] == "AuthorizationSourceIPMismatch"
