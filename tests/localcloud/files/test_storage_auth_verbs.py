@@ -274,3 +274,4 @@ def test_a_sas_limited_to_an_ip_range_is_held_to_the_clients_address(cloud, good
     refused = read_with("10.0.0.1-10.0.0.9")
     assert refused.status_code == 403
     assert refused.headers["x-ms-error-code"] == "AuthorizationSourceIPMismatch"
+    assert "using this source IP 127.0.0.1." in refused.text
