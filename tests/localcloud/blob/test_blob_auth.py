@@ -196,8 +196,8 @@ def test_a_sas_never_lists_creates_or_deletes_containers(cloud, good):
             assert refused.value.status_code == 403
             assert "<Code>AuthorizationResourceTypeMismatch</Code>" in str(refused.value)
             assert (
-                "A service SAS cannot list, create or delete containers; use the account key"
-                in (str(refused.value))
+                "<Message>A service SAS cannot list, create or delete containers; use the "
+                "account key (SharedKey)." in str(refused.value)
             )
         assert [b.name for b in holder.list_blobs(name)] == (["d/f.txt"] if name == "data" else [])
     assert sorted(c.name for c in good.list_containers()) == ["data", "spare"]
@@ -215,7 +215,12 @@ def test_a_blob_sas_signs_its_blob_and_a_container_sas_its_container(cloud, good
     elsewhere = get(cloud, blob_url(cloud, "data/d/f.txt", {}) + blob_token)
     assert elsewhere.status_code == 403
     as_container = get(cloud, blob_url(cloud, "data", {"restype": "container"}) + "&" + blob_token)
+    assert as_container.status_code == 403
     assert as_container.headers["x-ms-error-code"] == "AuthorizationResourceTypeMismatch"
+    assert (
+        "<Message>This request is not authorized to perform this operation using this resource "
+        "type (a blob SAS, sr=b, cannot be used on a container)." in as_container.text
+    )
 
 
 def test_a_sas_signs_its_start_protocol_and_the_headers_it_overrides(cloud, good):
