@@ -377,12 +377,17 @@ def test_x_ms_headers_are_signed_lower_cased_and_sorted():
     ],
 )
 def test_sharedkey_refuses_another_scheme_another_account_or_no_signature(authorization):
-    headers = sdk_signed("GET", PATH, {}, BASE_HEADERS)
+    """The refusal still reports the string the server would sign, query and Range included,
+    as Azure does, so the user can compare it with their own."""
+    headers = sdk_signed("GET", PATH, {"comp": "list"}, dict(BASE_HEADERS, Range="bytes=0-9"))
     signature = headers["Authorization"].rpartition(":")[2]
     value = authorization.format(account=ACCOUNT, sig=signature)
-    ok, string = sharedkey.verify(value, "GET", headers, PATH, "", ACCOUNT, KEY)
+    ok, string = sharedkey.verify(value, "GET", headers, PATH, "comp=list", ACCOUNT, KEY)
     assert not ok
-    assert string == sharedkey.string_to_sign("GET", headers, PATH, "", ACCOUNT)
+    assert string == sharedkey.string_to_sign(
+        "GET", headers, PATH, "comp=list", ACCOUNT, "bytes=0-9"
+    )
+    assert "bytes=0-9" in string and string.endswith("\ncomp:list")
 
 
 # --- bearer tokens ------------------------------------------------------------------------------
