@@ -67,3 +67,27 @@ def test_the_storage_session_retries_throttling_and_passing_errors():
     assert retry.is_retry("PUT", 503) and retry.is_retry("POST", 429)
     assert not retry.is_retry("PUT", 404)
     assert retry.respect_retry_after_header and not retry.raise_on_status
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "slept"),
+    [
+        ("120", 60.0),
+        ("60", 60.0),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("1.5", 1.5),
+        ("soon", 0.2),
+        (None, 0.2),
+    ],
+)
+def test_sign_in_waits_what_retry_after_says_within_a_minute(retry_after, slept):
+    """Retry-After is obeyed up to 60 s (a longer one is cut short), never negative, and the
+    back-off stands in when it is missing or not a number of seconds."""
+    throttled = _throttled("0")
+    del throttled.response.headers["Retry-After"]
+    if retry_after is not None:
+        throttled.response.headers["Retry-After"] = retry_after
+    sleeps = []
+    assert signing_in(mock.Mock(side_effect=[throttled, "ok"]), sleep=sleeps.append) == "ok"
+    assert sleeps == [slept]

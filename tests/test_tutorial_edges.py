@@ -14,6 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from quickstart import __main__ as cli
 from quickstart import downloads, jobs, steps, streaming, uploads
 from quickstart.retries import ATTEMPTS
+from quickstart.status import download as download_job
 from quickstart.status import status
 from quickstart.teardown import teardown
 from quickstart.timing import StepClock, format_seconds
@@ -623,3 +624,30 @@ def test_a_file_of_unknown_type_is_stored_as_octet_stream(azure, tmp_path):
     steps.upload_sample_files(azure.files, azure_settings(), {model.name: model})
     settings_stored = azure.files.set_file_properties.call_args.args[3]
     assert settings_stored.content_type == "application/octet-stream"
+
+
+def test_download_without_any_job_says_there_is_none_yet(azure, tmp_path):
+    azure.batchai.jobs.list_by_experiment.return_value = iter([])
+    with pytest.raises(steps.StepFailed) as failed:
+        download_job(settings(tmp_path, job=""))
+    assert str(failed.value) == (
+        "there is no job yet in experiment ex-7; `python -m quickstart status` shows what exists"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_file_in_a_sample_subfolder_is_named_with_its_folder(azure, tmp_path, capsys):
+    module = tmp_path / "cntk_compat.py"
+    module.write_text("# the port's module\n")
+    azure.files.get_file_properties.side_effect = AzureMissingResourceHttpError("Not found", 404)
+
+    steps.upload_sample_files(
+        azure.files, settings(tmp_path), {"convnet_pytorch/cntk_compat.py": module}
+    )
+
+    azure.files.create_file_from_path.assert_called_once()
+    assert azure.files.create_file_from_path.call_args.args[1:3] == (
+        "dir-7/convnet_pytorch",
+        "cntk_compat.py",
+    )
+    assert "Uploaded convnet_pytorch/cntk_compat.py (20 bytes)" in capsys.readouterr().out

@@ -7,7 +7,8 @@
 #                                         REV: a commit to measure (default: the working tree)
 # Environment: MUTATION_JOBS (parallel mutants, default 2), MUTATION_KEEP=1 keeps the scratch
 # copy (its path is printed) for `mutmut show NAME` / `mutmut results` there; MUTATION_NAMES
-# runs only the mutants named (globs), e.g. an earlier run's survivors after tests were added.
+# runs only the mutants named (globs), e.g. an earlier run's survivors after tests were added;
+# MUTATION_TESTS replaces the area's tests (a subset runs faster; its score is then a lower bound).
 set -euo pipefail -o noglob  # the mutant name globs are for mutmut, not the shell
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -31,7 +32,7 @@ if [ -z "$line" ]; then
 fi
 files="$(echo "$line" | cut -d'|' -f2)"
 names="${MUTATION_NAMES:-$(echo "$line" | cut -d'|' -f3)}"
-tests="$(echo "$line" | cut -d'|' -f4)"
+tests="${MUTATION_TESTS:-$(echo "$line" | cut -d'|' -f4)}"
 options="$(echo "$line" | cut -d'|' -f5)"
 
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/mutation-$area.XXXXXX")"

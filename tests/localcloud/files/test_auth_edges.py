@@ -167,7 +167,10 @@ def test_every_iso_form_azure_accepts_is_read_to_the_second_and_its_fraction(exp
     assert message.endswith(f"Expiry [{expiry}] - Current [{iso(NOW + seconds + 0.01)}]")
 
 
-@pytest.mark.parametrize("bad", ["tomorrow", "2026-06-01T13:00:00", "2026-06-01 13:00:00Z", "x.5Z"])
+@pytest.mark.parametrize(
+    "bad",
+    ["tomorrow", "2026-06-01T13:00:00", "2026-06-01T13:00:00.5", "2026-06-01 13:00:00Z", "x.5Z"],
+)
 def test_a_time_that_is_not_iso_utc_is_refused_naming_the_field(bad):
     params = dict(sdk_sas(), se=bad)
     params["sig"] = _resign(params)
@@ -307,6 +310,16 @@ def test_our_file_sas_reads_by_default_and_names_the_version_it_signs():
     assert check(params).permissions == "r"
 
 
+@pytest.mark.parametrize("name", ["Xception/model.dnn", "dir/XX", "x/y.txt"])
+def test_our_file_sas_opens_a_file_whatever_its_name_begins_or_ends_with(name):
+    """Batch AI's links name any output file, e.g. a model folder called Xception."""
+    params = dict(parse_qsl(make_file_sas(ACCOUNT, KEY, "share", f"/{name}", expiry=NOW + 60)))
+    assert check(params, path=name).permissions == "r"
+    assert refusal(params, path=name + "2")[0] == "AuthenticationFailed"
+    sdk_made = sdk_sas(path=tuple(name.rpartition("/")[::2]))  # the SDK's own signature
+    assert check(sdk_made, path=name).permissions == "r"
+
+
 # --- SharedKey ----------------------------------------------------------------------------------
 
 
@@ -364,12 +377,17 @@ def test_x_ms_headers_are_signed_lower_cased_and_sorted():
     ],
 )
 def test_sharedkey_refuses_another_scheme_another_account_or_no_signature(authorization):
-    headers = sdk_signed("GET", PATH, {}, BASE_HEADERS)
+    """The refusal still reports the string the server would sign, query and Range included,
+    as Azure does, so the user can compare it with their own."""
+    headers = sdk_signed("GET", PATH, {"comp": "list"}, dict(BASE_HEADERS, Range="bytes=0-9"))
     signature = headers["Authorization"].rpartition(":")[2]
     value = authorization.format(account=ACCOUNT, sig=signature)
-    ok, string = sharedkey.verify(value, "GET", headers, PATH, "", ACCOUNT, KEY)
+    ok, string = sharedkey.verify(value, "GET", headers, PATH, "comp=list", ACCOUNT, KEY)
     assert not ok
-    assert string == sharedkey.string_to_sign("GET", headers, PATH, "", ACCOUNT)
+    assert string == sharedkey.string_to_sign(
+        "GET", headers, PATH, "comp=list", ACCOUNT, "bytes=0-9"
+    )
+    assert "bytes=0-9" in string and string.endswith("\ncomp:list")
 
 
 # --- bearer tokens ------------------------------------------------------------------------------

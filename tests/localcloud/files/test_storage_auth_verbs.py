@@ -259,3 +259,35 @@ def test_a_sas_cannot_create_or_delete_a_share(cloud, good):
             "<Message>A service SAS cannot list, create or delete shares; use the account key "
             "(SharedKey)." in response.text
         )
+
+
+def test_a_sas_limited_to_an_ip_range_is_held_to_the_clients_address(cloud, good):
+    def read_with(ip):
+        token = good.generate_file_shared_access_signature(
+            "data", "dir", "f.txt", permission="r", expiry="2099-01-01", ip=ip
+        )
+        return requests_session(cloud.connection).get(
+            good.make_file_url("data", "dir", "f.txt", sas_token=token)
+        )
+
+    assert read_with("127.0.0.1").content == b"hello world"
+    refused = read_with("10.0.0.1-10.0.0.9")
+    assert refused.status_code == 403
+    assert refused.headers["x-ms-error-code"] == "AuthorizationSourceIPMismatch"
+    assert "using this source IP 127.0.0.1." in refused.text
+
+
+def test_a_newer_api_version_is_refused_naming_what_the_local_cloud_serves(cloud, good):
+    token = good.generate_file_shared_access_signature(
+        "data", "dir", "f.txt", permission="r", expiry="2099-01-01"
+    )
+    response = requests_session(cloud.connection).get(
+        good.make_file_url("data", "dir", "f.txt", sas_token=token),
+        headers={"x-ms-version": "2025-11-05"},
+    )
+    assert response.status_code == 400
+    assert response.headers["x-ms-error-code"] == "InvalidHeaderValue"
+    assert (
+        "<Message>The API version 2025-11-05 is not supported by the local cloud, which serves "
+        "Azure Files up to 2019-02-02 (the Track-1 storage SDKs 2.1.0)." in response.text
+    )
