@@ -41,6 +41,7 @@ class Sessions:
     def _mint(self) -> None:
         self._token = secrets.token_urlsafe(32)
         fd = os.open(self._file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left from before keeps its mode on open: tighten it first
         with os.fdopen(fd, "w") as out:
             out.write(self._token)
 

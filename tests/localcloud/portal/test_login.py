@@ -31,6 +31,13 @@ def test_the_token_file_is_the_owners_alone(tmp_path):
     assert stat.S_IMODE((tmp_path / "portal-login-token").stat().st_mode) == 0o600
 
 
+def test_a_token_file_left_readable_by_others_is_made_the_owners_alone(tmp_path):
+    (tmp_path / login.TOKEN_FILE).write_text("old")
+    (tmp_path / login.TOKEN_FILE).chmod(0o644)
+    Sessions(tmp_path)
+    assert stat.S_IMODE((tmp_path / login.TOKEN_FILE).stat().st_mode) == 0o600
+
+
 def test_a_restart_replaces_an_older_longer_token_whole(tmp_path):
     (tmp_path / "portal-login-token").write_text("a-stale-token-from-an-earlier-run-" * 4)
     sessions = Sessions(tmp_path)
