@@ -12,6 +12,7 @@ Standard library only, like the node agent that uses it (whose PlanError it rais
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -274,13 +275,18 @@ def _pytorch_tasks(settings: dict, nodes: list, line: str, shared_temp: str, mpi
     tasks = []
     for i in range(count):
         node = nodes[i % len(nodes)]
-        env = {
-            "AZ_BATCHAI_PYTORCH_BACKEND": backend,
-            "AZ_BATCHAI_PYTORCH_INIT_METHOD": init,
-            "GLOO_SOCKET_IFNAME": "lo",
-        }
+        env = {"AZ_BATCHAI_PYTORCH_BACKEND": backend, "AZ_BATCHAI_PYTORCH_INIT_METHOD": init}
+        if all(_is_loopback(n.address) for n in nodes):
+            env["GLOO_SOCKET_IFNAME"] = "lo"  # nodes on one host: gloo's connections stay there
         tasks.append(_task(str(i), node, i, f"exec {line}", _stdouterr(str(i)), env=env))
     return tasks
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _tensorflow_tasks(settings: dict, nodes: list, python_line: str) -> list:

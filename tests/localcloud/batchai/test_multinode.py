@@ -332,6 +332,16 @@ def test_hostfile_spreads_ranks_over_the_nodes_earlier_nodes_first():
     assert launch_plans.hostfile(nodes, 1) == "127.0.0.4 slots=1\n127.0.0.5 slots=1\n"
 
 
+@pytest.mark.parametrize(
+    "addresses, interface",
+    [(["127.0.0.4", "127.0.0.5"], "lo"), (["10.0.0.4", "10.0.0.5"], None)],
+)
+def test_gloo_is_held_to_loopback_only_when_every_node_is_on_this_host(addresses, interface):
+    nodes = [launch_plans.JobNode(f"n{i}", a, "/t") for i, a in enumerate(addresses)]
+    tasks = launch_plans._pytorch_tasks({}, nodes, "python train.py", "/shared", mpirun=None)
+    assert [t.env.get("GLOO_SOCKET_IFNAME") for t in tasks] == [interface, interface]
+
+
 def test_each_nodes_mpi_daemon_keeps_its_session_folder_in_its_own_job_temp(tmp_path):
     """Open MPI's daemons of one job must not share a session folder on this host: they would
     remove and overwrite each other's files (mpirun exiting 213, or 139 from inside hwloc)."""
