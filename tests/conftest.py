@@ -9,10 +9,18 @@ string, both trusting ``ca_cert``.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from quickstart.localcloud import LocalCloud, azure_cloud
 from quickstart.localcloud.connection import requests_session
+
+# A shell starts a background job (`pytest &`, a CI step sent to the background) with Ctrl-C
+# ignored, and the commands the tests start would inherit that and never see the Ctrl-C they
+# are sent: restore the default, which exec'd children get as SIG_DFL.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_credentials(connection: dict, secret: str | None = None):
