@@ -108,7 +108,7 @@ def mixed_load(code: Path, state: Path, clients: int, seconds: float) -> dict:
             base_url=connection["resource_manager_url"].rstrip("/"),
             state_dir=state,
         )
-        setup = FuzzTarget(cloud).prepare()
+        setup = FuzzTarget(cloud).prepare(blob=False)  # the mix is the same for both trees
         sas_file = setup.files(
             "PUT", "fuzzshare/read.bin", {}, {"x-ms-type": "file", "x-ms-content-length": "16384"}
         )
