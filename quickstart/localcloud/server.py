@@ -497,11 +497,14 @@ class _RequestHandler(WSGIRequestHandler):
         def send_headers():
             code_str, _, reason = state["status"].partition(" ")
             code = int(code_str)
-            self.send_response(code, reason)
+            self.send_response_only(code, reason)
+            self.send_header("Server", self.version_string())
             names = set()
             for key, value in state["headers"]:
                 self.send_header(key, value)
                 names.add(key.lower())
+            if "date" not in names:  # the storage services set their own: one Date, as Azure
+                self.send_header("Date", self.date_time_string())
             if (
                 "content-length" not in names
                 and not is_head

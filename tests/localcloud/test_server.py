@@ -329,3 +329,24 @@ def test_a_header_line_that_is_not_name_value_is_refused_and_its_body_never_pars
     assert b"x-ms-error-code: InvalidUri" in head and b"Connection: close" in head
     assert body.startswith(b"<?xml") and b"not 'name: value'" in body
     assert answer.count(b"HTTP/1.1 ") == 1  # the body was never answered as a request
+
+
+def test_every_answer_carries_one_date_header(local_cloud):
+    """The storage services set Date themselves; the server adds one only where none is set
+    (a doubled header reads as "Date: X, X" to the SDKs' logs and retry timing)."""
+    import http.client
+
+    port = int(local_cloud.base_url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    account = local_cloud.connection["storage_account"]
+    try:
+        for path in ("/_localcloud/health", f"/{account}/share?restype=share", "/nowhere"):
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            answer.read()
+            dates = answer.headers.get_all("Date")
+            assert dates is not None and len(dates) == 1, (path, dates)
+            assert dates[0].endswith(" GMT")
+    finally:
+        conn.close()
