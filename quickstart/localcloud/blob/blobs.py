@@ -43,7 +43,10 @@ class BlobHandlers(BlobUploads):
 
     def blob_properties(self, request: Request, container: str, name: str) -> Response:
         _, st = self._existing(container, name)
-        response = Response(b"", status=200, headers=self._headers(container, name, st))
+        headers = self._headers(container, name, st)
+        # the tier is a property of Get Blob Properties only; Get Blob does not send it
+        headers.update({"x-ms-access-tier": "Hot", "x-ms-access-tier-inferred": "true"})
+        response = Response(b"", status=200, headers=headers)
         response.headers["Content-Length"] = str(st.st_size)
         return response
 

@@ -91,8 +91,6 @@ class StoredBlobs:
             "x-ms-lease-status": "unlocked",
             "x-ms-lease-state": "available",
             "x-ms-server-encrypted": "true",
-            "x-ms-access-tier": "Hot",
-            "x-ms-access-tier-inferred": "true",
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }

@@ -94,6 +94,10 @@ def test_properties_metadata_and_delete(blobs):
     assert blob.properties.content_settings.content_type == "application/x-cntk"
     assert blob.properties.blob_type == "BlockBlob" and blob.properties.content_length == 7
     assert blob.metadata == {"epoch": "3"}
+    # the access tier is Get Blob Properties' alone, as on Azure: Get Blob does not carry it
+    assert blob.properties.blob_tier == "Hot" and blob.properties.blob_tier_inferred
+    read = blobs.get_blob_to_bytes("data", "model.dnn")
+    assert read.content == b"weights" and read.properties.blob_tier is None
     blobs.set_blob_metadata("data", "model.dnn", {"epoch": "4", "accuracy": "0.99"})
     assert blobs.get_blob_metadata("data", "model.dnn") == {"epoch": "4", "accuracy": "0.99"}
     blobs.set_blob_properties(
