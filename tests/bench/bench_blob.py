@@ -19,7 +19,8 @@ Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each 
   with --azurite). Without node/npm, or if the install fails, those lines say why.
 
 With ``--server process`` it also prints the median CPU seconds the local cloud's process spent
-per transfer, a figure the machine's load barely moves. Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
+per transfer, a figure the machine's load barely moves, and what one range GET (one piece of a
+download) costs the client and the server through each SDK. Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
 ``--baseline DIR`` (another checkout of this repository, served from its own process), also to
 that checkout's Blob, for before/after figures of a change.
 
@@ -134,6 +135,36 @@ def interleaved_best(targets: dict, runs: int, size: int, source: Path, servers:
         check_same(source, target)
     rates = {label: (rate(size, up), rate(size, down)) for label, (up, down) in best.items()}
     return rates, {label: tuple(map(statistics.median, pair)) for label, pair in cpu.items()}
+
+
+def request_cost(connection: dict, pid: int, calls: int = 300) -> dict:
+    """{label: (client, server) CPU milliseconds per one-byte range GET}, Files and Blob, the
+    way each SDK asks for one piece of a download: what each extra piece costs either side, so a
+    download in smaller pieces (the Blob SDK's 4 MiB against the Files SDK's 8 MiB) can be told
+    from a slower service."""
+    files = make_file_service(connection)
+    files.create_share("cost", fail_on_exist=False)
+    files.create_file_from_bytes("cost", None, "one.bin", b"x" * 1024)
+    blobs = make_blob_service(connection)
+    blobs.create_container("cost", fail_on_exist=False)
+    blobs.create_blob_from_bytes("cost", "one.bin", b"x" * 1024)
+    tag = blobs.get_blob_properties("cost", "one.bin").properties.etag
+    calls_of = {
+        "files": lambda: files._get_file("cost", None, "one.bin", start_range=0, end_range=0),
+        "blob": lambda: blobs._get_blob(
+            "cost", "one.bin", start_range=0, end_range=0, if_match=tag
+        ),
+    }
+    cost = {}
+    for label, call in calls_of.items():
+        client, server = time.process_time(), server_cpu(pid)
+        for _ in range(calls):
+            call()
+        cost[label] = (
+            (time.process_time() - client) * 1000 / calls,
+            (server_cpu(pid) - server) * 1000 / calls,
+        )
+    return cost
 
 
 def server_cpu(pid: int) -> float:
@@ -319,6 +350,7 @@ def main() -> None:
                     "azurite",
                     args.max_connections,
                 )
+            cost = request_cost(connection, pid) if pid else {}
             try:
                 figures, cpu = interleaved_best(
                     targets, args.runs, source.stat().st_size, source, servers
@@ -345,6 +377,11 @@ def main() -> None:
     )
     for label, (up, down) in cpu.items():
         print(f"  server CPU per transfer ({label}): upload {up:.2f} s, download {down:.2f} s")
+    for label, (client, server) in cost.items():
+        print(
+            f"  CPU per one-piece range GET ({label}): client {client:.2f} ms, "
+            f"server {server:.2f} ms"
+        )
     if "baseline" in figures:
         before = figures["baseline"]
         print(
