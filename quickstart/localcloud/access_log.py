@@ -6,14 +6,22 @@ hostile client cannot fill the disk. The foreground server also prints one reada
 call; an upload's 4 MiB ranges (the SDK sends one Put Range per 4 MiB, 158 for a large file) are
 summarised as one line per file once the ranges cover the size its Create File announced.
 ``verbose`` echoes every line instead. Every line goes through ``redact`` first.
+
+Request threads only queue what they answered: one writer thread formats, writes and prints the
+lines in batches, so no request waits on the log's lock, the disk or a slow terminal (under many
+clients that wait was a sizeable part of each request's latency). The queue is bounded; lines
+past the bound are counted and the count is logged, never held without limit. ``close`` writes
+every line queued before it; a crash loses at most the last ``BATCH_SECONDS`` of lines.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +30,10 @@ ACCESS_LOG_FILE = "access.log"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
 CONSOLE_WIDTH = 160
+BATCH_SECONDS = 0.02  # how long the writer lets lines gather before one write
+MAX_PENDING = 100_000  # lines queued at most (about 15 MB) while the disk or terminal stalls
+
+log = logging.getLogger("quickstart.localcloud")
 
 
 @dataclass
@@ -36,7 +48,7 @@ class _Upload:
 
 
 class AccessLog:
-    """Where each answered request is recorded; one per running server."""
+    """Where each answered request is recorded; one per running server, with its writer thread."""
 
     def __init__(
         self,
@@ -50,10 +62,18 @@ class AccessLog:
         self.redact = redact
         self.console = console  # None, "summary" or "verbose"
         self.stream = stream
-        self._uploads: dict[str, _Upload] = {}
+        self._uploads: dict[str, _Upload] = {}  # the writer thread's alone
         self._stamp_second, self._stamp_text = 0, ""
-        self._lock = threading.Lock()
         self._file = RotatingLines(state_dir / ACCESS_LOG_FILE, max_bytes, backups)
+        self._pending: deque[tuple] = deque()  # append and popleft are atomic: no lock needed
+        self._dropped = 0  # lines past MAX_PENDING, under _dropped_lock (only when full)
+        self._dropped_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._writer = threading.Thread(
+            target=self._write_batches, name="local-cloud-access-log", daemon=True
+        )
+        self._writer.start()
 
     def record(
         self,
@@ -65,48 +85,96 @@ class AccessLog:
         client: str,
         headers=None,
     ) -> None:
-        """One answered request: ``target`` is the path and query as the client sent them."""
-        target = self.redact(target)
-        stamp = self._stamp()
-        millis = round(seconds * 1000)
-        line = f"{stamp} {client} {method} {target} {status} {sent}B {millis}ms"
-        self._file.write(line)
-        if self.console == "verbose":
-            self._print(line)
-        elif self.console == "summary":
-            summary = self._summarise(method, target, status, millis, headers or {})
-            if summary:
-                self._print(summary)
-
-    def _stamp(self) -> str:
-        """The current UTC second, formatted once per second (not once per request)."""
-        now = int(time.time())
-        if now != self._stamp_second:
-            self._stamp_second = now
-            self._stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        return self._stamp_text
+        """One answered request: ``target`` is the path and query as the client sent them.
+        Queued for the writer thread; ``headers`` (read only for the console's summary) must
+        not change afterwards."""
+        if len(self._pending) >= MAX_PENDING:
+            with self._dropped_lock:
+                self._dropped += 1
+            return
+        self._pending.append((time.time(), method, target, status, sent, seconds, client, headers))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def close(self) -> None:
-        """Say what became of uploads still incomplete, then close the file."""
-        with self._lock:
-            pending, self._uploads = self._uploads, {}
+        """Write every line queued so far, say what became of uploads still incomplete, then
+        close the file."""
+        self._closing = True
+        self._wake.set()
+        self._writer.join(timeout=10)
         if self.console == "summary":
-            for path, upload in pending.items():
-                self._print(self._upload_line(path, upload, complete=False))
+            pending, self._uploads = self._uploads, {}
+            self._print([self._upload_line(p, u, complete=False) for p, u in pending.items()])
         self._file.close()
+
+    # -- the writer thread
+
+    def _write_batches(self) -> None:
+        while not self._closing:
+            self._wake.wait()
+            if not self._closing:
+                time.sleep(BATCH_SECONDS)  # let a burst gather: one write for many lines
+            self._wake.clear()  # before taking lines: one queued after this wakes us again
+            self._write_safely()
+        self._write_safely()  # what came while the last batch was written
+
+    def _write_safely(self) -> None:
+        try:
+            self._write_pending()
+        except Exception:  # the log must never stop; lines it could not write are lost
+            log.exception("the access log failed")
+
+    def _write_pending(self) -> None:
+        lines, shown = [], []
+        while True:
+            try:
+                when, method, target, status, sent, seconds, client, headers = (
+                    self._pending.popleft()
+                )
+            except IndexError:
+                break
+            target = self.redact(target)
+            millis = round(seconds * 1000)
+            stamp = self._stamp(when)
+            line = f"{stamp} {client} {method} {target} {status} {sent}B {millis}ms"
+            lines.append(line)
+            if self.console == "verbose":
+                shown.append(line)
+            elif self.console == "summary":
+                summary = self._summarise(method, target, status, millis, headers or {}, stamp)
+                if summary:
+                    shown.append(summary)
+        if self._dropped:
+            with self._dropped_lock:
+                dropped, self._dropped = self._dropped, 0
+            lines.append(
+                f"{self._stamp(time.time())} access log: {dropped} lines dropped (the disk or "
+                "the terminal did not keep up)"
+            )
+        self._file.write(lines)
+        self._print(shown)
+
+    def _stamp(self, when: float) -> str:
+        """The UTC second of ``when``, formatted once per second (not once per request)."""
+        second = int(when)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        return self._stamp_text
 
     # -- the console's readable lines
 
-    def _summarise(self, method: str, target: str, status: int, millis: int, headers) -> str:
+    def _summarise(
+        self, method: str, target: str, status: int, millis: int, headers, stamp: str
+    ) -> str | None:
         path, _, query = target.partition("?")
-        clock = self._stamp()[11:19]
+        clock = stamp[11:19]
         if method == "PUT" and "comp=range" in query.split("&"):
             return self._range(path, status, headers)
         if method == "PUT" and headers.get("x-ms-type", "").lower() == "file" and status == 201:
             size = _int(headers.get("x-ms-content-length"))
             if size:
-                with self._lock:
-                    self._uploads[path] = _Upload(size)
+                self._uploads[path] = _Upload(size)
             line = f"{clock} {method} {path} (new file, {_size(size)}) -> {status} ({millis} ms)"
             return line[:CONSOLE_WIDTH]
         shown = (
@@ -116,20 +184,17 @@ class AccessLog:
 
     def _range(self, path: str, status: int, headers) -> str | None:
         length = _range_length(headers.get("x-ms-range") or headers.get("range") or "")
-        with self._lock:
-            upload = self._uploads.get(path)
-            if upload is None:  # ranges without a Create File this run: each is its own line
-                return (
-                    f"{time.strftime('%H:%M:%S')} PUT {path} (range, {_size(length)}) -> {status}"
-                )
-            upload.ranges += 1
-            if status >= 400:
-                upload.failed += 1
-            else:
-                upload.written += length
-            if upload.written < upload.size:
-                return None
-            del self._uploads[path]
+        upload = self._uploads.get(path)
+        if upload is None:  # ranges without a Create File this run: each is its own line
+            return f"{time.strftime('%H:%M:%S')} PUT {path} (range, {_size(length)}) -> {status}"
+        upload.ranges += 1
+        if status >= 400:
+            upload.failed += 1
+        else:
+            upload.written += length
+        if upload.written < upload.size:
+            return None
+        del self._uploads[path]
         return self._upload_line(path, upload, complete=True)
 
     @staticmethod
@@ -142,10 +207,12 @@ class AccessLog:
             f"{_size(upload.written)} of {_size(upload.size)} in {took:.1f} s{failed}"
         )
 
-    def _print(self, line: str) -> None:
+    def _print(self, lines: list[str]) -> None:
+        if not lines:
+            return
         stream = self.stream or sys.stderr
         try:
-            stream.write(line + "\n")
+            stream.write("\n".join(lines) + "\n")
             stream.flush()
         except (OSError, ValueError):  # a closed terminal must not fail requests
             pass
@@ -155,8 +222,8 @@ class RotatingLines:
     """An append-only text file of lines, rotated at ``max_bytes`` (``name.1`` ... ``name.N``).
 
     A few microseconds a line: logging's RotatingFileHandler stats the file and formats a record
-    for every line, which costs more than a whole small request. Each line is written through
-    at once (line buffering), so ``tail -f`` sees it.
+    for every line, which costs more than a whole small request. Each batch is written through
+    at once (one write for the batch), so ``tail -f`` sees it.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int):
@@ -170,15 +237,22 @@ class RotatingLines:
         self._stream = open(self.path, "a", encoding="utf-8", buffering=1)
         self._size = self._stream.tell()
 
-    def write(self, line: str) -> None:
-        data = line + "\n"
+    def write(self, lines: list[str]) -> None:
+        """Append ``lines``, rotating first wherever the next line would pass ``max_bytes``."""
         with self._lock:
-            if self._stream is None:
+            if self._stream is None or not lines:
                 return
-            if self._size + len(data) > self.max_bytes and self._size:
-                self._rotate()
-            self._stream.write(data)
-            self._size += len(data.encode("utf-8")) if not data.isascii() else len(data)
+            chunk: list[str] = []
+            for line in lines:
+                data = line + "\n"
+                size = len(data) if data.isascii() else len(data.encode("utf-8"))
+                if self._size + size > self.max_bytes and self._size:
+                    self._stream.write("".join(chunk))
+                    chunk = []
+                    self._rotate()
+                chunk.append(data)
+                self._size += size
+            self._stream.write("".join(chunk))
 
     def _rotate(self) -> None:
         self._stream.close()
