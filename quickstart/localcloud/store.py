@@ -22,8 +22,12 @@ lower-cased ARM id and carries its type, its subscription and resource group (lo
 cascading deletes), a JSON body and free-form JSON ``extra`` data the body must not show (for
 example secrets the service keeps but never returns).
 
-One SQLite connection is shared by all request threads behind a re-entrant lock; every public
-method is one transaction, and ``transaction()`` groups several into one read-modify-write.
+One SQLite connection, behind a re-entrant lock, makes every change: each public method that
+writes is one transaction, and ``transaction()`` groups several into one read-modify-write.
+Reads outside a transaction go to a small pool of read connections instead and take no lock
+(WAL lets them read the last committed state while a transaction is open): under many clients,
+request threads queued on that one lock for what were single-row reads. A read inside a
+transaction uses the transaction's own connection, so it sees the transaction's writes.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ BLOCKS_DIR = "blocks"
 TRASH_DIR = "trash"
 JOURNAL_DIR = "journal"
 COPY_BLOCK = 1024 * 1024
+READERS = 8  # read connections at most; past that, a read shares the writing connection
 SLOT_PREFIX = "slot-"  # journal slots (Store.commit_range)
 SLOT_KEEP_BYTES = 1024 * 1024  # a slot keeps its disk space between records up to this size
 _SLOT_MAGIC = b"LCRANGE1"
@@ -204,6 +209,7 @@ class Store:
         self.trash = Trash(self.trash_root)
         self._lock = threading.RLock()
         self._share_dirs: dict[str, Path] = {}  # existing shares (see share_dir)
+        self._containers: dict[str, ContainerRecord] = {}  # existing containers (get_container)
         self._free_slots: list[int] = []  # journal slots not in use (list ops are atomic)
         self._slot_count = 0
         database = self.state_dir / DATABASE_FILE
@@ -218,14 +224,23 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._depth = 0
+        self._owner: int | None = None  # the thread whose transaction is open
+        self._database = database
+        self._readers: list[sqlite3.Connection] = []  # idle read connections (pop/append atomic)
+        self._reader_count = 0
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self._recover_files()
 
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
         self.trash.close()
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
             self._db.close()
+            while self._readers:
+                self._readers.pop().close()
         while self._free_slots:
             with contextlib.suppress(OSError, IndexError):
                 os.close(self._free_slots.pop())
@@ -236,16 +251,19 @@ class Store:
         with self._lock:
             if self._depth == 0:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._owner = threading.get_ident()
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
                 if self._depth == 0:
+                    self._owner = None
                     self._db.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if self._depth == 0:
+                self._owner = None
                 self._db.execute("COMMIT")
 
     @contextlib.contextmanager
@@ -268,8 +286,36 @@ class Store:
         return self._query("PRAGMA integrity_check")[0][0]
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        if self._owner != threading.get_ident():  # not inside this thread's own transaction
+            reader = self._take_reader()
+            if reader is not None:
+                try:
+                    return reader.execute(sql, args).fetchall()
+                finally:
+                    self._give_back(reader)
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def _give_back(self, reader: sqlite3.Connection) -> None:
+        self._readers.append(reader)
+        if self._closed:  # the store closed while this read ran
+            with self._readers_lock:
+                while self._readers:
+                    self._readers.pop().close()
+
+    def _take_reader(self) -> sqlite3.Connection | None:
+        """An idle read connection, opened on first need; None when READERS are all busy."""
+        try:
+            return self._readers.pop()
+        except IndexError:
+            pass
+        with self._readers_lock:  # not the store's lock: a transaction may hold that one
+            if self._reader_count >= READERS or self._closed:
+                return None
+            self._reader_count += 1
+        reader = sqlite3.connect(str(self._database), check_same_thread=False, isolation_level=None)
+        reader.execute("PRAGMA query_only=ON")
+        return reader
 
     def _execute(self, sql: str, args: tuple = ()) -> int:
         with self.transaction():
@@ -566,10 +612,26 @@ class Store:
         return self.containers_root / name if self.get_container(name) else None
 
     def get_container(self, name: str) -> ContainerRecord | None:
-        rows = self._query(
-            "SELECT name, created, metadata FROM blob_containers WHERE name = ?", (name,)
-        )
-        return ContainerRecord(rows[0][0], rows[0][1], json.loads(rows[0][2])) if rows else None
+        """Container ``name``'s record, or None if there is no such container.
+
+        Asked by every Blob request, and a container's record never changes once made (only
+        create and delete write one), so existing containers are remembered: filled under the
+        store's lock from committed rows only (never inside a transaction, which could still be
+        rolled back), dropped by delete_container inside its transaction. The memory is the
+        process's own, so a restart starts it empty."""
+        found = self._containers.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, created, metadata FROM blob_containers WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                return None
+            found = ContainerRecord(row[0], row[1], json.loads(row[2]))
+            if self._depth == 0:
+                self._containers[name] = found
+        return found
 
     def list_containers(self) -> list[ContainerRecord]:
         rows = self._query("SELECT name, created, metadata FROM blob_containers ORDER BY name")
@@ -594,6 +656,7 @@ class Store:
             if not self.get_container(name):
                 return False
             self._db.execute("DELETE FROM blob_containers WHERE name = ?", (name,))
+            self._containers.pop(name, None)
             self._db.execute("DELETE FROM blob_properties WHERE container = ?", (name,))
             for folder in (self.containers_root / name, self.blocks_root / name):
                 if folder.exists():
