@@ -104,7 +104,7 @@ from .fault_routes import FaultGate
 from .faults import ENVIRONMENT_VARIABLE as FAULTS_VARIABLE
 from .faults import FaultRuleError, Faults, load_rules_file
 from .files.names import resolve_in_share
-from .files.responses import StorageError, error_response, xml_text
+from .files.responses import StorageError, error_response, http_date, xml_text
 from .files.sas import make_file_sas
 from .identity.credentials import ensure_credentials
 from .identity.token_endpoint import TokenEndpoint, aad_error
@@ -641,6 +641,11 @@ class _RequestHandler(WSGIRequestHandler):
             )
         except Exception:  # the log must never fail a request
             log.exception("the access log failed")
+
+    def date_time_string(self, timestamp=None):
+        """The Date header of answers the storage services do not date themselves, formatted
+        once per second (http.server formats it anew for every answer)."""
+        return http_date(time.time() if timestamp is None else timestamp)
 
     def log_request(self, code="-", size="-"):
         """Answers are recorded by the access log (_record), with their timing."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import functools
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -49,7 +51,16 @@ DISK_FULL = StorageError(
 
 
 def http_date(epoch: float) -> str:
-    return email.utils.formatdate(epoch, usegmt=True)
+    """``epoch`` as an HTTP date (RFC 1123, GMT), which shows whole seconds only."""
+    return _http_date_of_second(math.floor(epoch))
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date_of_second(second: int) -> str:
+    """Formatted once per second asked for: an answer carries two to four dates (its Date, a
+    file's Last-Modified and creation time), mostly the same few seconds again and again, and
+    formatting one costs more than the cache's look-up many times over."""
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def iso7(epoch: float) -> str:

@@ -16,6 +16,7 @@ header there, so both are accepted.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from urllib.parse import parse_qsl
@@ -35,10 +36,14 @@ _STANDARD_HEADERS = (
 
 
 def sign(key_b64: str, string_to_sign: str) -> str:
-    digest = hmac.new(
-        base64.b64decode(key_b64), string_to_sign.encode("utf-8"), hashlib.sha256
-    ).digest()
+    digest = hmac.digest(_key_bytes(key_b64), string_to_sign.encode("utf-8"), hashlib.sha256)
     return base64.b64encode(digest).decode("ascii")
+
+
+@functools.lru_cache(maxsize=8)
+def _key_bytes(key_b64: str) -> bytes:
+    """The account key decoded once, not for every request it signs."""
+    return base64.b64decode(key_b64)
 
 
 def string_to_sign(
