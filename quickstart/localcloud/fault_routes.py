@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 
 from werkzeug.wrappers import Request, Response
 
@@ -19,6 +18,7 @@ from .arm import arm_error, arm_json
 from .faults import ADMIN_PATH, FaultRuleError, Faults, parse_rule, parse_rules, service_of
 from .files.responses import StorageError, error_response
 from .identity.bearer_tokens import TokenError, verify_token
+from .request_ids import request_id
 
 log = logging.getLogger("quickstart.localcloud")
 
@@ -62,8 +62,8 @@ class FaultGate:
         message = f"A fault rule of the local cloud answered {status}; retry after {retry_after} s."
         if service in ("files", "blob"):
             error = StorageError(status, STORAGE_CODES[status], STORAGE_MESSAGES[status], headers)
-            response = error_response(request, error, str(uuid.uuid4()))
-            response.headers["x-ms-request-id"] = str(uuid.uuid4())
+            response = error_response(request, error, request_id())
+            response.headers["x-ms-request-id"] = request_id()
             return response
         if service == "identity":
             body = {"error": AAD_ERRORS[status], "error_description": message}

@@ -84,7 +84,6 @@ import ssl
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from email.errors import MissingHeaderBodySeparatorDefect
 from pathlib import Path
@@ -108,6 +107,7 @@ from .files.responses import StorageError, error_response, http_date, xml_text
 from .files.sas import make_file_sas
 from .identity.credentials import ensure_credentials
 from .identity.token_endpoint import TokenEndpoint, aad_error
+from .request_ids import request_id
 from .store import Store
 
 log = logging.getLogger("quickstart.localcloud")
@@ -402,7 +402,7 @@ class LocalCloudApp:
             )
         if surface in limits.STORAGE_SURFACES:
             err = StorageError(refusal.status, refusal.code, refusal.message)
-            return error_response(request, err, str(uuid.uuid4()))
+            return error_response(request, err, request_id())
         return arm_error(refusal.status, refusal.code, refusal.message)
 
     def dispatch(self, request: Request, surface: str) -> Response:

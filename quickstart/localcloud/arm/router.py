@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ..identity.bearer_tokens import TokenError, verify_token
+from ..request_ids import request_id as new_request_id
 from .responses import ArmError, arm_error
 
 log = logging.getLogger("quickstart.localcloud")
@@ -72,7 +72,7 @@ class ArmRouter:
         )
 
     def dispatch(self, request: Request) -> Response:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         try:
             self._authenticate(request)
             response = self._route(request)

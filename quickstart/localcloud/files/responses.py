@@ -15,13 +15,13 @@ import os
 import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from xml.sax.saxutils import escape
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from ..request_ids import request_id as new_request_id
 from .names import PathRejected
 
 log = logging.getLogger("quickstart.localcloud")
@@ -158,7 +158,7 @@ def serve_storage_request(
     carries; a StorageError or PathRejected becomes the service's XML error, a full disk or a
     refused name the error Azure would give, anything else a logged 500 InternalError (never a
     stack trace on the wire). Files and Blob both answer so."""
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     try:
         response = dispatch(request)
     except StorageError as err:

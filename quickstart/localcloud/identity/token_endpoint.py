@@ -12,10 +12,10 @@ from __future__ import annotations
 import hmac
 import json
 import time
-import uuid
 
 from werkzeug.wrappers import Request, Response
 
+from ..request_ids import request_id
 from .bearer_tokens import issue_token
 
 
@@ -25,7 +25,7 @@ def _aad_json(status: int, body: dict, request: Request) -> Response:
     )
     response.headers["Cache-Control"] = "no-store, no-cache"
     response.headers["Pragma"] = "no-cache"
-    response.headers["x-ms-request-id"] = str(uuid.uuid4())
+    response.headers["x-ms-request-id"] = request_id()
     client_request_id = request.headers.get("client-request-id")
     if client_request_id and request.headers.get("return-client-request-id", "").lower() == "true":
         response.headers["client-request-id"] = client_request_id
@@ -34,8 +34,8 @@ def _aad_json(status: int, body: dict, request: Request) -> Response:
 
 def aad_error(status: int, error: str, code: str, description: str, request: Request) -> Response:
     now = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-    trace = str(uuid.uuid4())
-    correlation = request.headers.get("client-request-id") or str(uuid.uuid4())
+    trace = request_id()
+    correlation = request.headers.get("client-request-id") or request_id()
     return _aad_json(
         status,
         {
