@@ -60,6 +60,7 @@ TRASH_DIR = "trash"
 JOURNAL_DIR = "journal"
 COPY_BLOCK = 1024 * 1024
 READERS = 8  # read connections at most; past that, a read shares the writing connection
+REMEMBERED_ROWS = 1024  # resource rows kept in memory at most (get_resource)
 SLOT_PREFIX = "slot-"  # journal slots (Store.commit_range)
 SLOT_KEEP_BYTES = 1024 * 1024  # a slot keeps its disk space between records up to this size
 _SLOT_MAGIC = b"LCRANGE1"
@@ -229,6 +230,13 @@ class Store:
         self._readers: list[sqlite3.Connection] = []  # idle read connections (pop/append atomic)
         self._reader_count = 0
         self._readers_lock = threading.Lock()
+        # committed resource rows by id, for get_resource: emptied after every transaction that
+        # wrote a resource (committed or not); a read fills in only if no such transaction
+        # ended while it read (the generation tells)
+        self._rows: dict[str, tuple] = {}
+        self._rows_lock = threading.Lock()
+        self._rows_generation = 0
+        self._rows_dirty = False
         self._closed = False
         self._recover_files()
 
@@ -259,12 +267,27 @@ class Store:
                 self._depth -= 1
                 if self._depth == 0:
                     self._owner = None
-                    self._db.execute("ROLLBACK")
+                    try:
+                        self._db.execute("ROLLBACK")
+                    finally:
+                        self._forget_rows()
                 raise
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                finally:
+                    self._forget_rows()
+
+    def _forget_rows(self) -> None:
+        """After a transaction that wrote resources ends: the remembered rows go (under the
+        store's lock, so no other transaction runs meanwhile)."""
+        if self._rows_dirty:
+            with self._rows_lock:
+                self._rows.clear()
+                self._rows_generation += 1
+            self._rows_dirty = False
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -364,6 +387,7 @@ class Store:
         subscription, group = parse_arm_id(arm_id)
         now = time.time()
         with self.transaction():
+            self._rows_dirty = True
             old = self.get_resource(key)
             created = old.created if old else now
             stored_name = old.name if old else name
@@ -389,12 +413,28 @@ class Store:
         )
 
     def get_resource(self, arm_id: str) -> ResourceRecord | None:
-        rows = self._query(
-            "SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
-            "FROM resources WHERE id = ?",
-            (arm_id.lower(),),
-        )
-        return _resource(rows[0]) if rows else None
+        """The record of ``arm_id``, or None.
+
+        Asked several times by every ARM request (its resource group, workspace, cluster, ...),
+        so committed rows are remembered; each call still decodes its own copy of the body, so
+        a caller may change what it gets."""
+        key = arm_id.lower()
+        if self._owner == threading.get_ident():  # inside this thread's transaction: its view
+            rows = self._query(_SELECT_RESOURCE, (key,))
+            return _resource(rows[0]) if rows else None
+        row = self._rows.get(key)
+        if row is None:
+            generation = self._rows_generation
+            rows = self._query(_SELECT_RESOURCE, (key,))
+            if not rows:
+                return None
+            row = rows[0]
+            with self._rows_lock:
+                if generation == self._rows_generation:  # no resource write ended meanwhile
+                    if len(self._rows) >= REMEMBERED_ROWS:
+                        self._rows.clear()
+                    self._rows[key] = row
+        return _resource(row)
 
     def list_resources(
         self,
@@ -443,15 +483,23 @@ class Store:
 
     def delete_resource(self, arm_id: str) -> bool:
         """Delete one record; True if it existed."""
-        return self._execute("DELETE FROM resources WHERE id = ?", (arm_id.lower(),)) > 0
+        with self.transaction():
+            self._rows_dirty = True
+            return (
+                self._db.execute("DELETE FROM resources WHERE id = ?", (arm_id.lower(),)).rowcount
+                > 0
+            )
 
     def delete_resource_tree(self, arm_id: str) -> int:
         """Delete a record and every record below it; returns how many went."""
         key = arm_id.lower().rstrip("/")
         prefix = key + "/"
-        return self._execute(
-            "DELETE FROM resources WHERE id = ? OR substr(id, 1, ?) = ?", (key, len(prefix), prefix)
-        )
+        with self.transaction():
+            self._rows_dirty = True
+            return self._db.execute(
+                "DELETE FROM resources WHERE id = ? OR substr(id, 1, ?) = ?",
+                (key, len(prefix), prefix),
+            ).rowcount
 
     # ------------------------------------------------------------------ operations
 
@@ -857,6 +905,12 @@ class StagedRange:
     data: bytearray
     length: int = 0
     md5: bytes = b""
+
+
+_SELECT_RESOURCE = (
+    "SELECT id, type, subscription, resource_group, name, body, extra, created, updated "
+    "FROM resources WHERE id = ?"
+)
 
 
 def _resource(row: tuple) -> ResourceRecord:

@@ -107,3 +107,75 @@ def test_reads_outside_a_transaction_see_the_last_commit_and_do_not_wait_for_one
         assert store.integrity_check() == "ok"
     finally:
         store.close()
+
+
+GROUP = "/subscriptions/s/resourceGroups/rg"
+GROUP_TYPE = "Microsoft.Resources/resourceGroups"
+
+
+def test_a_resource_read_is_never_older_than_the_last_write(tmp_path):
+    store = Store(tmp_path)
+    try:
+        store.put_resource(GROUP, GROUP_TYPE, "rg", {"v": 1})
+        store.put_resource(f"{GROUP}/providers/X/w/one", "X/w", "one", {"v": 1})
+        assert store.get_resource(GROUP).body == {"v": 1}  # remembered from here on
+        store.get_resource(GROUP).body["v"] = "changed by a caller"  # a copy: not remembered
+        assert store.get_resource(GROUP).body == {"v": 1}
+        store.put_resource(GROUP.upper(), GROUP_TYPE, "rg", {"v": 2})
+        assert store.get_resource(GROUP).body == {"v": 2}
+        with pytest.raises(RuntimeError), store.transaction():
+            store.put_resource(GROUP, GROUP_TYPE, "rg", {"v": 3})
+            assert store.get_resource(GROUP).body == {"v": 3}
+            raise RuntimeError("roll back")
+        assert store.get_resource(GROUP).body == {"v": 2}
+        assert store.get_resource(f"{GROUP}/providers/X/w/one").body == {"v": 1}
+        assert store.delete_resource_tree(GROUP) == 2
+        assert store.get_resource(GROUP) is None
+        assert store.get_resource(f"{GROUP}/providers/X/w/one") is None
+        store.put_resource(GROUP, GROUP_TYPE, "rg", {"v": 4})
+        assert store.get_resource(GROUP).body == {"v": 4}
+        assert store.delete_resource(GROUP) is True
+        assert store.get_resource(GROUP) is None
+    finally:
+        store.close()
+
+
+def test_a_row_read_while_a_write_commits_is_not_remembered(tmp_path, monkeypatch):
+    """The race a remembered row must not lose: a read fetches the old row, a write commits and
+    forgets, then the read would remember the old row for good."""
+    store = Store(tmp_path)
+    try:
+        store.put_resource(GROUP, GROUP_TYPE, "rg", {"v": 1})
+        query = store._query
+        raced = []
+
+        def query_then_let_a_write_commit(sql, args=()):
+            rows = query(sql, args)
+            if not raced and threading.current_thread() is threading.main_thread():
+                raced.append(True)
+                writer = threading.Thread(
+                    target=store.put_resource, args=(GROUP, GROUP_TYPE, "rg", {"v": 2})
+                )
+                writer.start()
+                writer.join(10)
+            return rows
+
+        monkeypatch.setattr(store, "_query", query_then_let_a_write_commit)
+        assert store.get_resource(GROUP).body == {"v": 1}  # read before the write committed
+        assert raced
+        assert store.get_resource(GROUP).body == {"v": 2}
+    finally:
+        store.close()
+
+
+def test_arm_clients_see_each_others_changes_at_once(local_cloud):
+    from ..conftest import make_resource_client
+
+    first = make_resource_client(local_cloud.connection)
+    second = make_resource_client(local_cloud.connection)
+    first.resource_groups.create_or_update("shared", {"location": "eastus", "tags": {"n": "1"}})
+    assert second.resource_groups.get("shared").tags == {"n": "1"}
+    first.resource_groups.create_or_update("shared", {"location": "eastus", "tags": {"n": "2"}})
+    assert second.resource_groups.get("shared").tags == {"n": "2"}
+    first.resource_groups.delete("shared").wait()
+    assert second.resource_groups.check_existence("shared") is False
