@@ -20,9 +20,10 @@ Azurite runs), prints in MB/s (best of RUNS, the three taking turns within each 
 
 With ``--server process`` it also prints the median CPU seconds the local cloud's process spent
 per transfer, a figure the machine's load barely moves, and what one range GET (one piece of a
-download) costs the client and the server through each SDK. Each Blob figure is printed with its ratio to Files' and to Azurite's in the same run; with
-``--baseline DIR`` (another checkout of this repository, served from its own process), also to
-that checkout's Blob, for before/after figures of a change.
+download) costs the client and the server through each SDK. Each Blob figure is printed with its
+ratio to Files' and to Azurite's in the same run; with ``--baseline DIR`` (another checkout of
+this repository, served from its own process), also to that checkout's Blob and its server's CPU
+per range GET, for before/after figures of a change.
 
 With ``--max-connections 1`` the two SDKs send the same requests one after another; at 2 they
 differ on the client side: FileService's workers each read their own range from the file, while
@@ -137,7 +138,7 @@ def interleaved_best(targets: dict, runs: int, size: int, source: Path, servers:
     return rates, {label: tuple(map(statistics.median, pair)) for label, pair in cpu.items()}
 
 
-def request_cost(connection: dict, pid: int, calls: int = 300) -> dict:
+def request_cost(connection: dict, pid: int, calls: int = 1000) -> dict:
     """{label: (client, server) CPU milliseconds per one-byte range GET}, Files and Blob, the
     way each SDK asks for one piece of a download: what each extra piece costs either side, so a
     download in smaller pieces (the Blob SDK's 4 MiB against the Files SDK's 8 MiB) can be told
@@ -351,6 +352,8 @@ def main() -> None:
                     args.max_connections,
                 )
             cost = request_cost(connection, pid) if pid else {}
+            if args.baseline:  # the same requests against the baseline's server, for the ratio
+                cost_before = request_cost(before, servers["baseline"])
             try:
                 figures, cpu = interleaved_best(
                     targets, args.runs, source.stat().st_size, source, servers
@@ -378,9 +381,13 @@ def main() -> None:
     for label, (up, down) in cpu.items():
         print(f"  server CPU per transfer ({label}): upload {up:.2f} s, download {down:.2f} s")
     for label, (client, server) in cost.items():
+        versus = ""
+        if args.baseline:
+            server_before = cost_before[label][1]
+            versus = f" ({server / server_before:.2f}x the baseline's {server_before:.2f} ms)"
         print(
             f"  CPU per one-piece range GET ({label}): client {client:.2f} ms, "
-            f"server {server:.2f} ms"
+            f"server {server:.2f} ms{versus}"
         )
     if "baseline" in figures:
         before = figures["baseline"]
