@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from quickstart.localcloud import LocalCloud  # noqa: E402
-from tests.bench.bench_localcloud_core import stop_process  # noqa: E402
+from tests.bench.bench_localcloud_core import server_cpu, stop_process  # noqa: E402
 from tests.conftest import make_blob_service, make_file_service  # noqa: E402
 
 MB = 1_000_000
@@ -166,12 +166,6 @@ def request_cost(connection: dict, pid: int, calls: int = 1000) -> dict:
             (server_cpu(pid) - server) * 1000 / calls,
         )
     return cost
-
-
-def server_cpu(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_same(source: Path, target: Path) -> None:

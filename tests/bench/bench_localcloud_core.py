@@ -268,6 +268,12 @@ def wait_serving(state: Path, proc: subprocess.Popen, timeout: float = 30) -> di
     raise SystemExit("the local cloud process did not become healthy")
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
     try:

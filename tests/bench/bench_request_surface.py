@@ -10,8 +10,10 @@ BASELINE (default: the commit this work started from, extracted with ``git archi
 * RSS growth of the server while one client streams a 300 MB token form (goal: < 20 MiB);
 * CLIENTS clients, each on its own keep-alive connection, for SECONDS seconds, cycling through
   a mix of calls (resource-group GET, token POST, Azure Files SAS GET and a 64 KiB Put Range,
-  Batch AI cluster and experiment GETs): operations per second, p50 and p99 latency, and the
-  server's RSS before and after. The clients run on the same cores as the server.
+  Batch AI cluster and experiment GETs): operations per second, p50 and p99 latency, the
+  server's CPU time per call, and the server's RSS before and after. The clients run on the same
+  cores as the server, in one Python process, so operations per second measure the clients
+  about as much as the server; the server's CPU per call is its own cost.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.bench.bench_localcloud_core import stop_process, wait_serving  # noqa: E402
+from tests.bench.bench_localcloud_core import (  # noqa: E402
+    server_cpu,
+    stop_process,
+    wait_serving,
+)
 from tests.localcloud.fuzzing import FuzzTarget  # noqa: E402
 
 MIB = 1024 * 1024
@@ -114,6 +120,7 @@ def mixed_load(code: Path, state: Path, clients: int, seconds: float) -> dict:
         )
         assert sas_file.status_code == 201
         before = rss_mib(proc.pid)
+        cpu_before = server_cpu(proc.pid)
         latencies: list[float] = []
         errors = [0]
         lock = threading.Lock()
@@ -167,6 +174,7 @@ def mixed_load(code: Path, state: Path, clients: int, seconds: float) -> dict:
             thread.join()
         took = time.monotonic() - started
         after = rss_mib(proc.pid)
+        cpu_used = server_cpu(proc.pid) - cpu_before
     finally:
         stop_process(proc)
     latencies.sort()
@@ -177,6 +185,7 @@ def mixed_load(code: Path, state: Path, clients: int, seconds: float) -> dict:
         "rss": (before, after),
         "errors": errors[0],
         "count": len(latencies),
+        "cpu": cpu_used * 1000 / max(1, len(latencies)),
     }
 
 
@@ -224,6 +233,7 @@ def main() -> None:
                 print(
                     f"  round {round_no + 1}, {label}: {r['ops']:.0f} ops/s ({r['count']} calls, "
                     f"{r['errors']} not 2xx), p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                    f"server CPU {r['cpu']:.2f} ms per call, "
                     f"RSS {r['rss'][0]:.0f} -> {r['rss'][1]:.0f} MiB "
                     f"(+{r['rss'][1] - r['rss'][0]:.0f})"
                 )
@@ -231,6 +241,8 @@ def main() -> None:
             label: {key: statistics.mean(r[key] for r in runs) for key in ("ops", "p50", "p99")}
             for label, runs in results.items()
         }
+        for label, runs in results.items():
+            mean[label]["cpu"] = statistics.mean(r["cpu"] for r in runs)
         new, old = mean["this tree"], mean[f"baseline {args.baseline}"]
         print(
             f"  means: this tree {new['ops']:.0f} ops/s, p50 {new['p50']:.0f} ms, p99 "
@@ -239,7 +251,9 @@ def main() -> None:
         )
         print(
             f"  ratios this tree / baseline: throughput {new['ops'] / old['ops']:.2f}x, "
-            f"p50 {new['p50'] / old['p50']:.2f}x, p99 {new['p99'] / old['p99']:.2f}x"
+            f"p50 {new['p50'] / old['p50']:.2f}x, p99 {new['p99'] / old['p99']:.2f}x, "
+            f"server CPU per call {new['cpu'] / old['cpu']:.2f}x ({new['cpu']:.2f} against "
+            f"{old['cpu']:.2f} ms)"
         )
 
 
