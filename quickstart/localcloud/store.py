@@ -246,9 +246,9 @@ class Store:
         self.trash.close()
         with self._lock, self._readers_lock:
             self._closed = True
-            self._db.close()
             while self._readers:
                 self._readers.pop().close()
+            self._db.close()  # last: the writing connection folds the WAL into the database
         while self._free_slots:
             with contextlib.suppress(OSError, IndexError):
                 os.close(self._free_slots.pop())
