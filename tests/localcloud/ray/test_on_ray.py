@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import azure.mgmt.batchai.models as models
 import pytest
@@ -334,7 +335,8 @@ def processes_in(mount_namespace: str) -> list:
 def blind_ray_node(ray_cluster, hidden: Path, log: Path):
     """One more one-CPU Ray node, joined with ``ray start --block`` from its own mount namespace
     where ``hidden`` is an empty tmpfs: the same path as the local cloud's state directory, not
-    the same filesystem. Yields its Ray node ID and how many live Ray nodes there are with it.
+    the same filesystem. Yields its Ray node ID (``id``), how many live Ray nodes there are with
+    it (``count``), and its view of the filesystem (``root``, through /proc).
     Afterwards its processes are gone and Ray has marked it dead."""
     known = live_ray_nodes()
     argv = [
@@ -359,7 +361,7 @@ def blind_ray_node(ray_cluster, hidden: Path, log: Path):
         # so that the count is of the nodes that really live (the head, the Cluster's, this one).
         count = 1 + len(ray_cluster.cluster.worker_nodes) + 1
         wait_for(lambda: len(live_ray_nodes()) == count, WAIT)
-        yield blind, count
+        yield SimpleNamespace(id=blind, count=count, root=Path(f"/proc/{node.pid}/root"))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGTERM)  # the raylet leaves the cluster, Ray notes it
@@ -381,37 +383,46 @@ def blind_ray_node(ray_cluster, hidden: Path, log: Path):
             assert not left, f"processes of the blind Ray node left running: {left}"
 
 
+def assert_the_cluster_reports_azfmounterror(env, name: str, blind) -> None:
+    """A cluster with one Batch AI node on every live Ray node (STRICT_SPREAD), so one lands on
+    the blind one: all its nodes turn unusable and it names that node and the share's folder.
+    Then it is deleted and its placement group goes."""
+    params = cluster_params(env.connection, env.files, blind.count)
+    env.client.clusters.create(RG, WS, name, params).result()
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count == blind.count else None)(
+            env.client.clusters.get(RG, WS, name)
+        ),
+        WAIT,
+    )
+    assert cluster.allocation_state == "steady" and cluster.current_node_count == blind.count
+    assert cluster.node_state_counts.idle_node_count == 0
+    (error,) = cluster.errors
+    assert error.code == "AZFMountError", error.message
+    assert error.message.startswith("Unable to mount Azure File share 'batchaiquickstart': ")
+    # named by its address and its Ray node ID, alone: the other nodes see the share
+    assert (
+        f"the node(s) at 127.0.0.1 (Ray node {blind.id}) cannot see the share's folder "
+        f"{env.share_dir}; every node must see the local cloud's state directory at the "
+        "same path (a shared filesystem)"
+    ) in error.message
+    (info,) = error.details
+    assert info.name == "Info"
+    assert info.value.endswith("/batchaiquickstart at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare")
+    uid = env.cloud.context.store.get_resource(cluster.id.lower()).extra["compute"]["uid"]
+    assert live_groups(uid)
+    env.client.clusters.delete(RG, WS, name).result()
+    wait_for(lambda: not live_groups(uid), 30)
+
+
 def test_a_ray_node_that_cannot_see_the_state_directory_makes_the_cluster_report_azfmounterror(
     ray_cluster, ray_cloud, tmp_path
 ):
     env = sdk_env(ray_cloud, tmp_path, nodes=0)
-    state_dir = Path(ray_cloud.state_dir)
-    with blind_ray_node(ray_cluster, state_dir, tmp_path / "blind-node.log") as (blind, count):
-        # one Batch AI node on every live Ray node (STRICT_SPREAD), so one lands on the blind one
-        params = cluster_params(env.connection, env.files, count)
-        env.client.clusters.create(RG, WS, "blind", params).result()
-        cluster = wait_for(
-            lambda: (lambda c: c if c.node_state_counts.unusable_node_count == count else None)(
-                env.client.clusters.get(RG, WS, "blind")
-            ),
-            WAIT,
-        )
-        assert cluster.allocation_state == "steady" and cluster.current_node_count == count
-        assert cluster.node_state_counts.idle_node_count == 0
-        (error,) = cluster.errors
-        assert error.code == "AZFMountError", error.message
-        assert error.message.startswith("Unable to mount Azure File share 'batchaiquickstart': ")
-        # named by its address and its Ray node ID, alone: the other nodes see the share
-        assert (
-            f"the node(s) at 127.0.0.1 (Ray node {blind}) cannot see the share's folder "
-            f"{env.share_dir}; every node must see the local cloud's state directory at the "
-            "same path (a shared filesystem)"
-        ) in error.message
-        (info,) = error.details
-        assert info.name == "Info" and info.value.endswith(
-            "at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare"
-        )
-        uid = env.cloud.context.store.get_resource(cluster.id.lower()).extra["compute"]["uid"]
-        assert live_groups(uid)
-        env.client.clusters.delete(RG, WS, "blind").result()
-        wait_for(lambda: not live_groups(uid), 30)
+    with blind_ray_node(ray_cluster, Path(ray_cloud.state_dir), tmp_path / "blind.log") as blind:
+        assert_the_cluster_reports_azfmounterror(env, "blind", blind)
+        # The same path with the share's folder in it, on another filesystem (an NFS export
+        # that is not mounted, a folder made by hand): only the server's marker tells. The
+        # folder is made in the blind node's tmpfs through its root as /proc shows it.
+        (blind.root / env.share_dir.relative_to("/")).mkdir(parents=True)
+        assert_the_cluster_reports_azfmounterror(env, "lookalike", blind)
