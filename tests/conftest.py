@@ -23,6 +23,13 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow (full training runs, soaks) are exempt from pytest.ini's time limit."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(0))
+
+
 def make_credentials(connection: dict, secret: str | None = None):
     """ServicePrincipalCredentials for the local cloud (fetches a token at once, as on Azure)."""
     from msrestazure.azure_active_directory import ServicePrincipalCredentials

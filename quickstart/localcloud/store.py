@@ -13,7 +13,8 @@ Layout of a state directory::
     journal/             Put Range bodies received in full and not yet copied into their
                          file; replayed at start, so a range is in its file all or not at all
     trash/               shares being deleted (renamed here first, then removed), and
-                         replaced or deleted blobs being freed in the background (trash.py)
+                         replaced or deleted files and blobs being freed in the background
+                         (trash.py)
     tls/                 the CA and server certificate (see certs.py)
 
 Resource records are generic so that every REST surface (ARM resource groups, Microsoft.BatchAI,
@@ -755,7 +756,7 @@ class Store:
                     written += len(chunk)
                 if size is not None and size > written:
                     _reserve(out.fileno(), written, size)
-            os.replace(temp, final_path)
+            self.trash.replace(temp, final_path)  # a replaced file is freed in the background
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()

@@ -1,7 +1,8 @@
 """Issue 15: the local cloud's compute on a real Ray cluster. The scenarios live in
 tests/localcloud/ray/ and run here, all in one private network namespace that has only
 loopback (Ray binds the machine's interface address otherwise): one Ray cluster start-up for
-all of them. Nothing of Ray may be left running afterwards."""
+all of them. Nothing of Ray may be left running afterwards. ``QUICKSTART_RAY_SELECT``, a pytest
+``-k`` expression, runs only some of them (the cluster start-up is the same)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from tests import privatenet
 
 REPO = Path(__file__).resolve().parents[2]
+SELECT = "QUICKSTART_RAY_SELECT"
 
 
 def ray_processes() -> list:
@@ -43,6 +45,8 @@ def test_the_ray_scenarios_pass_in_a_private_network_and_leave_no_ray_process(tm
     figures = tmp_path / "figures.jsonl"
     env = {**os.environ, "QUICKSTART_RAY_FIGURES": str(figures), "RAY_USAGE_STATS_ENABLED": "0"}
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/localcloud/ray"]
+    if os.environ.get(SELECT):
+        argv += ["-k", os.environ[SELECT]]
     result = privatenet.run(argv, env, timeout=900, cwd=REPO)
     if figures.exists():
         for line in figures.read_text().splitlines():

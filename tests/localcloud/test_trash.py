@@ -1,15 +1,16 @@
-"""Replaced and deleted blobs leave view at once and their space is freed in the background
-(trash.py); what a crash leaves in trash/ is gone at the next start."""
+"""Replaced and deleted blobs and Azure Files files leave view at once and their space is freed
+in the background (trash.py); what a crash leaves in trash/ is gone at the next start."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from azure.common import AzureMissingResourceHttpError
 
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.trash import Trash
-from tests.conftest import make_blob_service
+from tests.conftest import make_blob_service, make_file_service
 
 MiB = 1024 * 1024
 
@@ -64,3 +65,27 @@ def test_overwritten_and_deleted_blobs_free_their_space_and_a_crash_leftover_goe
         assert list((state / "trash").iterdir()) == []
         blobs = make_blob_service(cloud.connection)
         assert blobs.get_blob_to_bytes("data", "big.bin").content == b"b" * (2 * MiB)
+
+
+def test_overwritten_and_deleted_share_files_free_their_space(tmp_path):
+    state = tmp_path / "state"
+    with LocalCloud(state, port=0) as cloud:
+        files = make_file_service(cloud.connection)
+        files.create_share("data")
+        for content in (b"a" * (3 * MiB), b"b" * (2 * MiB)):
+            files.create_file_from_bytes("data", None, "big.bin", content)
+        reader = open(state / "shares" / "data" / "big.bin", "rb")  # a job reading it
+        files.create_file_from_bytes("data", None, "big.bin", b"c" * MiB)
+        files.create_file_from_bytes("data", None, "gone.bin", b"x" * MiB)
+        files.delete_file("data", None, "gone.bin")
+        assert [f.name for f in files.list_directories_and_files("data")] == ["big.bin"]
+        assert files.get_file_to_bytes("data", None, "big.bin").content == b"c" * MiB
+        assert not files.exists("data", None, "gone.bin")
+        with pytest.raises(AzureMissingResourceHttpError, match="ResourceNotFound"):
+            files.delete_file("data", None, "gone.bin")
+        # Get Share Stats counts what the share holds now, not the files on their way out
+        assert files.get_share_stats_in_bytes("data") == MiB
+        assert files.get_share_stats("data") == 1  # in GiB, rounded up
+        assert reader.read() == b"b" * (2 * MiB)
+        reader.close()
+    assert list((state / "trash").iterdir()) == []

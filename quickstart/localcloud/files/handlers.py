@@ -27,7 +27,7 @@ from werkzeug.wrappers import Request, Response
 from ..limits import MAX_METADATA_BYTES, metadata_size
 from .names import is_long_disk_name, resolve_in_share
 from .responses import StorageError, empty, etag, http_date, iso7, written
-from .space import check_disk, check_quota, free_range
+from .space import check_disk, check_quota, free_range, share_usage
 
 MAX_RANGE = 4 * 1024 * 1024  # Put Range body limit
 MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB, the service's file size limit
@@ -232,6 +232,23 @@ class FileHandlers:
         }
         headers.update({f"x-ms-meta-{k}": v for k, v in record.metadata.items()})
         return empty(200, headers)
+
+    def share_stats(self, request: Request, share: str, parts) -> Response:
+        """Get Share Stats: the bytes the share's files hold now (Azure's figure is approximate
+        and may lag; ours is exact)."""
+        record = self.store.get_share(share)
+        if record is None:
+            raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><ShareStats><ShareUsageBytes>'
+            f"{share_usage(self._share_root(share))}</ShareUsageBytes></ShareStats>"
+        )
+        headers = {
+            "ETag": f'"0x{int(record.created * 1e6):X}"',
+            "Last-Modified": http_date(record.created),
+            "Content-Type": "application/xml",
+        }
+        return Response(body, status=200, headers=headers)
 
     def delete_share(self, request: Request, share: str, parts) -> Response:
         if not self.store.delete_share(share):
@@ -481,12 +498,8 @@ class FileHandlers:
 
     def delete_file(self, request: Request, share: str, parts) -> Response:
         target, _ = self._existing_file(share, parts)
-        try:
-            target.unlink()
-        except FileNotFoundError:
-            raise StorageError(
-                404, "ResourceNotFound", "The specified resource does not exist."
-            ) from None
+        if not self.store.trash.discard(target):  # out of view now, freed in the background
+            raise StorageError(404, "ResourceNotFound", "The specified resource does not exist.")
         self.store.delete_file_props(share, self._props_key(share, target))
         self._forget_name(share, target)
         return empty(202)

@@ -55,6 +55,8 @@ class FileRoutes:
                     "HEAD": ("read", self.handlers.share_properties),
                     "DELETE": ("delete", self.handlers.delete_share),
                 }.get(method)
+            elif restype == "share" and comp == "stats" and method == "GET":
+                op = ("read", self.handlers.share_stats)
             elif restype == "directory" and comp == "list" and method == "GET":
                 op = ("list", self.handlers.list_directory)
             elif restype == "directory" and comp is None and method in ("GET", "HEAD"):
@@ -89,8 +91,9 @@ class FileRoutes:
                 f"restype={restype}, comp={comp} on this resource.",
             )
         operation, handler = op
-        # a service SAS works on files and listings; creating or deleting shares needs the key
-        share_admin = path == "" and restype == "share" and method in ("PUT", "DELETE")
+        # a service SAS works on files and listings; creating or deleting a share and its usage
+        # statistics need the key (Azure: the account owner only)
+        share_admin = path == "" and restype == "share" and (method != "GET" or comp == "stats")
         # a file SAS (sr=f) signs one file: never a directory, its listing or its creation
         sas_path = "" if restype == "directory" else path
         grant = authenticate(

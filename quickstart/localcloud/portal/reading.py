@@ -20,6 +20,7 @@ from ..batchai.schema import (
     STDOUTERR,
     WORKSPACE_TYPE,
 )
+from ..blob.listing import blob_files
 from ..server import redact
 
 JOB_STATES = ("queued", "running", "terminating", "succeeded", "failed")
@@ -89,7 +90,7 @@ class Page:
 
 def overview(store, page: int = 1, per_page: int = 50) -> dict:
     """Resource groups, their workspaces with clusters and experiments (job counts per state),
-    one page of jobs (newest first) and the file shares with their sizes."""
+    one page of jobs (newest first), and the file shares and Blob containers with their sizes."""
     groups = store.list_resources(type=RESOURCE_GROUP_TYPE)
     workspaces = store.list_resources(type=WORKSPACE_TYPE)
     clusters = store.list_resources(type=CLUSTER_TYPE)
@@ -134,6 +135,7 @@ def overview(store, page: int = 1, per_page: int = 50) -> dict:
         "groups": tree,
         "jobs": Page(rows, page, pages, len(jobs)),
         "shares": shares(store),
+        "containers": containers(store),
     }
 
 
@@ -216,6 +218,23 @@ def shares(store) -> list[dict]:
                 except OSError:
                     pass
         found.append({"name": share.name, "quota": share.quota, "size": size, "files": files})
+    return found
+
+
+def containers(store) -> list[dict]:
+    """Each Blob container with the blobs a List Blobs would return (a job's symbolic links
+    and empty folders on a blob mount are not blobs) and their bytes."""
+    found = []
+    for container in store.list_containers():
+        root = store.container_dir(container.name)
+        blobs = blob_files(root, "") if root else []
+        found.append(
+            {
+                "name": container.name,
+                "size": sum(st.st_size for _, st in blobs),
+                "blobs": len(blobs),
+            }
+        )
     return found
 
 

@@ -343,6 +343,24 @@ def test_share_sas_in_a_connection_string_lists_and_reads(local_cloud, file_serv
         reader.create_file_from_bytes("shared", None, "new.txt", b"nope")
     assert caught.value.status_code == 403
     assert file_service.exists("shared", None, "new.txt") is False
+    with pytest.raises(AzureHttpError) as caught:  # the share's usage is the account owner's
+        reader.get_share_stats_in_bytes("shared")
+    assert caught.value.status_code == 403
+
+
+def test_share_stats_count_the_bytes_the_share_holds(file_service):
+    file_service.create_share("stats")
+    assert file_service.get_share_stats_in_bytes("stats") == 0
+    file_service.create_directory("stats", "dir")
+    file_service.create_file_from_bytes("stats", "dir", "a.bin", b"a" * 1000)
+    file_service.create_file("stats", None, "sparse.bin", 3 * MiB)  # sized, never written
+    assert file_service.get_share_stats_in_bytes("stats") == 1000 + 3 * MiB
+    assert file_service.get_share_stats("stats") == 1  # GiB, rounded up as the SDK does
+    file_service.delete_file("stats", "dir", "a.bin")
+    assert file_service.get_share_stats_in_bytes("stats") == 3 * MiB
+    with pytest.raises(AzureMissingResourceHttpError) as caught:
+        file_service.get_share_stats("ghostshare")
+    assert caught.value.error_code == "ShareNotFound"
 
 
 def test_request_log_never_shows_sas_signatures(tmp_path, capfd):

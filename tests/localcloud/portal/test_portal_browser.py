@@ -78,8 +78,21 @@ def wait_until(predicate, timeout=30.0, interval=0.05):
 
 
 def text_of(driver, css):
+    """The element's text. A page that re-renders between finding the element and reading it
+    (the next page arriving after a click, the live log replacing its text) makes Chrome refuse
+    the read as stale; that is read again, briefly, never reported as the page's fault."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
 
+    for _ in range(50):
+        try:
+            return driver.find_element(By.CSS_SELECTOR, css).text
+        except StaleElementReferenceException:
+            pass
+        except WebDriverException as error:
+            if "does not belong to the document" not in str(error):
+                raise
+        time.sleep(0.1)
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 

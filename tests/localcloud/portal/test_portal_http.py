@@ -208,10 +208,26 @@ def test_the_overview_pages_jobs_newest_first(world):
     from tests.bench.bench_portal import copy_job
 
     store = world.cloud.context.store
-    copy_job(store, store.get_resource(world.job_id), 60)  # 62 jobs in all
+    before = len(list(world.client.jobs.list_by_experiment(RG, WS, EXP)))  # other tests' too
+    copy_job(store, store.get_resource(world.job_id), 60)
     first = world.browser.get(world.base + "/portal/").text
     assert "page 1 of 2" in first and "httpjob0059" in first and "httpjob0000" not in first
     second = world.browser.get(world.base + "/portal/?page=2").text
     assert "page 2 of 2" in second and "httpjob0000" in second and "httpjob0059" not in second
-    assert 'myexperiment</a> <span class="muted">62 job(s)' in first
+    assert f'myexperiment</a> <span class="muted">{before + 60} job(s)' in first
     assert world.browser.get(world.base + "/portal/?page=99").status_code == 200
+
+
+def test_the_overview_lists_blob_containers_with_what_list_blobs_counts(world):
+    from tests.conftest import make_blob_service
+
+    blobs = make_blob_service(world.cloud.connection)
+    blobs.create_container("portal-data")
+    blobs.create_blob_from_bytes("portal-data", "train/images.bin", b"x" * 3000)
+    blobs.create_blob_from_bytes("portal-data", "labels.bin", b"y" * 1000)
+    root = world.cloud.context.store.container_dir("portal-data")
+    (root / "link-to-labels").symlink_to(root / "labels.bin")  # a job's link: not a blob
+    (root / "empty-folder").mkdir()
+    page = world.browser.get(world.base + "/portal/").text
+    section = page.split("<h2>Blob containers</h2>", 1)[1]
+    assert re.search(r"<td>portal-data</td><td>3\.9 KiB</td><td>2</td>", section), section[:400]

@@ -54,7 +54,7 @@ def ray_cluster():
         with open(os.environ[FIGURES], "a", encoding="utf-8") as out:
             out.write(json.dumps({"ray_start_seconds": round(seconds, 2)}) + "\n")
     try:
-        yield SimpleNamespace(cluster=cluster, second=second, address=cluster.address)
+        yield SimpleNamespace(cluster=cluster, second=second, address=cluster.address, temp=temp)
     finally:
         import ray
 

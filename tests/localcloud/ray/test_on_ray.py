@@ -1,6 +1,7 @@
 """The local cloud on a real Ray cluster of two nodes on this host (issue 15), driven by the
 real SDK clients over HTTPS: the tutorial's job, a 2-node PyTorch rendezvous, a cluster that
-waits for Ray nodes, a restart that reattaches, and a Ray node that dies under its job."""
+waits for Ray nodes, a restart that reattaches, a Ray node that dies under its job, and a Ray
+node that cannot see the shares."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import azure.mgmt.batchai.models as models
 import pytest
@@ -22,6 +24,7 @@ from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_proces
     EXP,
     RG,
     WS,
+    cluster_params,
     job_params,
     no_job_process_left,
     output_file,
@@ -30,7 +33,7 @@ from tests.localcloud.batchai.test_batchai import (  # noqa: F401 (no_job_proces
     wait_for_job,
 )
 from tests.localcloud.batchai.test_multinode import GLOO_RANK, SLEEPER, alive, rank_file, upload
-from tests.localcloud.ray.conftest import BUNDLES
+from tests.localcloud.ray.conftest import BUNDLES, NODE
 from tests.test_end_to_end import user_env
 
 WAIT = 120  # a shared 2-core machine starts Ray workers slowly
@@ -230,8 +233,6 @@ def test_the_tutorial_runs_on_ray_and_its_epoch_lines_stream(ray_cluster, tmp_pa
 def test_a_cluster_larger_than_ray_shows_the_allocation_error_and_grows_when_a_node_joins(
     ray_cluster, ray_cloud, tmp_path
 ):
-    from tests.localcloud.ray.conftest import NODE
-
     env = sdk_env(ray_cloud, tmp_path, nodes=1)
     env.client.clusters.update(
         RG,
@@ -304,3 +305,124 @@ def test_killing_a_ray_node_fails_its_job_and_frees_the_other_node(
     wait_for(lambda: not any(alive(pid) for pid in pids), 30)
     counts = env.client.clusters.get(RG, WS, CLUSTER).node_state_counts
     assert counts.running_node_count == 0
+
+
+def live_ray_nodes() -> set:
+    import ray
+
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+
+def processes_in(mount_namespace: str) -> list:
+    """Live processes in a mount namespace (``/proc/PID/ns/mnt`` reads ``mnt:[inode]``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/mnt") != mount_namespace:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def blind_ray_node(ray_cluster, hidden: Path, log: Path):
+    """One more one-CPU Ray node, joined with ``ray start --block`` from its own mount namespace
+    where ``hidden`` is an empty tmpfs: the same path as the local cloud's state directory, not
+    the same filesystem. Yields its Ray node ID (``id``), how many live Ray nodes there are with
+    it (``count``), and its view of the filesystem (``root``, through /proc).
+    Afterwards its processes are gone and Ray has marked it dead."""
+    known = live_ray_nodes()
+    argv = [
+        *("unshare", "--mount", "--propagation", "private"),
+        *("sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"', "sh", str(hidden)),
+        *(str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats"),
+        *("--address", ray_cluster.address, "--temp-dir", ray_cluster.temp),
+        *("--num-cpus", str(NODE["num_cpus"])),
+        *("--object-store-memory", str(NODE["object_store_memory"])),
+        *("--min-worker-port", "0", "--max-worker-port", "0", "--dashboard-agent-listen-port", "0"),
+    ]
+    with open(log, "w") as out:
+        node = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    blind, namespace = None, None
+    try:
+        joined = wait_for(lambda: node.poll() is not None or live_ray_nodes() - known, WAIT)
+        assert node.poll() is None, log.read_text()[-3000:]
+        (blind,) = joined
+        namespace = os.readlink(f"/proc/{node.pid}/ns/mnt")
+        assert namespace != os.readlink("/proc/self/ns/mnt")
+        # Ray marks a node it lost a test ago dead only after missed heartbeats: wait for that,
+        # so that the count is of the nodes that really live (the head, the Cluster's, this one).
+        count = 1 + len(ray_cluster.cluster.worker_nodes) + 1
+        wait_for(lambda: len(live_ray_nodes()) == count, WAIT)
+        yield SimpleNamespace(id=blind, count=count, root=Path(f"/proc/{node.pid}/root"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGTERM)  # the raylet leaves the cluster, Ray notes it
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
+        if blind is not None:
+            wait_for(lambda: blind not in live_ray_nodes(), WAIT)
+        if namespace is not None:
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: not processes_in(namespace), 30)
+            left = processes_in(namespace)
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            assert not left, f"processes of the blind Ray node left running: {left}"
+
+
+def assert_the_cluster_reports_azfmounterror(env, name: str, blind) -> None:
+    """A cluster with one Batch AI node on every live Ray node (STRICT_SPREAD), so one lands on
+    the blind one: all its nodes turn unusable and it names that node and the share's folder.
+    Then it is deleted and its placement group goes."""
+    params = cluster_params(env.connection, env.files, blind.count)
+    env.client.clusters.create(RG, WS, name, params).result()
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count == blind.count else None)(
+            env.client.clusters.get(RG, WS, name)
+        ),
+        WAIT,
+    )
+    assert cluster.allocation_state == "steady" and cluster.current_node_count == blind.count
+    assert cluster.node_state_counts.idle_node_count == 0
+    (error,) = cluster.errors
+    assert error.code == "AZFMountError", error.message
+    assert error.message.startswith("Unable to mount Azure File share 'batchaiquickstart': ")
+    # named by its address and its Ray node ID, alone: the other nodes see the share
+    assert (
+        f"the node(s) at 127.0.0.1 (Ray node {blind.id}) cannot see the share's folder "
+        f"{env.share_dir}; every node must see the local cloud's state directory at the "
+        "same path (a shared filesystem)"
+    ) in error.message
+    (info,) = error.details
+    assert info.name == "Info"
+    assert info.value.endswith("/batchaiquickstart at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare")
+    uid = env.cloud.context.store.get_resource(cluster.id.lower()).extra["compute"]["uid"]
+    assert live_groups(uid)
+    env.client.clusters.delete(RG, WS, name).result()
+    wait_for(lambda: not live_groups(uid), 30)
+
+
+def test_a_ray_node_that_cannot_see_the_state_directory_makes_the_cluster_report_azfmounterror(
+    ray_cluster, ray_cloud, tmp_path
+):
+    env = sdk_env(ray_cloud, tmp_path, nodes=0)
+    with blind_ray_node(ray_cluster, Path(ray_cloud.state_dir), tmp_path / "blind.log") as blind:
+        assert_the_cluster_reports_azfmounterror(env, "blind", blind)
+        # The same path with the share's folder in it, on another filesystem (an NFS export
+        # that is not mounted, a folder made by hand): only the server's marker tells. The
+        # folder is made in the blind node's tmpfs through its root as /proc shows it.
+        (blind.root / env.share_dir.relative_to("/")).mkdir(parents=True)
+        assert_the_cluster_reports_azfmounterror(env, "lookalike", blind)

@@ -37,7 +37,8 @@ class Allocation:
     ``resizing``), with ``error`` in Batch AI's shape once it knows the nodes cannot be had
     now. ``addresses`` are the nodes' network addresses in order (None: the scheduler's own
     loopback addresses); ``bundles`` which slot of the backend each node holds;
-    ``unseen`` maps a folder the nodes must see (a share's) to the addresses that cannot."""
+    ``unseen`` maps a folder the nodes must see (a share's) to the nodes that cannot, each
+    named as the user finds it (its address, and the backend's own name for it if it has one)."""
 
     ready: bool
     addresses: list | None = None

@@ -380,7 +380,7 @@ class RayCompute(Compute):
         )
 
     def _unseen(self, group, count: int, folders: list) -> dict:
-        """{folder: [addresses of the Ray nodes that cannot see it]}."""
+        """{folder: [the Ray nodes that cannot see it, by address and Ray node ID]}."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from . import ray_node
@@ -403,7 +403,7 @@ class RayCompute(Compute):
                 else answer["missing"]
             )
             for folder in lost:
-                unseen.setdefault(folder, []).append(answer["address"])
+                unseen.setdefault(folder, []).append(answer["node"])
         return unseen
 
     def _register_by_value(self) -> None:

@@ -100,10 +100,13 @@ class NodeAgentActor:
 
 def sees(folders: list, marker: str | None) -> dict:
     """Which of ``folders`` this Ray node cannot see (a share folder missing, or a marker the
-    server wrote that is not there: the same path, but not the same filesystem)."""
+    server wrote that is not there: the same path, but not the same filesystem). The node is
+    named by its address and its Ray node ID: several Ray nodes may share one address (one host,
+    or pods behind one IP), and the ID is what ``ray list nodes`` shows."""
     import ray
 
     missing = [f for f in folders if not os.path.isdir(f)]
     if marker and not os.path.exists(marker):
         missing.append(os.path.dirname(marker))
-    return {"address": ray.util.get_node_ip_address(), "missing": missing}
+    node = f"{ray.util.get_node_ip_address()} (Ray node {ray.get_runtime_context().get_node_id()})"
+    return {"node": node, "missing": missing}
