@@ -20,6 +20,7 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 # One Batch AI node of the tutorial's size per one-CPU Ray node (docs/ray.md: the mapping).
 BUNDLES = "STANDARD_NC6=CPU:1"
 FIGURES = "QUICKSTART_RAY_FIGURES"  # a file the outer test reads the start-up time from
+TEMP_PREFIX = "QUICKSTART_RAY_TEMP_PREFIX"  # how the Ray cluster's temp folder is named
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,7 +41,8 @@ def ray_cluster():
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    temp = tempfile.mkdtemp(prefix="rayq-", dir="/tmp")  # short: Ray's socket paths
+    # short (Ray's socket paths), and named by the outer test so it checks only its own cluster
+    temp = tempfile.mkdtemp(prefix=os.environ.get(TEMP_PREFIX, "rayq-"), dir="/tmp")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     started = time.monotonic()
     cluster = Cluster(
