@@ -148,6 +148,94 @@ def test_the_allocation_error_names_what_the_ray_cluster_lacks():
     assert error["details"] == [{"name": "Missing", "value": "2 more Ray node(s) with 6 CPU"}]
 
 
+class ScriptedRef:
+    """An object ref: only its id is read."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def hex(self) -> str:
+        return self.name
+
+
+class ScriptedChecks:
+    """Ray's side of the mount checks, scripted: which refs answer, what they answer, and the
+    cancels asked for (``ray.wait``/``get``/``cancel``)."""
+
+    def __init__(self):
+        self.answers = {}  # ref -> answer (an Exception: the task failed)
+        self.cancelled = []
+        self.submitted = []
+
+    def submit(self, group, count, folders):
+        refs = [ScriptedRef(f"ref{len(self.submitted) + i}") for i in range(count)]
+        self.submitted += refs
+        return refs
+
+    def wait(self, refs, num_returns, timeout):
+        assert num_returns == len(refs) and timeout == 0  # never blocks the backend's pass
+        return [r for r in refs if r in self.answers], [r for r in refs if r not in self.answers]
+
+    def get(self, ref, timeout):
+        if isinstance(self.answers[ref], Exception):
+            raise self.answers[ref]
+        return self.answers[ref]
+
+    def cancel(self, ref, force):
+        assert force
+        self.cancelled.append(ref)
+
+
+def test_a_ray_node_whose_mount_check_never_answers_is_named_and_asked_again(monkeypatch):
+    ray = ScriptedChecks()
+    compute = ray_backend.RayCompute()
+    compute._ray = ray
+    compute._submit_checks = ray.submit
+    clock = [100.0]
+    monkeypatch.setattr(ray_backend.time, "monotonic", lambda: clock[0])
+    key = ("batchai-cluster-u-2", ("/share",))
+    named = ["10.0.0.4 (Ray node aaa)", "10.0.0.5 (Ray node bbb)"]
+    place = lambda: compute._checked("u", key, None, ["10.0.0.4", "10.0.0.5"], named)  # noqa: E731
+    assert place() is None  # the checks run
+    first, second = ray.submitted
+    ray.answers[first] = {"node": named[0], "missing": []}
+    clock[0] += ray_backend.CHECK_TIMEOUT - 1
+    assert place() is None and len(ray.submitted) == 2  # still within the timeout: no new ones
+    clock[0] += 1
+    allocation = place()
+    assert not allocation.ready and ray.cancelled == [second]
+    assert allocation.error["code"] == "AllocationFailed"
+    message = allocation.error["message"]
+    assert "did not answer within 60 s on 1 Ray node(s): 10.0.0.5 (Ray node bbb)." in message
+    assert "10.0.0.4" not in message and "ray list nodes" in message
+    assert "same Ray" in message and message.endswith("the cluster keeps trying.")
+    assert allocation.error["details"] == [
+        {"name": "Unanswered", "value": "10.0.0.5 (Ray node bbb)"}
+    ]
+    # asked again: both answer now, the second cannot see the share
+    assert place() is None and len(ray.submitted) == 4
+    third, fourth = ray.submitted[2:]
+    ray.answers[third] = {"node": named[0], "missing": []}
+    ray.answers[fourth] = {"node": named[1], "missing": ["/share"]}
+    allocation = place()
+    assert allocation.ready and allocation.error is None and ray.cancelled == [second]
+    assert allocation.addresses == ["10.0.0.4", "10.0.0.5"] and allocation.bundles == [0, 1]
+    assert allocation.unseen == {"/share": [named[1]]}
+    # a check that failed on its node says so; a resize (another group) cancels the old checks
+    assert place() is None
+    ray.answers[ray.submitted[4]] = RuntimeError("worker crashed")
+    clock[0] += ray_backend.CHECK_TIMEOUT
+    error = place().error["message"]
+    assert (
+        "did not answer within 60 s on 1 Ray node(s): 10.0.0.5 (Ray node bbb); it failed " in error
+    )
+    assert "failed on 1 Ray node(s): 10.0.0.4 (Ray node aaa): RuntimeError" in error
+    assert place() is None
+    waiting = ray.submitted[6:]
+    assert compute._checked("u", ("batchai-cluster-u-1", ("/share",)), None, ["x"], ["x"]) is None
+    assert ray.cancelled[-2:] == waiting
+
+
 def outcome(code, ended, error=None):
     return Outcome(code, "job", error, ended)
 

@@ -1,7 +1,7 @@
 """The local cloud on a real Ray cluster of two nodes on this host (issue 15), driven by the
 real SDK clients over HTTPS: the tutorial's job, a 2-node PyTorch rendezvous, a cluster that
 waits for Ray nodes, a restart that reattaches, a Ray node that dies under its job, and a Ray
-node that cannot see the shares."""
+node that cannot see the shares or cannot run the shares' check at all."""
 
 from __future__ import annotations
 
@@ -332,16 +332,18 @@ def processes_in(mount_namespace: str) -> list:
 
 
 @contextlib.contextmanager
-def blind_ray_node(ray_cluster, hidden: Path, log: Path):
+def blind_ray_node(ray_cluster, hidden: Path | None, log: Path, env: dict | None = None):
     """One more one-CPU Ray node, joined with ``ray start --block`` from its own mount namespace
-    where ``hidden`` is an empty tmpfs: the same path as the local cloud's state directory, not
-    the same filesystem. Yields its Ray node ID (``id``), how many live Ray nodes there are with
-    it (``count``), and its view of the filesystem (``root``, through /proc).
+    where ``hidden`` (if given) is an empty tmpfs: the same path as the local cloud's state
+    directory, not the same filesystem. ``env`` adds to its environment. Yields its Ray node ID
+    (``id``), how many live Ray nodes there are with it (``count``), its view of the filesystem
+    (``root``, through /proc) and a process in its namespace (``pid``).
     Afterwards its processes are gone and Ray has marked it dead."""
     known = live_ray_nodes()
+    mount = '{ [ -z "$1" ] || mount -t tmpfs tmpfs "$1"; } && shift && exec "$@"'
     argv = [
         *("unshare", "--mount", "--propagation", "private"),
-        *("sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"', "sh", str(hidden)),
+        *("sh", "-c", mount, "sh", str(hidden or "")),
         *(str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats"),
         *("--address", ray_cluster.address, "--temp-dir", ray_cluster.temp),
         *("--num-cpus", str(NODE["num_cpus"])),
@@ -349,7 +351,13 @@ def blind_ray_node(ray_cluster, hidden: Path, log: Path):
         *("--min-worker-port", "0", "--max-worker-port", "0", "--dashboard-agent-listen-port", "0"),
     ]
     with open(log, "w") as out:
-        node = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        node = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     blind, namespace = None, None
     try:
         joined = wait_for(lambda: node.poll() is not None or live_ray_nodes() - known, WAIT)
@@ -361,7 +369,9 @@ def blind_ray_node(ray_cluster, hidden: Path, log: Path):
         # so that the count is of the nodes that really live (the head, the Cluster's, this one).
         count = 1 + len(ray_cluster.cluster.worker_nodes) + 1
         wait_for(lambda: len(live_ray_nodes()) == count, WAIT)
-        yield SimpleNamespace(id=blind, count=count, root=Path(f"/proc/{node.pid}/root"))
+        yield SimpleNamespace(
+            id=blind, count=count, root=Path(f"/proc/{node.pid}/root"), pid=node.pid
+        )
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.pid, signal.SIGTERM)  # the raylet leaves the cluster, Ray notes it
@@ -426,3 +436,64 @@ def test_a_ray_node_that_cannot_see_the_state_directory_makes_the_cluster_report
         # folder is made in the blind node's tmpfs through its root as /proc shows it.
         (blind.root / env.share_dir.relative_to("/")).mkdir(parents=True)
         assert_the_cluster_reports_azfmounterror(env, "lookalike", blind)
+
+
+def in_namespace_of(node, *argv: str) -> None:
+    """Run ``argv`` in the Ray node's mount namespace (``nsenter``), as root there."""
+    subprocess.run(["nsenter", "-t", str(node.pid), "-m", *argv], check=True, timeout=30)
+
+
+def test_a_ray_node_that_runs_no_check_keeps_the_cluster_resizing_with_an_error_naming_it(
+    ray_cluster, ray_cloud, tmp_path, monkeypatch
+):
+    """A Ray node that cannot start a Ray worker (its Python cannot find Ray's worker script:
+    as if its environment were hidden) never runs the cluster's mount check. The cluster stays
+    ``resizing`` with ``AllocationFailed`` naming that node and what to check; once the node can
+    start workers again the cluster turns ``steady`` and the error goes. The node's raylet waits
+    ``RAY_worker_register_timeout_seconds`` for a worker that never registers before it starts
+    another; shortened here, as is the local cloud's CHECK_TIMEOUT (in this process)."""
+    import ray._private.workers
+
+    from quickstart.localcloud.batchai.backends import ray_backend
+
+    monkeypatch.setattr(ray_backend, "CHECK_TIMEOUT", 5.0)
+    workers = str(Path(ray._private.workers.__file__).parent)
+    env = sdk_env(ray_cloud, tmp_path, nodes=0)
+    quick = {"RAY_worker_register_timeout_seconds": "10"}
+    with blind_ray_node(ray_cluster, None, tmp_path / "silent.log", env=quick) as silent:
+        in_namespace_of(silent, "mount", "-t", "tmpfs", "tmpfs", workers)
+        params = cluster_params(env.connection, env.files, silent.count)
+        env.client.clusters.create(RG, WS, "silent", params).result()
+        named = f"127.0.0.1 (Ray node {silent.id})"
+        cluster = wait_for(
+            lambda: (lambda c: c if any(named in e.message for e in c.errors or []) else None)(
+                env.client.clusters.get(RG, WS, "silent")
+            ),
+            WAIT,
+        )
+        assert cluster.allocation_state == "resizing" and cluster.current_node_count == 0
+        (error,) = cluster.errors
+        assert error.code == "AllocationFailed", error.message
+        assert error.message.startswith(
+            f"Allocation failed: Ray placed the cluster's {silent.count} node(s), but the check "
+            "that each node sees the shares (a small Ray task in its bundle) did not answer "
+            "within 5 s on "
+        )
+        assert (
+            "(ray list nodes) and runs Python with the same Ray as the local cloud and can "
+            "start Ray workers"
+        ) in error.message
+        assert error.message.endswith("the cluster keeps trying.")
+        (unanswered,) = error.details
+        assert unanswered.name == "Unanswered" and named in unanswered.value
+        in_namespace_of(silent, "umount", workers)  # the node can start workers again
+        cluster = wait_for(
+            lambda: (lambda c: c if c.node_state_counts.idle_node_count == silent.count else None)(
+                env.client.clusters.get(RG, WS, "silent")
+            ),
+            WAIT,
+        )
+        assert cluster.allocation_state == "steady" and not cluster.errors
+        uid = env.cloud.context.store.get_resource(cluster.id.lower()).extra["compute"]["uid"]
+        env.client.clusters.delete(RG, WS, "silent").result()
+        wait_for(lambda: not live_groups(uid), 30)

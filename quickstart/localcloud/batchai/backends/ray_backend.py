@@ -13,7 +13,11 @@
 * When the group is placed, a small task in each bundle checks that its Ray node sees the
   shares' folders and a marker the server wrote (the state directory must be on a filesystem
   every Ray node mounts at the same path); a node that does not makes the cluster report
-  ``AZFMountError``, as a failed Azure Files mount did.
+  ``AZFMountError``, as a failed Azure Files mount did. A node whose check does not answer
+  within ``CHECK_TIMEOUT`` (it cannot start Ray workers, or hangs) keeps the cluster
+  ``resizing`` with an ``AllocationFailed`` naming it; its check is cancelled and asked again
+  until it answers. The checks are followed across passes, never waited on, so one silent
+  node does not hold up other clusters.
 * A job's node is a detached, named actor in its node's bundle (ray_node.NodeAgentActor)
   running the node agent with the job's plan, restricted to that node's processes; each
   node records its own outcome beside the job's output and the probe combines them (the first
@@ -55,6 +59,7 @@ NODES_DIR = "nodes"
 PLACEMENT_GRACE = 1.5  # seconds a group may stay pending before the cluster shows why
 LIVENESS_INTERVAL = 1.0  # seconds between asking a job's actors whether they live
 START_TIMEOUT = 60.0  # seconds for a job's actors to be placed and start their agents
+CHECK_TIMEOUT = 60.0  # seconds for every node of a placed cluster to answer the mount check
 
 # Cores and GPUs of the VM sizes Batch AI offered (Azure's published sizes). A bundle asks
 # for {"CPU": cores, "GPU": gpus}; ``ray_bundles`` overrides any of them.
@@ -93,6 +98,15 @@ VM_SIZES = {
     "STANDARD_F16S_V2": (16, 0),
 }
 UNKNOWN_SIZE = (1, 0)
+
+
+@dataclasses.dataclass
+class _Check:
+    """A placed cluster's mount checks in flight: for which group and folders, since when."""
+
+    key: tuple  # (placement group name, folders)
+    refs: list  # one task per bundle, in bundle order
+    since: float
 
 
 def parse_bundles(text) -> dict:
@@ -150,6 +164,7 @@ class RayCompute(Compute):
         self._stopping = threading.Event()
         self._thread = None
         self._marker = None
+        self._checks: dict = {}  # cluster uid -> _Check in flight
 
     @classmethod
     def from_options(cls, options: dict) -> RayCompute:
@@ -220,6 +235,8 @@ class RayCompute(Compute):
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        with self._lock:
+            self._checks.clear()  # their refs belong to this connection
         if self._connected_here and self._ray is not None:
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
@@ -254,6 +271,9 @@ class RayCompute(Compute):
         with self._lock:
             self._wanted.pop(cluster_uid, None)
             self._known.pop(cluster_uid, None)
+            check = self._checks.pop(cluster_uid, None)
+        if check is not None:
+            self._cancel(check.refs)
         for group in self._groups(cluster_uid):
             self._remove_group(group)
 
@@ -352,12 +372,8 @@ class RayCompute(Compute):
         node_ips = {n["NodeID"]: n["NodeManagerAddress"] for n in self._ray.nodes()}
         places = entry["bundles_to_node_id"]
         addresses = [node_ips.get(places.get(i), "") for i in range(count)]
-        return Allocation(
-            ready=True,
-            addresses=addresses,
-            bundles=list(range(count)),
-            unseen=self._unseen(group, count, folders),
-        )
+        named = [f"{addresses[i] or '?'} (Ray node {places.get(i)})" for i in range(count)]
+        return self._checked(uid, (name, tuple(folders)), group, addresses, named)
 
     def _shortage(self, count: int, vm_size: str, bundle: dict) -> dict:
         nodes = [n for n in self._ray.nodes() if n.get("Alive")]
@@ -379,15 +395,66 @@ class RayCompute(Compute):
             {"Missing": what},
         )
 
-    def _unseen(self, group, count: int, folders: list) -> dict:
-        """{folder: [the Ray nodes that cannot see it, by address and Ray node ID]}."""
+    def _checked(self, uid: str, key: tuple, group, addresses: list, named: list):
+        """The placed cluster's Allocation once every bundle's mount check has answered (the
+        folders its nodes cannot see in ``unseen``); an ``AllocationFailed`` naming the nodes
+        whose checks did not answer within CHECK_TIMEOUT (cancelled: the next pass asks
+        again); None while the checks run."""
+        with self._lock:
+            check = self._checks.get(uid)
+        if check is not None and check.key != key:  # a resize or other shares: ask anew
+            self._cancel(check.refs)
+            check = None
+        if check is None:
+            refs = self._submit_checks(group, len(addresses), list(key[1]))
+            check = _Check(key, refs, time.monotonic())
+            with self._lock:
+                self._checks[uid] = check
+        try:
+            ready, waiting = self._ray.wait(check.refs, num_returns=len(check.refs), timeout=0)
+        except Exception:
+            with self._lock:
+                self._checks.pop(uid, None)  # refs Ray no longer knows: ask again next pass
+            raise
+        if waiting and time.monotonic() - check.since < CHECK_TIMEOUT:
+            return None
+        with self._lock:
+            if self._checks.get(uid) is check:
+                self._checks.pop(uid)
+        self._cancel(waiting)
+        unanswered = {ref.hex() for ref in waiting}
+        answers, silent, failed = [], [], []
+        for node, ref in zip(named, check.refs, strict=True):
+            if ref.hex() in unanswered:
+                silent.append(node)
+                continue
+            try:
+                answers.append(self._ray.get(ref, timeout=10))
+            except Exception as err:  # the task failed on its node (a worker that crashed)
+                failed.append(f"{node}: {type(err).__name__}")
+        if silent or failed:
+            log.warning(
+                "cluster %s: the mount check did not answer on %s; asking again",
+                uid,
+                ", ".join(silent + failed),
+            )
+            return Allocation(ready=False, error=self._silence(len(named), silent, failed))
+        return Allocation(
+            ready=True,
+            addresses=addresses,
+            bundles=list(range(len(addresses))),
+            unseen=self._unseen(answers, list(key[1])),
+        )
+
+    def _submit_checks(self, group, count: int, folders: list) -> list:
+        """One ray_node.sees task in each of the group's bundles: their object refs."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from . import ray_node
 
         self._register_by_value()
         check = self._ray.remote(num_cpus=0)(ray_node.sees)
-        refs = [
+        return [
             check.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     group, placement_group_bundle_index=i
@@ -395,8 +462,39 @@ class RayCompute(Compute):
             ).remote(folders, self._marker)
             for i in range(count)
         ]
+
+    def _cancel(self, refs: list) -> None:
+        """Stop checks that did not answer, so that asking again does not pile them up."""
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+
+    @staticmethod
+    def _silence(count: int, silent: list, failed: list) -> dict:
+        """Batch AI's allocation error for placed nodes whose Ray node runs no check."""
+        parts = []
+        if silent:
+            parts.append(
+                f"did not answer within {CHECK_TIMEOUT:g} s on {len(silent)} Ray node(s): "
+                f"{', '.join(silent)}"
+            )
+        if failed:
+            parts.append(f"failed on {len(failed)} Ray node(s): {', '.join(failed)}")
+        nodes = [*silent, *(f.rsplit(": ", 1)[0] for f in failed)]
+        return job_error(
+            "AllocationFailed",
+            f"Allocation failed: Ray placed the cluster's {count} node(s), but the check that "
+            f"each node sees the shares (a small Ray task in its bundle) {'; it '.join(parts)}. "
+            "Check that each of them is alive (ray list nodes) and runs Python with the same "
+            "Ray as the local cloud and can start Ray workers (its raylet's log says why one "
+            "does not start); the cluster keeps trying.",
+            {"Unanswered": ", ".join(nodes)},
+        )
+
+    def _unseen(self, answers: list, folders: list) -> dict:
+        """{folder: [the Ray nodes that cannot see it, by address and Ray node ID]}."""
         unseen: dict = {}
-        for answer in self._ray.get(refs, timeout=START_TIMEOUT):
+        for answer in answers:
             lost = (
                 folders
                 if self._marker and os.path.dirname(self._marker) in answer["missing"]
