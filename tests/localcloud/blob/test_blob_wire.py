@@ -1,0 +1,445 @@
+"""Azure Blob as a client sees it on the wire: the status, error code and message of every
+malformed request the service refuses (and that the refusal changes nothing), the headers and
+XML of the answers, block list types, committed blocks reused in any order, and a commit on a
+file system without ``copy_file_range``. Raw HTTPS (signed with the account key) where the SDK
+cannot send the request or hides the answer; the real BlockBlobService elsewhere."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import ssl
+import time
+from email.utils import formatdate
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+import pytest
+import requests
+from azure.common import AzureHttpError
+from azure.storage.blob.models import BlobBlock, Include
+
+from quickstart.localcloud import LocalCloud
+from quickstart.localcloud.files.sharedkey import sign, string_to_sign
+from tests.conftest import make_blob_service
+from tests.localcloud.fuzzing import FuzzTarget
+
+TARGET = "data/target.bin"  # a committed blob of two blocks, and one pending block
+SECOND = base64.b64encode(b"second").decode()
+PENDING = base64.b64encode(b"pendin").decode()
+FIRST = base64.b64encode(b"first!").decode()
+
+
+def wire(block_id: str) -> str:
+    """The id on the wire of a block the SDK names ``block_id`` (it base64-encodes it again)."""
+    return base64.b64encode(block_id.encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    cloud = LocalCloud(tmp_path_factory.mktemp("blob-wire") / "localcloud", port=0)
+    cloud.start()
+    try:
+        yield cloud
+    finally:
+        cloud.stop()
+
+
+@pytest.fixture(scope="module")
+def raw(cloud):
+    return FuzzTarget(cloud)
+
+
+@pytest.fixture
+def blobs(cloud):
+    """The account's service, with a fresh container "data" holding TARGET."""
+    service = make_blob_service(cloud.connection)
+    service.delete_container("data")
+    service.create_container("data")
+    service.put_block("data", "target.bin", b"AAAA", FIRST)
+    service.put_block("data", "target.bin", b"BB", SECOND)
+    service.put_block_list("data", "target.bin", [BlobBlock(FIRST), BlobBlock(SECOND)])
+    service.put_block("data", "target.bin", b"pending", PENDING)
+    return service
+
+
+def stored(service) -> tuple:
+    """What a user could see of the container: its blobs, TARGET's bytes and its blocks."""
+    blocks = service.get_block_list("data", "target.bin", block_list_type="all")
+    return (
+        [b.name for b in service.list_blobs("data")],
+        service.get_blob_to_bytes("data", "target.bin").content,
+        [(b.id, b.size) for b in blocks.committed_blocks],
+        [(b.id, b.size) for b in blocks.uncommitted_blocks],
+    )
+
+
+def error(answer: requests.Response) -> tuple[int, str, str]:
+    """(status, error code, message) of a storage error answer, checked to agree."""
+    body = ElementTree.fromstring(answer.content)
+    assert body.tag == "Error" and body.findtext("Code") == answer.headers["x-ms-error-code"]
+    return answer.status_code, body.findtext("Code"), body.findtext("Message")
+
+
+def md5_of(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def block_list(*entries: str) -> bytes:
+    return ('<?xml version="1.0" encoding="utf-8"?>' + "".join(entries)).encode()
+
+
+OFFSET_ID = base64.b64encode(b"%032d" % 0).decode()  # an id the SDK's form: staged in place
+BLOCK = {"comp": "block"}
+LIST = {"comp": "blocklist"}
+CONTAINER = {"restype": "container"}
+
+# (method, path, query, headers, body) -> (status, code, the start of the message)
+REFUSED = {
+    "put block without blockid": (
+        ("PUT", TARGET, BLOCK, {}, b"x"),
+        (400, "MissingRequiredQueryParameter", "Put Block needs the blockid parameter."),
+    ),
+    "blockid not base64": (
+        ("PUT", TARGET, {**BLOCK, "blockid": "!!"}, {}, b"x"),
+        (400, "InvalidQueryParameterValue", "blockid '!!' must be base64 of 1 to 64 bytes."),
+    ),
+    "blockid of 65 bytes": (
+        ("PUT", TARGET, {**BLOCK, "blockid": base64.b64encode(b"i" * 65).decode()}, {}, b"x"),
+        (400, "InvalidQueryParameterValue", "blockid '"),
+    ),
+    "blockid of another length than the blob's": (
+        ("PUT", TARGET, {**BLOCK, "blockid": base64.b64encode(b"longer id").decode()}, {}, b"x"),
+        (400, "InvalidBlobOrBlock", "The specified blob or block content is invalid: every block"),
+    ),
+    "staged block with a wrong Content-MD5": (
+        (
+            "PUT",
+            "data/new.bin",
+            {**BLOCK, "blockid": OFFSET_ID},
+            {"Content-MD5": md5_of(b"y")},
+            b"x",
+        ),
+        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+    ),
+    "plain block with a wrong Content-MD5": (
+        ("PUT", TARGET, {**BLOCK, "blockid": wire(FIRST)}, {"Content-MD5": md5_of(b"y")}, b"x"),
+        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+    ),
+    "block list that is not XML": (
+        ("PUT", TARGET, LIST, {}, b"not xml"),
+        (400, "InvalidXmlDocument", "The block list is not well-formed XML: "),
+    ),
+    "block list under another root": (
+        ("PUT", TARGET, LIST, {}, block_list(f"<List><Latest>{FIRST}</Latest></List>")),
+        (400, "InvalidXmlDocument", "The block list's root element must be <BlockList>."),
+    ),
+    "block list entry of an unknown kind": (
+        ("PUT", TARGET, LIST, {}, block_list(f"<BlockList><Newest>{FIRST}</Newest></BlockList>")),
+        (400, "InvalidXmlNodeValue", "<Newest> in the block list: use Latest, Committed or"),
+    ),
+    "block list of 50,001 blocks": (
+        (
+            "PUT",
+            TARGET,
+            LIST,
+            {},
+            block_list("<BlockList>", f"<Latest>{FIRST}</Latest>" * 50_001, "</BlockList>"),
+        ),
+        (400, "BlockListTooLong", "A blob may have at most 50000 blocks."),
+    ),
+    "a pending block listed as committed": (
+        (
+            "PUT",
+            TARGET,
+            LIST,
+            {},
+            block_list(f"<BlockList><Committed>{wire(PENDING)}</Committed></BlockList>"),
+        ),
+        (400, "InvalidBlockList", "The specified block list is invalid."),
+    ),
+    "a committed block listed as uncommitted": (
+        (
+            "PUT",
+            TARGET,
+            LIST,
+            {},
+            block_list(f"<BlockList><Uncommitted>{wire(SECOND)}</Uncommitted></BlockList>"),
+        ),
+        (400, "InvalidBlockList", "The specified block list is invalid."),
+    ),
+    "list blobs including an unknown dataset": (
+        ("GET", "data", {**CONTAINER, "comp": "list", "include": "metadata,bogus"}, {}, None),
+        (400, "InvalidQueryParameterValue", "include=bogus is not one of copy, deleted, metadata"),
+    ),
+    "list blobs with maxresults 0": (
+        ("GET", "data", {**CONTAINER, "comp": "list", "maxresults": "0"}, {}, None),
+        (400, "OutOfRangeQueryParameterValue", "maxresults '0' must be a whole number from 1"),
+    ),
+    "delete a missing container": (
+        ("DELETE", "missing", CONTAINER, {}, None),
+        (404, "ContainerNotFound", "The specified container does not exist."),
+    ),
+    "a public container": (
+        ("PUT", "public", CONTAINER, {"x-ms-blob-public-access": "blob"}, None),
+        (400, "InvalidHeaderValue", "x-ms-blob-public-access 'blob': the local cloud allows no"),
+    ),
+    "an account request other than List Containers": (
+        ("PUT", "", {"comp": "list"}, {}, None),
+        (400, "UnsupportedQueryParameter", "The local cloud's Azure Blob supports only GET ?comp="),
+    ),
+    "the service's properties": (
+        ("GET", "", {"restype": "service", "comp": "properties"}, {}, None),
+        (400, "UnsupportedQueryParameter", "The local cloud's Azure Blob supports only GET ?comp="),
+    ),
+    "List Containers of a newer API version": (
+        ("GET", "", {"comp": "list"}, {"x-ms-version": "2099-01-01"}, None),
+        (400, "InvalidHeaderValue", "The API version 2099-01-01 is not supported by the local"),
+    ),
+    "an Azure Files request": (
+        ("PUT", "share", {"restype": "share"}, {}, None),
+        (400, "InvalidUri", "This is the local cloud's Azure Blob endpoint and the request is an"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_a_malformed_request_gets_azures_status_code_and_message_and_changes_nothing(
+    raw, blobs, case
+):
+    (method, path, query, headers, body), (status, code, message) = REFUSED[case]
+    before = stored(blobs)
+    if "x-ms-version" in headers:  # FuzzTarget sends its own version; this one as given
+        answer = send_signed(raw, method, path, query, headers, body)
+    else:
+        answer = raw.blob(method, path, query, headers, body)
+    got_status, got_code, got_message = error(answer)
+    assert (got_status, got_code) == (status, code)
+    assert got_message.startswith(message), got_message
+    if case == "List Containers of a newer API version":
+        assert "serves Azure Blob up to" in got_message
+    assert stored(blobs) == before
+    assert not blobs.exists("public") and not blobs.exists("data", "new.bin")
+
+
+def send_signed(raw, method, path, query, headers, body):
+    request = requests.Request(
+        method, f"{raw.blob_base}/{path}", params=query, headers=headers, data=body
+    )
+    prepared = raw.session.prepare_request(request)
+    prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
+    raw_path, _, raw_query = prepared.path_url.partition("?")
+    canonical = string_to_sign(method, prepared.headers, raw_path, raw_query, raw.account)
+    prepared.headers["Authorization"] = f"SharedKey {raw.account}:{sign(raw.key, canonical)}"
+    return raw.session.send(prepared, timeout=60)
+
+
+def test_a_block_id_of_64_bytes_is_accepted(raw, blobs):
+    answer = raw.blob(
+        "PUT", "data/long.bin", {**BLOCK, "blockid": base64.b64encode(b"i" * 64)}, {}, b"x"
+    )
+    assert answer.status_code == 201
+    assert [
+        b.size
+        for b in blobs.get_block_list(
+            "data", "long.bin", block_list_type="uncommitted"
+        ).uncommitted_blocks
+    ] == [1]
+
+
+@pytest.mark.parametrize("block_id", [OFFSET_ID, wire(FIRST)], ids=["staged", "plain"])
+def test_put_block_echoes_a_content_md5_it_checked(raw, blobs, block_id):
+    body = b"checked bytes"
+    query = {**BLOCK, "blockid": block_id}
+    answer = raw.blob("PUT", "data/md5.bin", query, {"Content-MD5": md5_of(body)}, body)
+    assert answer.status_code == 201
+    assert answer.headers["Content-MD5"] == md5_of(body)
+    assert answer.headers["x-ms-request-server-encrypted"] == "true"
+    listed = block_list(f"<BlockList><Latest>{block_id}</Latest></BlockList>")
+    assert raw.blob("PUT", "data/md5.bin", LIST, {}, listed).status_code == 201
+    assert blobs.get_blob_to_bytes("data", "md5.bin").content == body
+
+
+def test_answers_carry_azures_status_headers_and_content_type(raw, blobs):
+    metadata = raw.blob("PUT", TARGET, {"comp": "metadata"}, {"x-ms-meta-k": "v"})
+    properties = raw.blob("PUT", TARGET, {"comp": "properties"}, {"x-ms-blob-content-type": "a/b"})
+    for answer in (metadata, properties):
+        assert answer.status_code == 200
+        assert answer.headers["ETag"].startswith('"0x') and answer.headers["Last-Modified"]
+    read = raw.blob("GET", TARGET, {"comp": "metadata"})
+    assert read.headers["x-ms-meta-k"] == "v" and read.headers["Last-Modified"]
+    head = raw.blob("HEAD", TARGET, {})
+    assert head.headers["Content-Length"] == "6" and head.headers["Content-Type"] == "a/b"
+
+    listed = raw.blob("GET", TARGET, LIST, {})
+    assert listed.headers["Content-Type"] == "application/xml"
+    assert listed.headers["ETag"] == head.headers["ETag"]
+    assert listed.headers["Last-Modified"] == head.headers["Last-Modified"]
+    assert listed.headers["x-ms-blob-content-length"] == "6"
+    blobs.put_block("data", "only-pending.bin", b"p", FIRST)
+    pending = raw.blob("GET", "data/only-pending.bin", {**LIST, "blocklisttype": "all"})
+    assert pending.status_code == 200 and "ETag" not in pending.headers
+
+    committed = raw.blob(
+        "PUT",
+        TARGET,
+        LIST,
+        {},
+        block_list(f"<BlockList><Latest>{wire(PENDING)}</Latest></BlockList>"),
+    )
+    assert committed.status_code == 201
+    md5 = committed.headers.get("Content-MD5")
+    assert md5 is None or len(base64.b64decode(md5)) == 16
+    for query in ({"comp": "list"}, {**CONTAINER, "comp": "list"}):
+        answer = raw.blob("GET", "data" if "restype" in query else "", query)
+        assert answer.status_code == 200
+        assert answer.headers["Content-Type"] == "application/xml"
+    assert raw.blob("DELETE", TARGET, {}).status_code == 202
+    assert not blobs.exists("data", "target.bin")
+
+
+def test_get_block_list_shows_the_kind_asked_for_and_committed_blocks_reuse_in_any_order(blobs):
+    # TARGET is FIRST (AAAA) then SECOND (BB), with PENDING uncommitted
+    default = blobs.get_block_list("data", "target.bin")
+    assert [b.id for b in default.committed_blocks] == [FIRST, SECOND]
+    assert default.uncommitted_blocks == []
+    pending = blobs.get_block_list("data", "target.bin", block_list_type="uncommitted")
+    assert pending.committed_blocks == [] and [b.id for b in pending.uncommitted_blocks] == [
+        PENDING
+    ]
+    every = blobs.get_block_list("data", "target.bin", block_list_type="all")
+    assert [b.size for b in every.committed_blocks] == [4, 2]
+    assert [b.size for b in every.uncommitted_blocks] == [7]
+
+    reordered = [BlobBlock(SECOND, "Committed"), BlobBlock(FIRST, "Committed")]
+    blobs.put_block_list("data", "target.bin", reordered)
+    assert blobs.get_blob_to_bytes("data", "target.bin").content == b"BBAAAA"
+    blobs.put_block_list("data", "target.bin", [BlobBlock(FIRST, "Committed")] * 2)
+    assert blobs.get_blob_to_bytes("data", "target.bin").content == b"AAAAAAAA"
+    # a blob with only uncommitted blocks has a block list too, and no committed ones
+    blobs.put_block("data", "fresh.bin", b"new", FIRST)
+    fresh = blobs.get_block_list("data", "fresh.bin", block_list_type="all")
+    assert fresh.committed_blocks == [] and [b.size for b in fresh.uncommitted_blocks] == [3]
+
+
+def test_listings_carry_every_property_the_sdk_reads(raw, blobs):
+    for name in ("0-first.txt", "A-upper.txt", "dir/b.txt"):
+        blobs.create_blob_from_text("data", name, "twelve bytes", metadata={"m": name[0]})
+    names = [b.name for b in blobs.list_blobs("data")]
+    assert names == ["0-first.txt", "A-upper.txt", "dir/b.txt", "target.bin"]
+    listed = {
+        b.name: b for b in blobs.list_blobs("data", include=Include(metadata=True, copy=True))
+    }
+    entry = listed["A-upper.txt"]
+    direct = blobs.get_blob_properties("data", "A-upper.txt")
+    assert entry.metadata == {"m": "A"}
+    assert entry.properties.content_length == 12
+    assert entry.properties.etag == direct.properties.etag
+    assert entry.properties.last_modified == direct.properties.last_modified
+    assert entry.properties.creation_time == direct.properties.creation_time
+    assert entry.properties.blob_type == "BlockBlob" and entry.properties.blob_tier == "Hot"
+    assert entry.properties.lease.status == "unlocked"
+    assert entry.properties.lease.state == "available"
+    assert entry.properties.server_encrypted is True
+    # the XML itself: nothing outside its elements
+    answer = raw.blob("GET", "data", {**CONTAINER, "comp": "list", "include": "metadata"})
+    root = ElementTree.fromstring(answer.content)
+    assert root.get("ContainerName") == "data" and root.findtext("Marker") == ""
+    for element in root.iter():
+        assert not (element.tail or "").strip() and (
+            len(element) == 0 or not (element.text or "").strip()
+        )
+
+    container = blobs.get_container_properties("data").properties
+    assert container.last_modified and container.etag
+    assert (container.lease.status, container.lease.state) == ("unlocked", "available")
+    assert container.has_immutability_policy is False and container.has_legal_hold is False
+    blobs.create_container("zzz")
+    (first,) = blobs.list_containers(prefix="data")
+    assert (first.properties.lease_status, first.properties.lease_state) == (
+        "unlocked",
+        "available",
+    )
+    assert first.properties.last_modified == container.last_modified
+    assert first.properties.has_legal_hold == "false"
+    page = blobs.list_containers(num_results=1)
+    assert [c.name for c in page] == ["data"] and page.next_marker == "zzz"
+    assert [c.name for c in blobs.list_containers(marker=page.next_marker)] == ["zzz"]
+    blobs.delete_container("zzz")
+
+
+def test_an_unsupported_operation_on_a_container_or_blob_names_it(raw, blobs):
+    for method, path, query, code in (
+        ("POST", "data", CONTAINER, "UnsupportedQueryParameter"),
+        ("POST", TARGET, {}, "UnsupportedHttpVerb"),
+        ("PUT", TARGET, {"comp": "snapshot"}, "UnsupportedQueryParameter"),
+    ):
+        status, got, message = error(raw.blob(method, path, query))
+        assert (status, got) == (400, code)
+        assert message.startswith(f"The local cloud's Azure Blob does not support {method}")
+
+
+def failing_copy(limit: int | None):
+    """An os.copy_file_range that copies at most ``limit`` bytes once and then fails, as on a
+    file system without it (``None``: fails at once)."""
+    calls = []
+
+    def copy(source, out, count, *args):
+        calls.append(count)
+        if limit is None or len(calls) > 1:
+            raise OSError(95, "Operation not supported")
+        return real_copy(source, out, min(count, limit), *args)
+
+    real_copy = os.copy_file_range
+    return copy, calls
+
+
+@pytest.mark.parametrize("limit", [None, 1000], ids=["no copy_file_range", "a short copy"])
+def test_a_commit_that_copies_blocks_is_exact_without_copy_file_range(blobs, monkeypatch, limit):
+    first, second = os.urandom(1536 * 1024), os.urandom(3000)
+    blobs.put_block("data", "copied.bin", first, FIRST)
+    blobs.put_block("data", "copied.bin", second, SECOND)
+    copy, calls = failing_copy(limit)
+    monkeypatch.setattr(os, "copy_file_range", copy)
+    blobs.put_block_list("data", "copied.bin", [BlobBlock(SECOND), BlobBlock(FIRST)])
+    monkeypatch.undo()
+    assert calls  # the commit did copy
+    assert blobs.get_blob_to_bytes("data", "copied.bin").content == second + first
+
+
+def test_a_put_block_cut_off_mid_body_keeps_no_block(cloud, raw, blobs):
+    """A client that promises a staged block and hangs up: the block is never listed, the
+    server answers 400 (in its access log: the client is gone), and it serves on."""
+    size = 1024 * 1024
+    request = requests.Request(
+        "PUT", f"{raw.blob_base}/data/cut.bin", params={**BLOCK, "blockid": OFFSET_ID}
+    )
+    prepared = raw.session.prepare_request(request)
+    prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
+    prepared.headers["x-ms-version"] = "2018-03-28"
+    prepared.headers["Content-Length"] = str(size)
+    raw_path, _, raw_query = prepared.path_url.partition("?")
+    canonical = string_to_sign("PUT", prepared.headers, raw_path, raw_query, raw.account)
+    prepared.headers["Authorization"] = f"SharedKey {raw.account}:{sign(raw.key, canonical)}"
+    head = f"PUT {prepared.path_url} HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in prepared.headers.items()
+    )
+    url = urlsplit(cloud.base_url)
+    context = ssl.create_default_context(cafile=cloud.connection["ca_cert"])
+    with socket.create_connection((url.hostname, url.port), timeout=10) as plain:
+        with context.wrap_socket(plain, server_hostname=url.hostname) as tls:
+            tls.sendall(head.encode() + b"\r\n" + b"\xee" * (size // 4))
+            tls.shutdown(socket.SHUT_WR)
+    access = cloud.state_dir / "access.log"
+    deadline = time.monotonic() + 10
+    cut = []
+    while time.monotonic() < deadline and not cut:
+        cut = [line for line in access.read_text().splitlines() if "cut.bin?comp=block" in line]
+        time.sleep(0.05)
+    assert len(cut) == 1 and " 400 " in cut[0]
+    assert raw.tracebacks() == 0
+    with pytest.raises(AzureHttpError) as caught:
+        blobs.get_block_list("data", "cut.bin", block_list_type="all")
+    assert caught.value.error_code == "BlobNotFound"
