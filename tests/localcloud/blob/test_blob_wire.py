@@ -443,3 +443,51 @@ def test_a_put_block_cut_off_mid_body_keeps_no_block(cloud, raw, blobs):
     with pytest.raises(AzureHttpError) as caught:
         blobs.get_block_list("data", "cut.bin", block_list_type="all")
     assert caught.value.error_code == "BlobNotFound"
+
+
+def test_a_blob_a_job_replaced_through_a_mount_loses_the_old_properties(cloud, blobs):
+    """Properties belong to one version of the file: a file a job wrote over a blob (through a
+    blob mount) is a new blob with default properties, created when the file was written."""
+    blobs.create_blob_from_text("data", "model.dnn", "v1", metadata={"epoch": "1"})
+    uploaded = blobs.get_blob_properties("data", "model.dnn")
+    assert uploaded.metadata == {"epoch": "1"}
+    assert (uploaded.properties.lease.status, uploaded.properties.lease.state) == (
+        "unlocked",
+        "available",
+    )
+    assert uploaded.properties.server_encrypted is True
+    path = cloud.state_dir / "containers" / "data" / "model.dnn"
+    path.write_bytes(b"version two")
+    os.utime(path, (1_600_000_000, 1_600_000_000))  # 2020-09-13, long before this test
+    replaced = blobs.get_blob_properties("data", "model.dnn")
+    assert replaced.metadata == {} and replaced.properties.content_length == 11
+    assert replaced.properties.content_settings.content_type == "application/octet-stream"
+    assert replaced.properties.creation_time.year == 2020
+    assert replaced.properties.creation_time == replaced.properties.last_modified
+
+
+def test_the_last_page_of_a_listing_has_a_next_marker_only_when_more_follow(blobs):
+    for name in ("a", "b"):
+        blobs.create_blob_from_text("data", name, name)
+    for size in (5000, 2):  # data holds a, b and target.bin
+        first = blobs.list_blobs("data", num_results=size)
+        assert [b.name for b in first][:2] == ["a", "b"]
+        assert first.next_marker == ("target.bin" if size == 2 else "")
+    assert [b.name for b in blobs.list_blobs("data", num_results=3)] == ["a", "b", "target.bin"]
+    answer = blobs.list_blobs("data", num_results=3)
+    assert not answer.next_marker
+
+
+def test_a_put_block_sent_to_the_files_endpoint_is_told_to_use_the_blob_endpoint(cloud):
+    base = cloud.connection["storage_connection_string"]
+    blob_endpoint = base.split("BlobEndpoint=")[1].split(";")[0]
+    file_endpoint = base.split("FileEndpoint=")[1].split(";")[0]
+    misdirected = make_blob_service(cloud.connection, base.replace(blob_endpoint, file_endpoint))
+    for call in (
+        lambda: misdirected.put_block("data", "x.bin", b"x", FIRST),
+        lambda: misdirected.get_block_list("data", "x.bin"),
+    ):
+        with pytest.raises(AzureHttpError) as caught:
+            call()
+        assert caught.value.error_code == "InvalidUri"
+        assert "the request is an Azure Blob operation" in str(caught.value)
