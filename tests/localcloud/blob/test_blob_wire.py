@@ -491,3 +491,22 @@ def test_a_put_block_sent_to_the_files_endpoint_is_told_to_use_the_blob_endpoint
             call()
         assert caught.value.error_code == "InvalidUri"
         assert "the request is an Azure Blob operation" in str(caught.value)
+
+
+def test_blob_names_are_held_to_azures_limits_at_their_boundaries(blobs):
+    longest = "/".join(["x" * 200] * 5) + "y" * 20  # 1,024 characters in five segments
+    deepest = "/".join(["d"] * 254)
+    for name in (longest, deepest, "é" * 127):  # 254 bytes in UTF-8
+        blobs.create_blob_from_text("data", name, "kept")
+        assert blobs.get_blob_to_text("data", name).content == "kept"
+    for name, why in (
+        (longest + "z", "must be 1 to 1024 characters long (it is 1025)"),
+        (deepest + "/d", "has 255 '/'-separated segments; Azure allows 254"),
+        ("é" * 128, "is longer than 255 bytes"),
+        ("a//b", "has an empty, '.' or '..' segment"),
+    ):
+        with pytest.raises(AzureHttpError) as caught:
+            blobs.create_blob_from_text("data", name, "refused")
+        assert caught.value.status_code == 400
+        assert caught.value.error_code == "InvalidResourceName"
+        assert why in str(caught.value)
