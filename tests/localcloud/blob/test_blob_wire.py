@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import time
+from datetime import datetime, timedelta
 from email.utils import formatdate
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
@@ -19,6 +20,7 @@ from xml.etree import ElementTree
 import pytest
 import requests
 from azure.common import AzureHttpError
+from azure.storage.blob import BlobPermissions, ContainerPermissions
 from azure.storage.blob.models import BlobBlock, Include
 
 from quickstart.localcloud import LocalCloud
@@ -510,3 +512,44 @@ def test_blob_names_are_held_to_azures_limits_at_their_boundaries(blobs):
         assert caught.value.status_code == 400
         assert caught.value.error_code == "InvalidResourceName"
         assert why in str(caught.value)
+
+
+def sas_query(token: str) -> dict:
+    return {k: requests.utils.unquote(v) for k, v in (p.split("=", 1) for p in token.split("&"))}
+
+
+def test_a_sas_reads_and_writes_every_property_its_permissions_allow(raw, blobs):
+    """Each read of properties or metadata (GET and HEAD) needs only read permission and each
+    write of them only write, as the SAS of a recipe's reader or writer has."""
+    expiry = datetime.utcnow() + timedelta(hours=1)
+    reader = sas_query(
+        blobs.generate_container_shared_access_signature(
+            "data", ContainerPermissions(read=True), expiry
+        )
+    )
+    for method, path, query in (
+        ("GET", "data", CONTAINER),
+        ("HEAD", "data", CONTAINER),
+        ("GET", "data", {**CONTAINER, "comp": "metadata"}),
+        ("HEAD", "data", {**CONTAINER, "comp": "metadata"}),
+        ("HEAD", TARGET, {}),
+        ("GET", TARGET, {"comp": "metadata"}),
+        ("HEAD", TARGET, {"comp": "metadata"}),
+        ("GET", TARGET, {**LIST, "blocklisttype": "all"}),
+    ):
+        answer = raw.blob(method, path, {**query, **reader}, signed=False)
+        assert answer.status_code == 200, (method, path, query, answer.text)
+        assert answer.headers["ETag"]
+    refused = raw.blob("PUT", TARGET, {"comp": "properties", **reader}, signed=False)
+    assert error(refused)[:2] == (403, "AuthorizationPermissionMismatch")
+    writer = sas_query(
+        blobs.generate_blob_shared_access_signature(
+            "data", "target.bin", permission=BlobPermissions(write=True), expiry=expiry
+        )
+    )
+    for comp, header in (("properties", "x-ms-blob-content-type"), ("metadata", "x-ms-meta-k")):
+        answer = raw.blob("PUT", TARGET, {"comp": comp, **writer}, {header: "v"}, signed=False)
+        assert answer.status_code == 200, answer.text
+    stored_now = blobs.get_blob_properties("data", "target.bin")
+    assert stored_now.properties.content_settings.content_type == "v"
+    assert stored_now.metadata == {"k": "v"}
