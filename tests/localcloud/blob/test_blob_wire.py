@@ -202,7 +202,59 @@ REFUSED = {
     ),
     "an Azure Files request": (
         ("PUT", "share", {"restype": "share"}, {}, None),
-        (400, "InvalidUri", "This is the local cloud's Azure Blob endpoint and the request is an"),
+        (
+            400,
+            "InvalidUri",
+            "This is the local cloud's Azure Blob endpoint and the request is an Azure Files "
+            "operation; send it to the Files endpoint ",
+            "(FileEndpoint= in connection.json's storage_connection_string).",
+        ),
+    ),
+    "Put Blob without x-ms-blob-type": (
+        ("PUT", "data/new.bin", {}, {}, b"x"),
+        (400, "MissingRequiredHeader", "x-ms-blob-type 'None': the local cloud's Blob service"),
+    ),
+    "Put Blob of a page blob": (
+        ("PUT", "data/new.bin", {}, {"x-ms-blob-type": "PageBlob"}, b"x"),
+        (400, "InvalidHeaderValue", "x-ms-blob-type 'PageBlob': the local cloud's Blob service"),
+    ),
+    "Put Blob with a wrong Content-MD5": (
+        (
+            "PUT",
+            "data/new.bin",
+            {},
+            {"x-ms-blob-type": "BlockBlob", "Content-MD5": md5_of(b"y")},
+            b"x",
+        ),
+        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+    ),
+    "Put Blob without a Content-Length": (
+        ("PUT", "data/new.bin", {}, {"x-ms-blob-type": "BlockBlob"}, "chunked"),
+        (411, "MissingContentLengthHeader", "Put Blob needs a Content-Length header."),
+    ),
+    "Put Block without a Content-Length": (
+        ("PUT", TARGET, {**BLOCK, "blockid": wire(FIRST)}, {}, "chunked"),
+        (411, "MissingContentLengthHeader", "Put Block needs a Content-Length header."),
+    ),
+    "a blob under another blob's name": (
+        ("PUT", f"{TARGET}/x", {}, {"x-ms-blob-type": "BlockBlob"}, b"x"),
+        (409, "InvalidResourceName", "The local cloud keeps a container as a folder"),
+    ),
+    "a container that exists": (
+        ("PUT", "data", CONTAINER, {}, None),
+        (409, "ContainerAlreadyExists", "The specified container already exists."),
+    ),
+    "the properties of a missing container": (
+        ("GET", "missing", CONTAINER, {}, None),
+        (404, "ContainerNotFound", "The specified container does not exist."),
+    ),
+    "a container name Azure refuses": (
+        ("PUT", "Bad_Name", CONTAINER, {}, None),
+        (400, "InvalidResourceName", "", "container"),
+    ),
+    "a blob read of a newer API version": (
+        ("GET", TARGET, {}, {"x-ms-version": "2099-01-01"}, None),
+        (400, "InvalidHeaderValue", "The API version 2099-01-01 is not supported by the local"),
     ),
 }
 
@@ -211,8 +263,10 @@ REFUSED = {
 def test_a_malformed_request_gets_azures_status_code_and_message_and_changes_nothing(
     raw, blobs, case
 ):
-    (method, path, query, headers, body), (status, code, message) = REFUSED[case]
+    (method, path, query, headers, body), (status, code, message, *also) = REFUSED[case]
     before = stored(blobs)
+    if body == "chunked":  # a body of unknown length (Transfer-Encoding: chunked)
+        body = iter([b"x"])
     if "x-ms-version" in headers:  # FuzzTarget sends its own version; this one as given
         answer = send_signed(raw, method, path, query, headers, body)
     else:
@@ -220,8 +274,10 @@ def test_a_malformed_request_gets_azures_status_code_and_message_and_changes_not
     got_status, got_code, got_message = error(answer)
     assert (got_status, got_code) == (status, code)
     assert got_message.startswith(message), got_message
-    if case == "List Containers of a newer API version":
+    if "x-ms-version" in headers:
         assert "serves Azure Blob up to" in got_message
+    for text in also:
+        assert text in got_message, got_message
     assert stored(blobs) == before
     assert not blobs.exists("public") and not blobs.exists("data", "new.bin")
 
@@ -373,14 +429,28 @@ def test_listings_carry_every_property_the_sdk_reads(raw, blobs):
 
 
 def test_an_unsupported_operation_on_a_container_or_blob_names_it(raw, blobs):
-    for method, path, query, code in (
-        ("POST", "data", CONTAINER, "UnsupportedQueryParameter"),
-        ("POST", TARGET, {}, "UnsupportedHttpVerb"),
-        ("PUT", TARGET, {"comp": "snapshot"}, "UnsupportedQueryParameter"),
+    for method, path, query, code, what in (
+        (
+            "POST",
+            "data",
+            CONTAINER,
+            "UnsupportedQueryParameter",
+            "restype=container, comp=None on this container",
+        ),
+        ("POST", TARGET, {}, "UnsupportedHttpVerb", "restype=None, comp=None on this blob"),
+        (
+            "PUT",
+            TARGET,
+            {"comp": "snapshot"},
+            "UnsupportedQueryParameter",
+            "restype=None, comp=snapshot on this blob",
+        ),
     ):
         status, got, message = error(raw.blob(method, path, query))
         assert (status, got) == (400, code)
-        assert message.startswith(f"The local cloud's Azure Blob does not support {method}")
+        assert message.startswith(
+            f"The local cloud's Azure Blob does not support {method} with {what}."
+        )
 
 
 def failing_copy(limit: int | None):
