@@ -114,7 +114,12 @@ REFUSED = {
     ),
     "blockid of another length than the blob's": (
         ("PUT", TARGET, {**BLOCK, "blockid": base64.b64encode(b"longer id").decode()}, {}, b"x"),
-        (400, "InvalidBlobOrBlock", "The specified blob or block content is invalid: every block"),
+        (
+            400,
+            "InvalidBlobOrBlock",
+            "The specified blob or block content is invalid: every block id of a blob must have "
+            "the same length.",
+        ),
     ),
     "staged block with a wrong Content-MD5": (
         (
