@@ -94,8 +94,13 @@ def test_a_job_level_blob_mount_and_its_failures(env):
     env.client.jobs.create(RG, WS, EXP, "nocontainer", params).result()
     job = wait_for_job(env.client, "nocontainer")
     assert job.execution_state == "failed" and job.execution_info.exit_code == -1
-    assert job.execution_info.errors[0].code == "BFSMountError"
-    assert "no container named 'nope'" in job.execution_info.errors[0].message
+    error = job.execution_info.errors[0]
+    assert error.code == "BFSMountError"
+    assert error.message == (
+        "Unable to mount blob fuse file system for container 'nope': there is no container "
+        f"named 'nope' in account '{env.connection['storage_account']}'; create it "
+        "(BlockBlobService.create_container) before the nodes mount it."
+    )
 
 
 def test_a_cluster_blob_mount_with_a_wrong_key_makes_the_nodes_unusable(env):
@@ -105,8 +110,20 @@ def test_a_cluster_blob_mount_with_a_wrong_key_makes_the_nodes_unusable(env):
             env.client.clusters.get(RG, WS, "badkey")
         )
     )
-    assert cluster.errors[0].code == "BFSMountError"
-    assert "account key given" in cluster.errors[0].message
+    error = cluster.errors[0]
+    account = env.connection["storage_account"]
+    assert error.code == "BFSMountError"
+    assert error.message == (
+        "Unable to mount blob fuse file system for container 'datasets': the account key given "
+        f"for '{account}' is wrong."
+    )
+    assert [(d.name, d.value) for d in error.details] == [
+        (
+            "Info",
+            f"Could not mount Azure Blob container https://{account}.blob.core.windows.net/"
+            "datasets at $AZ_BATCHAI_MOUNT_ROOT/bfs",
+        )
+    ]
     blob_cluster(env, "nocontainer", container="missing")
     cluster = wait_for(
         lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
