@@ -131,3 +131,96 @@ def test_a_cluster_blob_mount_with_a_wrong_key_makes_the_nodes_unusable(env):
         )
     )
     assert cluster.errors[0].code == "BFSMountError"
+
+
+def test_a_blob_mount_azure_would_refuse_is_a_400_naming_the_field(env):
+    """Each malformed mountVolumes of a cluster: 400 with the code Batch AI used and the JSON
+    path of the field at fault; nothing is created."""
+    from tests.localcloud.fuzzing import FuzzTarget
+
+    arm = FuzzTarget(env.cloud)
+    account, key = env.connection["storage_account"], env.connection["storage_key"]
+    good = {
+        "accountName": account,
+        "containerName": "datasets",
+        "credentials": {"accountKey": key},
+        "relativeMountPath": "bfs",
+    }
+    at = "properties.nodeSetup.mountVolumes"
+    blob = f"{at}.azureBlobFileSystems"
+    refused = [
+        ([], "InvalidParameter", f"'{at}' must be a JSON object."),
+        (
+            {"fileServers": [{"fileServer": {"id": "x"}}]},
+            "NotSupported",
+            f"'{at}.fileServers': the local cloud does not emulate Batch AI file servers (NFS); "
+            f"mount an Azure Files share with '{at}.azureFileShares' (or a Blob container with "
+            f"'{blob}') instead.",
+        ),
+        (
+            {"unmanagedFileSystems": [{"mountCommand": "mount x"}]},
+            "NotSupported",
+            f"'{at}.unmanagedFileSystems': the local cloud does not emulate unmanaged file systems",
+        ),
+        ({"azureBlobFileSystems": good}, "InvalidParameter", f"'{blob}' must be a JSON array."),
+        (
+            {"azureBlobFileSystems": ["x"]},
+            "InvalidParameter",
+            f"'{blob}[0]' must be a JSON object.",
+        ),
+        (
+            {"azureBlobFileSystems": [{**good, "accountName": ""}]},
+            "InvalidParameter",
+            f"'{blob}[0].accountName' is required.",
+        ),
+        (
+            {"azureBlobFileSystems": [good, {**good, "containerName": None}]},
+            "InvalidParameter",
+            f"'{blob}[1].containerName' is required.",
+        ),
+        (
+            {"azureBlobFileSystems": [{**good, "mountOptions": 5}]},
+            "InvalidParameter",
+            f"'{blob}[0].mountOptions' must be a string.",
+        ),
+        (
+            {"azureBlobFileSystems": [{**good, "relativeMountPath": "a/b"}]},
+            "InvalidParameter",
+            f"'{blob}[0].relativeMountPath' must be one folder name",
+        ),
+        (
+            {"azureBlobFileSystems": [good, good]},
+            "InvalidParameter",
+            f"'{blob}[1].relativeMountPath' 'bfs' is used by two mounts.",
+        ),
+        (
+            {"azureBlobFileSystems": [{**good, "credentials": {}}]},
+            "InvalidParameter",
+            f"'{blob}[0].credentials.accountKey' is required.",
+        ),
+    ]
+    path = (
+        f"/subscriptions/{arm.sub}/resourceGroups/{RG}/providers/Microsoft.BatchAI/workspaces/{WS}"
+    )
+    for mounts, code, message in refused:
+        body = {
+            "properties": {
+                "vmSize": "STANDARD_NC6",
+                "scaleSettings": {"manual": {"targetNodeCount": 0}},
+                "nodeSetup": {"mountVolumes": mounts},
+                "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "P-1234567"},
+            }
+        }
+        answer = arm.arm("PUT", f"{path}/clusters/refused", body)
+        assert answer.status_code == 400, (mounts, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == code and error["message"].startswith(message), error
+        assert arm.arm("GET", f"{path}/clusters/refused").status_code == 404
+
+    with_options = {**good, "mountOptions": "-o attr_timeout=240"}
+    body["properties"]["nodeSetup"]["mountVolumes"] = {"azureBlobFileSystems": [with_options]}
+    created = arm.arm("PUT", f"{path}/clusters/accepted", body)
+    assert created.status_code == 202, created.text  # accepted; created in the background
+    shown = arm.arm("GET", f"{path}/clusters/accepted").json()
+    [mount] = shown["properties"]["nodeSetup"]["mountVolumes"]["azureBlobFileSystems"]
+    assert mount == {**with_options, "credentials": {}}
