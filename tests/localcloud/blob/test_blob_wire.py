@@ -85,6 +85,13 @@ def error(answer: requests.Response) -> tuple[int, str, str]:
     return answer.status_code, body.findtext("Code"), body.findtext("Message")
 
 
+def assert_no_stray_text(root: ElementTree.Element) -> None:
+    """An XML answer has text only inside its innermost elements, as Azure's has."""
+    for element in root.iter():
+        assert not (element.tail or "").strip(), element.tag
+        assert len(element) == 0 or not (element.text or "").strip(), element.tag
+
+
 def md5_of(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
@@ -93,6 +100,9 @@ def block_list(*entries: str) -> bytes:
     return ('<?xml version="1.0" encoding="utf-8"?>' + "".join(entries)).encode()
 
 
+MD5_MISMATCH = (
+    "The MD5 value specified in the request did not match the MD5 value calculated by the server."
+)
 OFFSET_ID = base64.b64encode(b"%032d" % 0).decode()  # an id the SDK's form: staged in place
 BLOCK = {"comp": "block"}
 LIST = {"comp": "blocklist"}
@@ -129,11 +139,11 @@ REFUSED = {
             {"Content-MD5": md5_of(b"y")},
             b"x",
         ),
-        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+        (400, "Md5Mismatch", MD5_MISMATCH),
     ),
     "plain block with a wrong Content-MD5": (
         ("PUT", TARGET, {**BLOCK, "blockid": wire(FIRST)}, {"Content-MD5": md5_of(b"y")}, b"x"),
-        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+        (400, "Md5Mismatch", MD5_MISMATCH),
     ),
     "block list that is not XML": (
         ("PUT", TARGET, LIST, {}, b"not xml"),
@@ -191,7 +201,12 @@ REFUSED = {
     ),
     "a public container": (
         ("PUT", "public", CONTAINER, {"x-ms-blob-public-access": "blob"}, None),
-        (400, "InvalidHeaderValue", "x-ms-blob-public-access 'blob': the local cloud allows no"),
+        (
+            400,
+            "InvalidHeaderValue",
+            "x-ms-blob-public-access 'blob': the local cloud allows no anonymous access; leave "
+            "public access off and hand out a SAS instead.",
+        ),
     ),
     "an account request other than List Containers": (
         ("PUT", "", {"comp": "list"}, {}, None),
@@ -217,11 +232,21 @@ REFUSED = {
     ),
     "Put Blob without x-ms-blob-type": (
         ("PUT", "data/new.bin", {}, {}, b"x"),
-        (400, "MissingRequiredHeader", "x-ms-blob-type 'None': the local cloud's Blob service"),
+        (
+            400,
+            "MissingRequiredHeader",
+            "x-ms-blob-type 'None': the local cloud's Blob service stores block blobs only "
+            "(x-ms-blob-type: BlockBlob, as BlockBlobService sends).",
+        ),
     ),
     "Put Blob of a page blob": (
         ("PUT", "data/new.bin", {}, {"x-ms-blob-type": "PageBlob"}, b"x"),
-        (400, "InvalidHeaderValue", "x-ms-blob-type 'PageBlob': the local cloud's Blob service"),
+        (
+            400,
+            "InvalidHeaderValue",
+            "x-ms-blob-type 'PageBlob': the local cloud's Blob service stores block blobs only "
+            "(x-ms-blob-type: BlockBlob, as BlockBlobService sends).",
+        ),
     ),
     "Put Blob with a wrong Content-MD5": (
         (
@@ -231,7 +256,7 @@ REFUSED = {
             {"x-ms-blob-type": "BlockBlob", "Content-MD5": md5_of(b"y")},
             b"x",
         ),
-        (400, "Md5Mismatch", "The MD5 value specified in the request did not match the MD5"),
+        (400, "Md5Mismatch", MD5_MISMATCH),
     ),
     "Put Blob without a Content-Length": (
         ("PUT", "data/new.bin", {}, {"x-ms-blob-type": "BlockBlob"}, "chunked"),
@@ -299,17 +324,17 @@ def send_signed(raw, method, path, query, headers, body):
     return raw.session.send(prepared, timeout=60)
 
 
-def test_a_block_id_of_64_bytes_is_accepted(raw, blobs):
-    answer = raw.blob(
-        "PUT", "data/long.bin", {**BLOCK, "blockid": base64.b64encode(b"i" * 64)}, {}, b"x"
-    )
-    assert answer.status_code == 201
-    assert [
-        b.size
-        for b in blobs.get_block_list(
-            "data", "long.bin", block_list_type="uncommitted"
-        ).uncommitted_blocks
-    ] == [1]
+@pytest.mark.parametrize(
+    "raw_id", [b"i" * 64, b"blk-1", b"\xff\x00"], ids=["64 bytes", "text", "binary"]
+)
+def test_any_block_id_of_up_to_64_bytes_is_accepted(raw, blobs, raw_id):
+    """Other clients than the Track-1 SDK name blocks as they like: any bytes up to 64."""
+    block_id = base64.b64encode(raw_id).decode()
+    answer = raw.blob("PUT", "data/named.bin", {**BLOCK, "blockid": block_id}, {}, b"x")
+    assert answer.status_code == 201, answer.text
+    listed = block_list(f"<BlockList><Latest>{block_id}</Latest></BlockList>")
+    assert raw.blob("PUT", "data/named.bin", LIST, {}, listed).status_code == 201
+    assert blobs.get_blob_to_bytes("data", "named.bin").content == b"x"
 
 
 @pytest.mark.parametrize("block_id", [OFFSET_ID, wire(FIRST)], ids=["staged", "plain"])
@@ -359,6 +384,12 @@ def test_answers_carry_azures_status_headers_and_content_type(raw, blobs):
         answer = raw.blob("GET", "data" if "restype" in query else "", query)
         assert answer.status_code == 200
         assert answer.headers["Content-Type"] == "application/xml"
+    fresh = raw.blob("PUT", "fresh", CONTAINER)
+    assert fresh.status_code == 201 and fresh.headers["ETag"].startswith('"0x')
+    assert fresh.headers["Last-Modified"] == blobs.get_container_properties(
+        "fresh"
+    ).properties.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    blobs.delete_container("fresh")
     assert raw.blob("DELETE", TARGET, {}).status_code == 202
     assert not blobs.exists("data", "target.bin")
 
@@ -407,13 +438,11 @@ def test_listings_carry_every_property_the_sdk_reads(raw, blobs):
     assert entry.properties.lease.state == "available"
     assert entry.properties.server_encrypted is True
     # the XML itself: nothing outside its elements
-    answer = raw.blob("GET", "data", {**CONTAINER, "comp": "list", "include": "metadata"})
-    root = ElementTree.fromstring(answer.content)
-    assert root.get("ContainerName") == "data" and root.findtext("Marker") == ""
-    for element in root.iter():
-        assert not (element.tail or "").strip() and (
-            len(element) == 0 or not (element.text or "").strip()
-        )
+    for include in ({"include": "metadata"}, {}):
+        answer = raw.blob("GET", "data", {**CONTAINER, "comp": "list", **include})
+        root = ElementTree.fromstring(answer.content)
+        assert root.get("ContainerName") == "data" and root.findtext("Marker") == ""
+        assert_no_stray_text(root)
 
     container = blobs.get_container_properties("data").properties
     assert container.last_modified and container.etag
