@@ -124,6 +124,28 @@ def test_a_cluster_blob_mount_with_a_wrong_key_makes_the_nodes_unusable(env):
             "datasets at $AZ_BATCHAI_MOUNT_ROOT/bfs",
         )
     ]
+    # an Azure Files share that is not there: AZFMountError, its own words
+    env.client.clusters.create(
+        RG, WS, "noshare", cluster_params(env.connection, env.files, share="nosuchshare")
+    ).result()
+    cluster = wait_for(
+        lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
+            env.client.clusters.get(RG, WS, "noshare")
+        )
+    )
+    [error] = cluster.errors
+    assert (error.code, error.message) == (
+        "AZFMountError",
+        "Unable to mount Azure File share 'nosuchshare': there is no share named 'nosuchshare' "
+        f"in account '{account}'; create it (FileService.create_share) before the nodes mount it.",
+    )
+    assert [(d.name, d.value) for d in error.details] == [
+        (
+            "Info",
+            f"Could not mount Azure File Share https://{env.files.primary_endpoint}/nosuchshare "
+            "at $AZ_BATCHAI_MOUNT_ROOT/azurefileshare",
+        )
+    ]
     blob_cluster(env, "nocontainer", container="missing")
     cluster = wait_for(
         lambda: (lambda c: c if c.node_state_counts.unusable_node_count else None)(
@@ -148,8 +170,35 @@ def test_a_blob_mount_azure_would_refuse_is_a_400_naming_the_field(env):
     }
     at = "properties.nodeSetup.mountVolumes"
     blob = f"{at}.azureBlobFileSystems"
+    share = {
+        "accountName": account,
+        "azureFileUrl": f"https://{env.files.primary_endpoint}/batchaiquickstart",
+        "credentials": {"accountKey": key},
+        "relativeMountPath": "afs",
+    }
+    files = f"{at}.azureFileShares"
     refused = [
         ([], "InvalidParameter", f"'{at}' must be a JSON object."),
+        ({"azureFileShares": {}}, "InvalidParameter", f"'{files}' must be a JSON array."),
+        ({"azureFileShares": [None]}, "InvalidParameter", f"'{files}[0]' is required."),
+        (
+            {"azureFileShares": [{**share, "azureFileUrl": ""}]},
+            "InvalidParameter",
+            f"'{files}[0].azureFileUrl' is required.",
+        ),
+        (
+            {"azureFileShares": [{**share, "relativeMountPath": ".."}]},
+            "InvalidParameter",
+            f"'{files}[0].relativeMountPath' must be one folder name",
+        ),
+        (
+            {
+                "azureFileShares": [share],
+                "azureBlobFileSystems": [{**good, "relativeMountPath": "afs"}],
+            },
+            "InvalidParameter",
+            f"'{blob}[0].relativeMountPath' 'afs' is used by two mounts.",
+        ),
         (
             {"fileServers": [{"fileServer": {"id": "x"}}]},
             "NotSupported",
