@@ -87,6 +87,22 @@ def test_a_job_level_blob_mount_and_its_failures(env):
     job = wait_for_job(env.client, "jobblob")
     assert job.execution_state == "succeeded", job.execution_info.errors
 
+    elsewhere = blob_mount(env.connection, "jobdata", "jb")
+    elsewhere.account_name = "someoneelse"
+    params = job_params(
+        env.cluster.id,
+        "true",
+        mount_volumes=models.MountVolumes(azure_blob_file_systems=[elsewhere]),
+    )
+    env.client.jobs.create(RG, WS, EXP, "otheraccount", params).result()
+    job = wait_for_job(env.client, "otheraccount")
+    assert job.execution_state == "failed"
+    assert job.execution_info.errors[0].message == (
+        "Unable to mount blob fuse file system for container 'jobdata': the storage account "
+        f"'someoneelse' is not the local cloud's ('{env.connection['storage_account']}'); use "
+        "the account from connection.json."
+    )
+
     missing = models.MountVolumes(
         azure_blob_file_systems=[blob_mount(env.connection, "nope", "jb")]
     )
@@ -267,9 +283,16 @@ def test_a_blob_mount_azure_would_refuse_is_a_400_naming_the_field(env):
         assert arm.arm("GET", f"{path}/clusters/refused").status_code == 404
 
     with_options = {**good, "mountOptions": "-o attr_timeout=240"}
-    body["properties"]["nodeSetup"]["mountVolumes"] = {"azureBlobFileSystems": [with_options]}
+    body["properties"]["nodeSetup"]["mountVolumes"] = {
+        "azureBlobFileSystems": [with_options],
+        "azureFileShares": [share],
+    }
     created = arm.arm("PUT", f"{path}/clusters/accepted", body)
     assert created.status_code == 202, created.text  # accepted; created in the background
     shown = arm.arm("GET", f"{path}/clusters/accepted").json()
-    [mount] = shown["properties"]["nodeSetup"]["mountVolumes"]["azureBlobFileSystems"]
-    assert mount == {**with_options, "credentials": {}}
+    mounts = shown["properties"]["nodeSetup"]["mountVolumes"]
+    assert mounts["azureBlobFileSystems"] == [{**with_options, "credentials": {}}]
+    # a share's file and folder modes default to 0777, as Batch AI showed them
+    assert mounts["azureFileShares"] == [
+        {**share, "credentials": {}, "fileMode": "0777", "directoryMode": "0777"}
+    ]
