@@ -657,3 +657,15 @@ def test_a_sas_reads_and_writes_every_property_its_permissions_allow(raw, blobs)
     stored_now = blobs.get_blob_properties("data", "target.bin")
     assert stored_now.properties.content_settings.content_type == "v"
     assert stored_now.metadata == {"k": "v"}
+
+
+def test_a_block_list_of_exactly_the_body_limit_commits(raw, blobs):
+    """Put Block List takes a body of up to 8 MiB (the limit is inclusive; one byte more is
+    refused before it is read, as test_limits.py checks for the other uploads)."""
+    from quickstart.localcloud.limits import BLOCK_LIST_BODY_MAX
+
+    head, tail = block_list(f"<BlockList><Latest>{wire(PENDING)}</Latest>"), b"</BlockList>"
+    body = head + b" " * (BLOCK_LIST_BODY_MAX - len(head) - len(tail)) + tail
+    assert len(body) == BLOCK_LIST_BODY_MAX
+    assert raw.blob("PUT", TARGET, LIST, {}, body).status_code == 201
+    assert blobs.get_blob_to_bytes("data", "target.bin").content == b"pending"
