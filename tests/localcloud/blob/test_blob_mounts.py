@@ -233,6 +233,7 @@ def test_a_blob_mount_azure_would_refuse_is_a_400_naming_the_field(env):
             "InvalidParameter",
             f"'{blob}[0]' must be a JSON object.",
         ),
+        ({"azureBlobFileSystems": [None]}, "InvalidParameter", f"'{blob}[0]' is required."),
         (
             {"azureBlobFileSystems": [{**good, "accountName": ""}]},
             "InvalidParameter",
