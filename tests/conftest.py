@@ -82,14 +82,19 @@ def make_file_service(connection: dict, connection_string: str | None = None, se
 
 def make_blob_service(connection: dict, connection_string: str | None = None, **kwargs):
     """azure-storage-blob's BlockBlobService via the connection string (BlobEndpoint=), trusting
-    the local CA, as a Batch AI recipe builds it."""
+    the local CA, as a Batch AI recipe builds it. It does not retry: the local cloud never
+    answers 5xx, so the SDK's retries (15, 18 and 24 s apart) could only hide a server error
+    behind a later success, and make a test that meets one wait a minute before it fails."""
     from azure.storage.blob import BlockBlobService
+    from azure.storage.common.retry import no_retry
 
-    return BlockBlobService(
+    service = BlockBlobService(
         connection_string=connection_string or connection["storage_connection_string"],
         request_session=requests_session(connection),
         **kwargs,
     )
+    service.retry = no_retry
+    return service
 
 
 @pytest.fixture

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import time
 import uuid
 from email.utils import formatdate
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -238,6 +240,9 @@ def _kind(type_name: str) -> str:
     return "object"
 
 
+VERSION = "2018-03-28"  # the storage API version the requests are signed with
+
+
 class FuzzTarget:
     """A running local cloud prepared for fuzzing, and the requests that hit it."""
 
@@ -332,24 +337,50 @@ class FuzzTarget:
         url = f"{self.base}/{self.account}/{quote(path, safe='/')}"
         return self._storage(method, url, query, headers, body, signed)
 
-    def blob(self, method, path, query, headers=None, body=None, signed=True):
+    def blob(self, method, path, query, headers=None, body=None, signed=True, version=VERSION):
         """A Blob request; with ``signed`` False it carries no SharedKey (a SAS in ``query``,
         or nothing)."""
         url = f"{self.blob_base}/{quote(path, safe='/')}"
-        return self._storage(method, url, query, headers, body, signed)
+        return self._storage(method, url, query, headers, body, signed, version)
 
-    def _storage(self, method, url, query, headers, body, signed):
+    def _storage(self, method, url, query, headers, body, signed, version=VERSION):
+        prepared = self._prepared_storage(method, url, query, headers, body, signed, version)
+        return self._send_prepared(prepared)
+
+    def _prepared_storage(
+        self, method, url, query, headers, body=None, signed=True, version=VERSION
+    ):
         request = requests.Request(method, url, params=query, headers=headers or {}, data=body)
         prepared = self.session.prepare_request(request)
         prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
-        prepared.headers["x-ms-version"] = "2018-03-28"
+        prepared.headers["x-ms-version"] = version  # whatever the fuzzed headers said
         if signed:
             raw_path, _, raw_query = prepared.path_url.partition("?")
             canonical = string_to_sign(method, prepared.headers, raw_path, raw_query, self.account)
             prepared.headers["Authorization"] = (
                 f"SharedKey {self.account}:{sign(self.key, canonical)}"
             )
-        return self._send_prepared(prepared)
+        return prepared
+
+    def cut_off(self, method, url, query, headers, length: int, sent: bytes, hang_up="shutdown"):
+        """Send a signed storage request by hand that promises ``length`` body bytes, send only
+        ``sent`` and hang up: a TCP FIN without TLS's close_notify ("shutdown"), or a plain
+        close ("close")."""
+        prepared = self._prepared_storage(method, url, query, headers)
+        prepared.headers["Content-Length"] = str(length)
+        raw_path, _, raw_query = prepared.path_url.partition("?")
+        canonical = string_to_sign(method, prepared.headers, raw_path, raw_query, self.account)
+        prepared.headers["Authorization"] = f"SharedKey {self.account}:{sign(self.key, canonical)}"
+        head = f"{method} {prepared.path_url} HTTP/1.1\r\nHost: x\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in prepared.headers.items()
+        )
+        where = urlsplit(self.base)
+        context = ssl.create_default_context(cafile=self.connection["ca_cert"])
+        with socket.create_connection((where.hostname, where.port), timeout=10) as plain:
+            with context.wrap_socket(plain, server_hostname=where.hostname) as tls:
+                tls.sendall(head.encode() + b"\r\n" + sent)
+                if hang_up == "shutdown":
+                    tls.shutdown(socket.SHUT_WR)
 
     def send(self, method, url, params, headers, data):
         request = requests.Request(method, url, params=params, headers=headers, data=data)

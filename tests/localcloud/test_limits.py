@@ -7,16 +7,13 @@ import json
 import socket
 import ssl
 import time
-from email.utils import formatdate
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 from azure.common import AzureHttpError
 
 from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.connection import requests_session
-from quickstart.localcloud.files.sharedkey import sign, string_to_sign
 
 from ..conftest import make_blob_service, make_file_service
 from .fuzzing import FuzzTarget
@@ -264,26 +261,8 @@ def test_a_put_range_cut_off_mid_body_answers_no_500_and_writes_nothing(
     full = {"x-ms-write": "update", "x-ms-range": f"bytes=0-{size - 1}"}
     assert target.files("PUT", path, {"comp": "range"}, full, before).status_code == 201
     # the same request as a client would sign it, sent by hand so it can stop mid-body
-    request = requests.Request(
-        "PUT", f"{target.base}/{target.account}/{path}", params={"comp": "range"}, headers=full
-    )
-    prepared = target.session.prepare_request(request)
-    prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
-    prepared.headers["x-ms-version"] = "2018-03-28"
-    prepared.headers["Content-Length"] = str(size)
-    raw_path, _, raw_query = prepared.path_url.partition("?")
-    canonical = string_to_sign("PUT", prepared.headers, raw_path, raw_query, target.account)
-    prepared.headers["Authorization"] = f"SharedKey {target.account}:{sign(target.key, canonical)}"
-    head = f"PUT {prepared.path_url} HTTP/1.1\r\nHost: x\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in prepared.headers.items()
-    )
-    url = urlsplit(local_cloud.base_url)
-    context = ssl.create_default_context(cafile=local_cloud.connection["ca_cert"])
-    with socket.create_connection((url.hostname, url.port), timeout=10) as plain:
-        with context.wrap_socket(plain, server_hostname=url.hostname) as tls:
-            tls.sendall(head.encode() + b"\r\n" + b"\xee" * (size // 4))
-            if hang_up == "shutdown":
-                tls.shutdown(socket.SHUT_WR)
+    url = f"{target.base}/{target.account}/{path}"
+    target.cut_off("PUT", url, {"comp": "range"}, full, size, b"\xee" * (size // 4), hang_up)
     access = local_cloud.state_dir / "access.log"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 # tree, running only the tests the area lists (mutmut runs, per mutant, only those of them that
 # reach the mutated function). Prints the score and the wall time; leaves the worktree alone.
 #
-#   tests/mutation/run.sh AREA [REV]      AREA: tutorial, config, auth, schedule, cntk (or "all")
+#   tests/mutation/run.sh AREA [REV]      AREA: a line of areas.txt (or "all")
 #                                         REV: a commit to measure (default: the working tree)
 # Environment: MUTATION_JOBS (parallel mutants, default 2), MUTATION_KEEP=1 keeps the scratch
 # copy (its path is printed) for `mutmut show NAME` / `mutmut results` there; MUTATION_NAMES

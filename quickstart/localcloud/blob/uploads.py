@@ -45,6 +45,10 @@ class BlobUploads(StoredBlobs):
         a chunked body, cut off there, is refused here for want of a Content-Length)."""
         length = request.content_length
         if length is None:
+            # read the body first (server.py caps it at the limit): a client still sending it
+            # when the answer came and the connection closed would get a reset, not the answer
+            while request.stream.read(1 << 20):
+                pass
             raise StorageError(
                 411, "MissingContentLengthHeader", f"{what} needs a Content-Length header."
             )

@@ -754,6 +754,12 @@ def test_cluster_resize_and_a_mount_that_fails(env):
     )
     assert cluster.errors[0].code == "AZFMountError"
     assert "no share named 'nosuchshare'" in cluster.errors[0].message
+    [info] = cluster.errors[0].details
+    assert (info.name, info.value) == (
+        "Info",
+        f"Could not mount Azure File Share https://{env.files.primary_endpoint}/"
+        f"nosuchshare at $AZ_BATCHAI_MOUNT_ROOT/{MOUNT}",
+    )
     names = [
         c.name
         for c in client.clusters.list_by_workspace(
