@@ -353,7 +353,8 @@ class FuzzTarget:
         request = requests.Request(method, url, params=query, headers=headers or {}, data=body)
         prepared = self.session.prepare_request(request)
         prepared.headers["x-ms-date"] = formatdate(time.time(), usegmt=True)
-        prepared.headers["x-ms-version"] = version  # whatever the fuzzed headers said
+        # a version the fuzz drew is sent as drawn (the service's version check is fuzzed too)
+        prepared.headers.setdefault("x-ms-version", version)
         if signed:
             raw_path, _, raw_query = prepared.path_url.partition("?")
             canonical = string_to_sign(method, prepared.headers, raw_path, raw_query, self.account)
