@@ -148,6 +148,17 @@ def test_the_allocation_error_names_what_the_ray_cluster_lacks():
     assert error["details"] == [{"name": "Missing", "value": "2 more Ray node(s) with 6 CPU"}]
 
 
+def test_enough_ray_nodes_that_still_cannot_take_the_cluster_are_told_apart_from_too_few():
+    compute = ray_backend.RayCompute()
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 6.0}}]
+    compute._ray = SimpleNamespace(nodes=lambda: nodes)
+    error = compute._shortage(2, "STANDARD_NC6", {"CPU": 6.0})
+    (missing,) = error["details"]
+    assert missing["value"].startswith("6 CPU free on 2 Ray nodes (other clusters hold some")
+    assert "a node has stopped answering Ray: `ray list nodes`" in missing["value"]
+    assert "more Ray node(s)" not in error["message"]
+
+
 class ScriptedRef:
     """An object ref: only its id is read."""
 

@@ -383,7 +383,8 @@ class RayCompute(Compute):
         what = (
             f"{missing} more Ray node(s) with {need}"
             if missing
-            else f"{need} free on {count} Ray nodes (other clusters hold some)"
+            else f"{need} free on {count} Ray nodes (other clusters hold some, or a node has "
+            "stopped answering Ray: `ray list nodes`, its raylet's log)"
         )
         return job_error(
             "AllocationFailed",
