@@ -108,6 +108,14 @@ def local_cloud(tmp_path):
         cloud.stop()
 
 
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """One running local cloud for a whole test module whose tests set up (and reset) what they
+    use: one start instead of one per test; stopped after the module."""
+    with LocalCloud(tmp_path_factory.mktemp("cloud") / "localcloud", port=0) as cloud:
+        yield cloud
+
+
 @pytest.fixture
 def resource_client(local_cloud):
     return make_resource_client(local_cloud.connection)

@@ -46,15 +46,13 @@ STAMP = (
 
 def all_ranks_running(env, name: str, nodes: int, toolkit: str, script: str) -> float:
     """Seconds from just before jobs.create until the last rank wrote its start time."""
-    params = job_params(env.cluster.id, node_count=nodes)
-    params.cntk_settings = None
     if toolkit == "pytorch":
-        params.py_torch_settings = models.PyTorchSettings(python_script_file_path=script)
+        settings = {"py_torch_settings": models.PyTorchSettings(python_script_file_path=script)}
     else:
         line = f"{sys.executable} {script}"
-        params.custom_mpi_settings = models.CustomMpiSettings(
-            command_line=line, process_count=nodes
-        )
+        mpi = models.CustomMpiSettings(command_line=line, process_count=nodes)
+        settings = {"custom_mpi_settings": mpi}
+    params = job_params(env.cluster.id, node_count=nodes, **settings)
     submitted = time.time()
     env.client.jobs.create(RG, WS, EXP, name, params)
     job = None

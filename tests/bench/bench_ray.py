@@ -37,7 +37,6 @@ BUNDLES = "STANDARD_NC6=CPU:1"
 
 def submit_to_running(cloud, tmp: Path, count: int, name: str) -> tuple[list, list]:
     """(seconds to first output, seconds to API 'running') of ``count`` one-node jobs."""
-    import azure.mgmt.batchai.models as models
 
     from tests.localcloud.batchai.test_batchai import (
         EXP,
@@ -53,9 +52,7 @@ def submit_to_running(cloud, tmp: Path, count: int, name: str) -> tuple[list, li
     env = sdk_env(cloud, tmp, nodes=1)
     first, api = [], []
     for index in range(count):
-        params = job_params(env.cluster.id)
-        params.cntk_settings = None
-        params.custom_toolkit_settings = models.CustomToolkitSettings(command_line="echo started")
+        params = job_params(env.cluster.id, "echo started")
         job = f"{name}{index}"
         started = time.monotonic()
         env.client.jobs.create(RG, WS, EXP, job, params).result()

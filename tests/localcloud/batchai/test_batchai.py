@@ -76,19 +76,34 @@ def cluster_params(
     )
 
 
+TOOLKITS = (
+    "cntk_settings",
+    "py_torch_settings",
+    "tensor_flow_settings",
+    "caffe_settings",
+    "caffe2_settings",
+    "chainer_settings",
+    "custom_toolkit_settings",
+    "custom_mpi_settings",
+    "horovod_settings",
+)
+
+
 def job_params(cluster_id: str, command: str | None = None, *, node_count: int = 1, **extra):
     """A job like the quickstart's: input SAMPLE, output MODEL, stdouterr on the share.
-    ``command`` runs through customToolkitSettings; without it, cntkSettings runs the stand-in."""
-    settings = (
-        {"custom_toolkit_settings": models.CustomToolkitSettings(command_line=command)}
-        if command
-        else {
+    ``command`` runs through customToolkitSettings; a toolkit's settings in ``extra`` (say
+    ``py_torch_settings=...``) run that toolkit; with neither, cntkSettings runs the stand-in."""
+    if command:
+        settings = {"custom_toolkit_settings": models.CustomToolkitSettings(command_line=command)}
+    elif any(key in TOOLKITS for key in extra):
+        settings = {}
+    else:
+        settings = {
             "cntk_settings": models.CNTKsettings(
                 python_script_file_path="$AZ_BATCHAI_INPUT_SAMPLE/ConvNet_MNIST.py",
                 command_line_args="$AZ_BATCHAI_INPUT_SAMPLE $AZ_BATCHAI_OUTPUT_MODEL",
             )
         }
-    )
     settings.update(extra)
     return models.JobCreateParameters(
         cluster=models.ResourceId(id=cluster_id),

@@ -170,10 +170,7 @@ def upload(env, name: str, text: str, tmp_path) -> str:
 
 def submit(env, name: str, node_count: int = 2, cluster: str = CLUSTER, **toolkit):
     cluster_id = f"{env.cluster.id.rsplit('/', 1)[0]}/{cluster}"
-    params = job_params(cluster_id, node_count=node_count)
-    params.cntk_settings = None
-    for key, value in toolkit.items():
-        setattr(params, key, value)
+    params = job_params(cluster_id, node_count=node_count, **toolkit)
     env.client.jobs.create(RG, WS, EXP, name, params).result()
 
 

@@ -19,7 +19,6 @@ from azure.storage.blob import BlobPermissions, ContainerPermissions, ContentSet
 from azure.storage.blob.models import BlobBlock
 from azure.storage.blob.sharedaccesssignature import BlobSharedAccessSignature
 
-from quickstart.localcloud import LocalCloud
 from tests.conftest import make_blob_service
 
 WRONG_KEY = "V1JPTkctS0VZLXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
@@ -49,16 +48,6 @@ OPERATIONS = {
     "PUT blob metadata": lambda s: s.set_blob_metadata("data", "d/f.txt", {"k": "v"}),
     "DELETE blob": lambda s: s.delete_blob("data", "d/f.txt"),
 }
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    cloud = LocalCloud(tmp_path_factory.mktemp("blob-auth") / "localcloud", port=0)
-    cloud.start()
-    try:
-        yield cloud
-    finally:
-        cloud.stop()
 
 
 @pytest.fixture

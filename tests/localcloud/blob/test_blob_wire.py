@@ -19,7 +19,6 @@ from azure.common import AzureHttpError
 from azure.storage.blob import BlobPermissions, ContainerPermissions
 from azure.storage.blob.models import BlobBlock, Include
 
-from quickstart.localcloud import LocalCloud
 from tests.conftest import make_blob_service
 from tests.localcloud.fuzzing import FuzzTarget
 
@@ -32,16 +31,6 @@ FIRST = base64.b64encode(b"first!").decode()
 def wire(block_id: str) -> str:
     """The id on the wire of a block the SDK names ``block_id`` (it base64-encodes it again)."""
     return base64.b64encode(block_id.encode()).decode()
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    cloud = LocalCloud(tmp_path_factory.mktemp("blob-wire") / "localcloud", port=0)
-    cloud.start()
-    try:
-        yield cloud
-    finally:
-        cloud.stop()
 
 
 @pytest.fixture(scope="module")

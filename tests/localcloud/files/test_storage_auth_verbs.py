@@ -12,7 +12,6 @@ import requests
 from azure.common import AzureHttpError
 from azure.storage.file import ContentSettings
 
-from quickstart.localcloud import LocalCloud
 from quickstart.localcloud.connection import requests_session
 from tests.conftest import make_file_service
 
@@ -43,16 +42,6 @@ OPERATIONS = {
     "PUT file metadata": lambda s: s.set_file_metadata("data", "dir", "f.txt", {"k": "v"}),
     "DELETE file": lambda s: s.delete_file("data", "dir", "f.txt"),
 }
-
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    cloud = LocalCloud(tmp_path_factory.mktemp("auth") / "localcloud", port=0)
-    cloud.start()
-    try:
-        yield cloud
-    finally:
-        cloud.stop()
 
 
 @pytest.fixture

@@ -88,11 +88,10 @@ def live_groups(cluster_uid: str) -> list:
 
 
 def submit_pytorch(env, name: str, script: str, args: str, nodes: int = 2) -> None:
-    params = job_params(env.cluster.id, node_count=nodes)
-    params.cntk_settings = None
-    params.py_torch_settings = models.PyTorchSettings(
+    pytorch = models.PyTorchSettings(
         python_script_file_path=script, command_line_args=args, communication_backend="gloo"
     )
+    params = job_params(env.cluster.id, node_count=nodes, py_torch_settings=pytorch)
     env.client.jobs.create(RG, WS, EXP, name, params).result()
 
 
@@ -143,11 +142,7 @@ def test_a_restarted_local_cloud_finds_its_ray_job_again_and_follows_it(
 ):
     env = sdk_env(ray_cloud, tmp_path, nodes=1)
     script = upload(env, "counter.py", COUNTER, tmp_path)
-    params = job_params(env.cluster.id)
-    params.cntk_settings = None
-    params.custom_toolkit_settings = models.CustomToolkitSettings(
-        command_line=f"python {script} 60"
-    )
+    params = job_params(env.cluster.id, f"python {script} 60")
     env.client.jobs.create(RG, WS, EXP, "counter", params).result()
     stdout = output_file(env, "counter", "stdouterr", "stdout.txt")
     wait_for(lambda: stdout.exists() and "line 1" in stdout.read_text(), WAIT)
@@ -261,11 +256,7 @@ def test_a_cluster_larger_than_ray_shows_the_allocation_error_and_grows_when_a_n
         assert cluster.current_node_count == 3
         # terminate stops every process of a running job on its Ray node
         script = upload(env, "sleeper.py", SLEEPER, tmp_path)
-        params = job_params(env.cluster.id)
-        params.cntk_settings = None
-        params.custom_toolkit_settings = models.CustomToolkitSettings(
-            command_line=f"python {script}"
-        )
+        params = job_params(env.cluster.id, f"python {script}")
         env.client.jobs.create(RG, WS, EXP, "stopped", params).result()
         models_dir = output_file(env, "stopped", "MODEL", "x").parent
         pid = wait_for(lambda: rank_file(models_dir, 0, "pid"), WAIT)
