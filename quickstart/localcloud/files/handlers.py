@@ -212,42 +212,29 @@ class FileHandlers:
                 )
         if not self.store.create_share(share, quota, self._metadata(request)):
             raise StorageError(409, "ShareAlreadyExists", "The specified share already exists.")
-        record = self.store.get_share(share)
-        return empty(
-            201,
-            {
-                "ETag": f'"0x{int(record.created * 1e6):X}"',
-                "Last-Modified": http_date(record.created),
-            },
-        )
+        return empty(201, _share_headers(self.store.get_share(share)))
 
-    def share_properties(self, request: Request, share: str, parts) -> Response:
+    def _existing_share(self, share: str):
         record = self.store.get_share(share)
         if record is None:
             raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
-        headers = {
-            "ETag": f'"0x{int(record.created * 1e6):X}"',
-            "Last-Modified": http_date(record.created),
-            "x-ms-share-quota": str(record.quota),
-        }
+        return record
+
+    def share_properties(self, request: Request, share: str, parts) -> Response:
+        record = self._existing_share(share)
+        headers = {**_share_headers(record), "x-ms-share-quota": str(record.quota)}
         headers.update({f"x-ms-meta-{k}": v for k, v in record.metadata.items()})
         return empty(200, headers)
 
     def share_stats(self, request: Request, share: str, parts) -> Response:
         """Get Share Stats: the bytes the share's files hold now (Azure's figure is approximate
         and may lag; ours is exact)."""
-        record = self.store.get_share(share)
-        if record is None:
-            raise StorageError(404, "ShareNotFound", "The specified share does not exist.")
+        record = self._existing_share(share)
         body = (
             '<?xml version="1.0" encoding="utf-8"?><ShareStats><ShareUsageBytes>'
             f"{share_usage(self._share_root(share))}</ShareUsageBytes></ShareStats>"
         )
-        headers = {
-            "ETag": f'"0x{int(record.created * 1e6):X}"',
-            "Last-Modified": http_date(record.created),
-            "Content-Type": "application/xml",
-        }
+        headers = {**_share_headers(record), "Content-Type": "application/xml"}
         return Response(body, status=200, headers=headers)
 
     def delete_share(self, request: Request, share: str, parts) -> Response:
@@ -549,6 +536,14 @@ def stream_into(stream, fd: int, offset: int, length: int, digest=None) -> int:
             written += done
             chunk = chunk[done:]
     return written
+
+
+def _share_headers(record) -> dict:
+    """A share's ETag and Last-Modified: it changes only when created."""
+    return {
+        "ETag": f'"0x{int(record.created * 1e6):X}"',
+        "Last-Modified": http_date(record.created),
+    }
 
 
 def send_file(request: Request, handle, size: int, headers: dict, range_md5_header: str):
